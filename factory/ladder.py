@@ -1,0 +1,136 @@
+"""The difficulty ladder: level 0, then measured escalation steps.
+
+A step is accepted only if the task stays solvable and gets measurably harder: strictly
+fewer feasible plans (counted exactly: the enumeration cap is the previous level's count,
+so reaching it means "not fewer"). When a level's constraints need data no current tool
+exposes, the toolset is extended (a details tool, or the distance tool). Each level records
+the tool calls a solver needs to gather its facts for the reference plan.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from factory.agent import Agent, AgentError
+from toolgen import ToolDef, covers, details_tool, distance_tool
+from verifiers.constraints import Constraint, get_kind
+from verifiers.problem import Plan, Problem
+from verifiers.count import count_plans
+from verifiers.solver import confirm, pick_reference
+
+__all__ = ["Level", "build_ladder", "LadderError", "reference_calls"]
+
+MAX_TRIES_PER_STEP = 14  # candidate moves re-solved per step before giving up
+
+
+class LadderError(RuntimeError):
+    pass
+
+
+@dataclass
+class Level:
+    level: int
+    constraints: list[Constraint]
+    count: int
+    capped: bool
+    reference: Plan
+    move: str
+    tools: list[str]                  # tool names available at this level
+    tools_added: list[str] = field(default_factory=list)
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+
+
+def _extend_tools(p: Problem, tools: list[ToolDef], constraints: list[Constraint], seed) -> tuple[list[ToolDef], list[str]]:
+    tools, added = list(tools), []
+    for c in constraints:
+        for need in get_kind(c.kind).needs(c, p):
+            if covers(tools, need.table, need.column):
+                continue
+            if need.column is None:
+                tools.append(distance_tool(p.anchor.name))
+                added.append("get_distance")
+                continue
+            slot = next((s.name for s in p.slots if s.table == need.table), None)
+            old = next((t for t in tools if t.table == need.table and t.shape == "details"), None)
+            if old is None:
+                tools.append(details_tool(seed, need.table, [need.column], slot))
+                added.append(tools[-1].name)
+            else:
+                tools[tools.index(old)] = old.with_returns([need.column])
+                added.append(f"{old.name}+{need.column}")
+    return tools, added
+
+
+def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constraint], plan: Plan) -> list[tuple[str, dict]]:
+    """The distinct tool calls that reveal every fact the reference plan's checks use."""
+    calls: list[tuple[str, dict]] = []
+
+    def add(name, args):
+        if (name, args) not in calls:
+            calls.append((name, args))
+
+    lister = next((t for t in tools if t.table == p.anchor.table and not t.filters), None)
+    if lister:
+        add(lister.name, {})
+    needs = [n for c in constraints for n in get_kind(c.kind).needs(c, p)]
+    for ids in plan:
+        for i, s in enumerate(p.slots):
+            if s.link:
+                search = next((t for t in tools if t.table == s.table and t.filters == (s.link,)), None)
+                if search:
+                    add(search.name, {s.link: ids[0]})
+            else:
+                search = lister
+            for n in needs:
+                if n.table == s.table and n.column and not (search and n.column in search.returns):
+                    det = next(t for t in tools if t.table == s.table and t.shape == "details")
+                    add(det.name, {det.filters[0]: ids[i]})
+    if any(n.column is None for n in needs):
+        dist = next(t for t in tools if t.shape == "relation")
+        stops = [ids[0] for ids in plan]
+        legs = list(zip(stops, stops[1:]))
+        if p.origin is not None:
+            legs.insert(0, (p.origin[p.anchor.key], stops[0]))
+        for a, b in legs:
+            if a != b:
+                add(dist.name, {"from_id": a, "to_id": b})
+    return calls
+
+
+def _confirmed(p: Problem, constraints: list[Constraint], plan: Plan) -> Plan:
+    if not confirm(p, constraints, plan):
+        raise LadderError(f"CP-SAT rejects the counted reference plan {plan}: the encodings disagree")
+    return plan
+
+
+def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
+                 levels: int) -> tuple[list[Level], list[ToolDef]]:
+    try:
+        cons, res = agent.base_task(p, rng)
+    except AgentError as e:
+        raise LadderError(str(e)) from None
+    ref = _confirmed(p, cons, pick_reference(res, rng))
+    tools, added = _extend_tools(p, tools, cons, seed)
+    out = [Level(0, cons, res.count, res.capped, ref, "base task", [t.name for t in tools], added,
+                 reference_calls(p, tools, cons, ref))]
+    while len(out) < levels:
+        prev = out[-1]
+        remaining = levels - len(out) - 1  # levels still to build after this one
+        step = None
+        for tries, (move, cand) in enumerate(agent.moves(p, prev.constraints, prev.reference, rng, len(out))):
+            if tries >= MAX_TRIES_PER_STEP:
+                break
+            r = count_plans(p, cand, prev.count)
+            # strictly fewer plans, and room left for the remaining levels to shrink further
+            if not r.capped and r.count > remaining:
+                step = (move, cand, r)
+                break
+        if step is None:
+            raise LadderError(f"no harder solvable task found after level {prev.level}")
+        move, cand, r = step
+        ref = _confirmed(p, cand, pick_reference(r, rng))
+        tools, added = _extend_tools(p, tools, cand, seed)
+        out.append(Level(len(out), cand, r.count, False, ref, move, [t.name for t in tools], added,
+                         reference_calls(p, tools, cand, ref)))
+    return out, tools

@@ -1,0 +1,268 @@
+"""Seed files: the declarative description of a task type.
+
+A seed (TOML, documented in docs/seeds.md) names the data sources, the entity tables, what
+an answer (a plan) consists of, the tools to generate, and which constraint kinds the
+difficulty ladder may use. Everything downstream reads the validated `Seed`; a new domain
+needs a new seed file only.
+
+Errors name the file, the line and the field: `seed.toml:12: plan.slots[1].table: ...`.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = ["Seed", "SeedError", "load_seed", "builtin_seeds", "resolve_seed", "PoolItem", "parse_pool_item"]
+
+SEED_DIR = Path(__file__).parent / "seeds"
+COLUMN_TYPES = ("VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN")
+IDENT = r"^[a-z][a-z0-9_]{0,40}$"
+TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class SeedError(ValueError):
+    """A malformed seed: one line naming file, line and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeedInfo(_Strict):
+    name: str = Field(pattern=IDENT)
+    description: str = Field(min_length=1)
+    answer_intro: str = Field(min_length=1)
+
+
+class Region(_Strict):
+    min_population: int = Field(gt=0)
+    cities: int = Field(ge=2, le=30)
+    max_radius_km: float = Field(gt=0)
+
+
+class Source(_Strict):
+    table: str = Field(pattern=IDENT)
+    kind: Literal["package", "html", "api", "js"]
+    dataset: str | None = None
+    path: str | None = None
+
+
+class TableSpec(_Strict):
+    key: str
+    columns: dict[str, Literal["VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"]]
+    references: dict[str, str] = {}
+
+
+class Slot(_Strict):
+    name: str = Field(pattern=IDENT)
+    table: str
+    link: str | None = None
+    cost: str | None = None
+
+
+class Plan(_Strict):
+    unit: str = Field(pattern=IDENT)
+    units: int = Field(ge=1, le=7)
+    origin: bool = True
+    slots: list[Slot] = Field(min_length=1)
+
+    @property
+    def key(self) -> str:
+        """The answer's top-level key: the unit's plural (`day` -> `days`)."""
+        return self.unit + "s"
+
+    @property
+    def anchor(self) -> Slot:
+        return self.slots[0]
+
+    def slot(self, name: str) -> Slot:
+        return next(s for s in self.slots if s.name == name)
+
+
+class ToolSpec(_Strict):
+    name: str = Field(pattern=TOOL_NAME)
+    table: str
+    description: str = Field(min_length=1)
+    filters: list[str] = []
+    returns: list[str] = Field(min_length=1)
+    order_by: str | None = None
+
+
+class Ladder(_Strict):
+    levels: int = Field(ge=2, le=12)
+    count_cap: int = Field(ge=10, le=1_000_000)
+    base: list[str]
+    prefer: list[str] = []
+    pool: list[str] = []
+    conditional_unit: int = Field(default=1, ge=1)
+
+
+class Seed(_Strict):
+    seed: SeedInfo
+    region: Region
+    sources: list[Source] = Field(min_length=1)
+    tables: dict[str, TableSpec] = {}
+    plan: Plan
+    tools: list[ToolSpec] = Field(min_length=1)
+    ladder: Ladder
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_tables(cls, v: list[Source]) -> list[Source]:
+        names = [s.table for s in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"table {sorted(dup)[0]!r} has two sources")
+        return v
+
+    @property
+    def name(self) -> str:
+        return self.seed.name
+
+    def table_columns(self, table: str) -> dict[str, str]:
+        """Column name -> DuckDB type for a web table or a package dataset's table."""
+        if table in self.tables:
+            return dict(self.tables[table].columns)
+        from sandboxes.package import PACKAGE_TABLES
+
+        src = next(s for s in self.sources if s.table == table)
+        return dict(PACKAGE_TABLES[src.dataset].columns)
+
+    def table_key(self, table: str) -> str:
+        if table in self.tables:
+            return self.tables[table].key
+        from sandboxes.package import PACKAGE_TABLES
+
+        src = next(s for s in self.sources if s.table == table)
+        return PACKAGE_TABLES[src.dataset].key
+
+
+class PoolItem(BaseModel):
+    """One ladder entry, `kind[:slot[.column]]`, e.g. `aggregate:restaurant.rating`."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: str
+    slot: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        s = self.kind
+        if self.slot:
+            s += ":" + self.slot + (("." + self.column) if self.column else "")
+        return s
+
+
+def parse_pool_item(text: str) -> PoolItem:
+    m = re.fullmatch(r"([a-z_]+)(?::([a-z_][a-z0-9_]*)(?:\.([a-z_][a-z0-9_]*))?)?", text)
+    if not m:
+        raise ValueError(f"bad ladder entry {text!r}: expected kind[:slot[.column]]")
+    return PoolItem(kind=m[1], slot=m[2], column=m[3])
+
+
+# ---------------------------------------------------------------- locating errors
+
+
+def _line_index(text: str) -> dict[str, int]:
+    """Map each field path (`plan.slots[1].table`) to the line (1-based) that sets it."""
+    index: dict[str, int] = {}
+    header, counts = "", {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        hm = re.fullmatch(r"(\[\[?)\s*([^\]]+?)\s*\]\]?", line)
+        if hm:
+            name = hm[2]
+            if hm[1] == "[[":
+                counts[name] = counts.get(name, -1) + 1
+                # nested arrays such as [[plan.slots]] live under their parent's path
+                header = f"{name}[{counts[name]}]"
+            else:
+                header = name
+            index.setdefault(header, n)
+            continue
+        km = re.match(r"([A-Za-z0-9_-]+)\s*=\s*(.*)", line)
+        if not km:
+            continue
+        path = f"{header}.{km[1]}" if header else km[1]
+        index.setdefault(path, n)
+        for inner in re.findall(r"([A-Za-z0-9_-]+)\s*=", km[2]):  # inline tables
+            index.setdefault(f"{path}.{inner}", n)
+    return index
+
+
+def _locate(text: str, loc: tuple) -> int | None:
+    """The line of the deepest known prefix of a field path such as ('plan', 'slots', 1, 'table')."""
+    index = _line_index(text)
+    parts = list(loc)
+    while parts:
+        line = index.get(_fmt_loc(tuple(parts)))
+        if line:
+            return line
+        parts.pop()
+    return None
+
+
+def _fmt_loc(loc: tuple) -> str:
+    out = ""
+    for k in loc:
+        out += f"[{k}]" if isinstance(k, int) else (("." if out else "") + str(k))
+    return out
+
+
+def _error(path: Path, text: str, loc: tuple, msg: str) -> SeedError:
+    line = _locate(text, loc)
+    where = f"{path}:{line}" if line else str(path)
+    return SeedError(f"{where}: {_fmt_loc(loc)}: {msg}" if loc else f"{where}: {msg}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def builtin_seeds() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(SEED_DIR.glob("*.toml"))}
+
+
+def resolve_seed(name_or_path: str) -> Path:
+    """A built-in seed name or a path to a seed file."""
+    builtins = builtin_seeds()
+    if name_or_path in builtins:
+        return builtins[name_or_path]
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    raise SeedError(f"no seed {name_or_path!r}: not a file and not a built-in ({', '.join(builtins)})")
+
+
+def load_seed(path: str | Path) -> Seed:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SeedError(f"{path}: cannot read seed: {e}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise SeedError(f"{path}:{m[1] if m else '?'}: TOML syntax: {e}") from None
+    try:
+        seed = Seed.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith(("function-", "literal["))))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] == "missing":
+            msg = "required field missing"
+        raise _error(path, text, loc, msg) from None
+    from factory.seedcheck import check_seed
+
+    problem = check_seed(seed)
+    if problem:
+        loc, msg = problem
+        raise _error(path, text, loc, msg)
+    return seed

@@ -1,0 +1,124 @@
+"""Multi-head latent attention (MLA) with DeepSeek Sparse Attention (DSA).
+
+Module names are the Hugging Face V3.2 tensor names (the reference `model.py` name follows
+in brackets), so checkpoints map one to one:
+
+    qr  = q_a_layernorm(q_a_proj(x))                       [wq_a, q_norm]   (B, S, q_lora)
+    q   = q_b_proj(qr) -> (q_nope, q_pe)                   [wq_b]           (B, S, H, 128+64)
+    kv, k_pe = kv_a_proj_with_mqa(x); kv = kv_a_layernorm  [wkv_a, kv_norm] (B, S, 512), (B, S, 64)
+    k_nope, v = kv_b_proj(kv)                              [wkv_b]          (B, T, H, 128+128)
+    out = o_proj(attention)                                [wo]
+
+RoPE is interleaved here (the indexer's is not). The softmax scale carries YaRN's mscale².
+
+Paths, picked per call:
+- full causal attention (`sparse=False`: pre-training and the indexer warm-up);
+- top-k attention (`sparse=True`): the indexer scores every visible token, `select_topk`
+  keeps k, and `cfg.attn_impl` decides how attention reads them: "dense" masks dense scores
+  (the oracle), "sparse" gathers the selected latents (what the kernels replace).
+Prefill uses the MHA form; a one-token step over a cache uses the absorbed MQA form.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention_ops import absorbed_attention, attention_target, mha_attention, sparse_attention
+from .cache import LayerCache
+from .config import ModelConfig
+from .fp8 import fake_quant
+from .indexer import Indexer, causal_mask, index_kl, index_mask, select_topk
+from .layers import RMSNorm
+from .rope import apply_rope
+
+
+class MLA(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, R = cfg.n_heads, cfg.kv_lora_rank
+        self.q_a_proj = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+        self.q_a_layernorm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+        self.q_b_proj = nn.Linear(cfg.q_lora_rank, H * cfg.qk_head_dim, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(cfg.dim, R + cfg.qk_rope_head_dim, bias=False)
+        self.kv_a_layernorm = RMSNorm(R, cfg.norm_eps)
+        self.kv_b_proj = nn.Linear(R, H * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
+        self.o_proj = nn.Linear(H * cfg.v_head_dim, cfg.dim, bias=False)
+        self.indexer = Indexer(cfg)
+
+    def _w_kv_b(self):
+        """W_UK [H, nope, R] and W_UV [H, v, R]: kv_b_proj's weight split per head."""
+        c = self.cfg
+        w = self.kv_b_proj.weight.view(c.n_heads, c.qk_nope_head_dim + c.v_head_dim, c.kv_lora_rank)
+        return w[:, : c.qk_nope_head_dim], w[:, c.qk_nope_head_dim:]
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int = 0,
+                cache: LayerCache | None = None, sparse: bool = True, index_loss: bool = False):
+        """x [B, S, dim] at positions start_pos.. -> (out [B, S, dim], indexer KL or None).
+
+        cos/sin [S, rope/2] are the rows of those positions. With `index_loss`, also returns
+        the KL between the indexer and the detached main attention over the support in use.
+        """
+        c = self.cfg
+        B, S, _ = x.shape
+        T = start_pos + S
+        qr = self.q_a_layernorm(self.q_a_proj(x))  # (B, S, q_lora)
+        q = self.q_b_proj(qr).view(B, S, c.n_heads, c.qk_head_dim)
+        q_nope, q_pe = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
+        q_pe = apply_rope(q_pe, cos, sin, interleaved=True)  # (B, S, H, P)
+        kv, k_pe = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
+        kv = self.kv_a_layernorm(kv)  # (B, S, R)
+        if c.kv_fp8:  # the deployed cache is FP8: simulate its precision (commit 8631a81)
+            block = c.fp8_block if c.kv_lora_rank % c.fp8_block == 0 else c.kv_lora_rank
+            kv = fake_quant(kv, block, c.fp8_scale_fmt)
+        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin, interleaved=True).squeeze(2)  # (B, S, P)
+        if cache is not None:
+            kv, k_pe = cache.latent.update(start_pos, kv, k_pe)  # (B, T, R), (B, T, P)
+
+        scores = idx = None
+        if sparse or index_loss:
+            scores = self.indexer(x, qr, cos, sin, start_pos, cache.index if cache else None)
+        if sparse:
+            idx = select_topk(scores, c.index_topk, start_pos)  # (B, S, K)
+            # the gather path needs no [B, S, T] mask unless the KL target is wanted
+            mask = index_mask(idx, T) if c.attn_impl == "dense" or index_loss else None
+        else:
+            mask = causal_mask(S, T, start_pos, x.device)  # (1, S, T)
+
+        w_uk, w_uv = self._w_kv_b()
+        q_lat = None
+        if sparse and c.attn_impl != "dense":
+            q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query
+            o_lat = _sparse_core(c.attn_impl)(q_lat, q_pe, kv, k_pe, idx, c.softmax_scale)
+            o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
+        elif S == 1 and cache is not None:  # decode: MQA over the latent cache
+            q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
+            o_lat = absorbed_attention(q_lat, q_pe, kv, k_pe, mask, c.softmax_scale)
+            o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
+        else:  # prefill: expand the latent into per-head keys and values
+            kvb = self.kv_b_proj(kv).view(B, T, c.n_heads, c.qk_nope_head_dim + c.v_head_dim)
+            k_nope, v = kvb.split([c.qk_nope_head_dim, c.v_head_dim], dim=-1)
+            k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, c.n_heads, -1)), dim=-1)
+            o = mha_attention(torch.cat((q_nope, q_pe), dim=-1), k, v, mask, c.softmax_scale)
+        out = self.o_proj(o.flatten(2))  # (B, S, dim)
+
+        kl = None
+        if index_loss:
+            if q_lat is None:
+                q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
+            target = attention_target(q_lat, q_pe, kv, k_pe, mask, c.softmax_scale)
+            kl = index_kl(scores, mask, target)
+        return out, kl
+
+
+def _sparse_core(attn_impl: str):
+    if attn_impl == "sparse":
+        return sparse_attention
+    if attn_impl == "triton":
+        try:
+            from kernels import sparse_mla  # provided by the kernels/ package
+        except ImportError as e:
+            raise NotImplementedError("attn_impl='triton' needs kernels.sparse_mla") from e
+        return sparse_mla
+    raise ValueError(f"unknown attn_impl {attn_impl!r}")

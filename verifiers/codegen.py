@@ -1,0 +1,55 @@
+"""Verifier code generation: a self-contained `verify(answer, db)` module per task.
+
+The module embeds the task's constraints as data and inlines the check function of each
+constraint kind it uses (`verifiers.constraints.base.check_source`), so the generated code
+and the library mean the same thing, and a bundle needs no factory install to score.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from verifiers.constraints import Constraint, check_source
+from verifiers.problem import Problem, scaled
+
+__all__ = ["render_verifier", "load_verifier"]
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@lru_cache(maxsize=1)
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["pyrepr"] = repr
+    return env.get_template("verifier.py.j2")
+
+
+def render_verifier(task_id: str, seed_name: str, level: int, p: Problem, constraints: list[Constraint]) -> str:
+    kinds = sorted({c.kind for c in constraints})
+    slots = [{"name": s.name, "table": s.table, "key": s.key, "link": s.link, "columns": list(s.columns)}
+             for s in p.slots]
+    scaled_src = inspect.getsource(scaled).replace("def scaled(", "def _scaled(", 1)
+    return _template().render(
+        task_id=task_id, seed_name=seed_name, level=level, unit_key=p.key, units=p.units, slots=slots,
+        anchor=p.anchor.name, origin=p.origin[p.anchor.key] if p.origin else None,
+        constraints_json=json.dumps([c.to_json() for c in constraints], sort_keys=True),
+        scaled_source=scaled_src, check_sources=[check_source(k) for k in kinds], kinds=kinds)
+
+
+def load_verifier(path: str | Path):
+    """Import a generated verifier module from its file (trusted, in-process)."""
+    path = Path(path)
+    name = f"_verifier_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules.pop(name, None)
+    return mod
