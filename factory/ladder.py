@@ -16,7 +16,7 @@ from factory.agent import Agent, AgentError
 from toolgen import ToolDef, covers, details_tool, distance_tool
 from verifiers.constraints import Constraint, get_kind
 from verifiers.problem import Plan, Problem
-from verifiers.count import count_plans
+from verifiers.count import CountResult, count_plans
 from verifiers.solver import confirm, pick_reference
 
 __all__ = ["Level", "build_ladder", "LadderError", "reference_calls"]
@@ -39,6 +39,7 @@ class Level:
     tools: list[str]                  # tool names available at this level
     tools_added: list[str] = field(default_factory=list)
     calls: list[tuple[str, dict]] = field(default_factory=list)
+    plans: list[Plan] | None = field(default=None, repr=False)  # every feasible plan, when not capped
 
 
 def _extend_tools(p: Problem, tools: list[ToolDef], constraints: list[Constraint], seed) -> tuple[list[ToolDef], list[str]]:
@@ -98,6 +99,23 @@ def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constrai
     return calls
 
 
+def _narrow(p: Problem, constraints: list[Constraint], prev: "Level") -> CountResult:
+    """Count a candidate's plans. Every move only adds or tightens constraints, so its plans
+    are the previous level's plans that pass the new set: filtering the previous (complete)
+    list is exact and needs no search. tests/test_ladder.py checks this against a full count."""
+    if prev.capped or prev.plans is None:
+        return count_plans(p, constraints, prev.count)
+    ctx = p.ctx()
+    # prev's plans already pass every unchanged constraint; check only the new or tightened
+    checks = [(get_kind(c.kind).check, c.params) for c in constraints if c not in prev.constraints]
+    keep = []
+    for plan in prev.plans:
+        rows = p.plan_rows(plan)
+        if all(fn(rows, prm, ctx)[0] for fn, prm in checks):
+            keep.append(plan)
+    return CountResult(len(keep), len(keep) >= prev.count, keep)
+
+
 def _confirmed(p: Problem, constraints: list[Constraint], plan: Plan) -> Plan:
     if not confirm(p, constraints, plan):
         raise LadderError(f"CP-SAT rejects the counted reference plan {plan}: the encodings disagree")
@@ -113,7 +131,7 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
     ref = _confirmed(p, cons, pick_reference(res, rng))
     tools, added = _extend_tools(p, tools, cons, seed)
     out = [Level(0, cons, res.count, res.capped, ref, "base task", [t.name for t in tools], added,
-                 reference_calls(p, tools, cons, ref))]
+                 reference_calls(p, tools, cons, ref), None if res.capped else res.plans)]
     while len(out) < levels:
         prev = out[-1]
         remaining = levels - len(out) - 1  # levels still to build after this one
@@ -121,7 +139,7 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
         for tries, (move, cand) in enumerate(agent.moves(p, prev.constraints, prev.reference, rng, len(out))):
             if tries >= MAX_TRIES_PER_STEP:
                 break
-            r = count_plans(p, cand, prev.count)
+            r = _narrow(p, cand, prev)
             # strictly fewer plans, and room left for the remaining levels to shrink further
             if not r.capped and r.count > remaining:
                 step = (move, cand, r)
@@ -132,5 +150,5 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
         ref = _confirmed(p, cand, pick_reference(r, rng))
         tools, added = _extend_tools(p, tools, cand, seed)
         out.append(Level(len(out), cand, r.count, False, ref, move, [t.name for t in tools], added,
-                         reference_calls(p, tools, cand, ref)))
+                         reference_calls(p, tools, cand, ref), r.plans))
     return out, tools

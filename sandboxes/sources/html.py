@@ -47,7 +47,7 @@ class ListingParser(HTMLParser):
             elif "listing" in _tokens(a.get("class")):
                 self.found_table, self._depth = True, 1
             return
-        if not self._depth:
+        if self._depth != 1:  # outside the listing, or inside a table nested in a cell
             return
         if tag == "tr":  # HTML lets </td> and </tr> be omitted: a new row closes both
             self._end_row()
@@ -61,14 +61,16 @@ class ListingParser(HTMLParser):
     def handle_endtag(self, tag):
         if not self._depth:
             return
-        if tag in ("td", "th"):
-            self._end_cell()
-        elif tag == "tr":
-            self._end_row()
-        elif tag == "table":
+        if tag == "table":
             self._depth -= 1
             if not self._depth:
                 self._end_row()
+        elif self._depth > 1:  # a nested table's cells are just text of the outer cell
+            return
+        elif tag in ("td", "th"):
+            self._end_cell()
+        elif tag == "tr":
+            self._end_row()
 
     def handle_data(self, data):
         if self._field is not None:

@@ -38,7 +38,10 @@ def propose(item, p, current, reference, rng, opts):
 
 
 def prefix(units, params, ctx, n, p):
-    return check(units, params, ctx)[0]
+    """The newest unit's entity is not used by an earlier unit (earlier ones were checked)."""
+    slot = params["slot"]
+    last = units[-1][slot]["_id"]
+    return all(u[slot]["_id"] != last for u in units[:-1])
 
 
 register("all_different", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix)

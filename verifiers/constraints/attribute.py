@@ -90,7 +90,7 @@ def propose(item, p, current, reference, rng, opts):
 def local(u, unit, params):
     if params["unit"] not in (0, u + 1):
         return True
-    return check([unit], dict(params, unit=1), {})[0]
+    return _ok(unit[params["slot"]], params)
 
 
 register("attribute", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local)

@@ -68,7 +68,16 @@ def propose(item, p, current, reference, rng, opts):
 
 
 def prefix(units, params, ctx, n, p):
-    return check(units, params, ctx)[0]
+    """The leg into the newest unit is short enough (earlier legs were checked)."""
+    slot = params["slot"]
+    b = units[-1][slot]["_id"]
+    if len(units) > 1:
+        a = units[-2][slot]["_id"]
+    elif params["from_origin"] and ctx["origin"] is not None:
+        a = ctx["origin"]
+    else:
+        return True
+    return a == b or ctx["km"].get((a, b), float("inf")) <= params["max_km"]
 
 
 register("distance", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix)

@@ -58,7 +58,8 @@ def propose(item, p, current, reference, rng, opts):
 
 
 def prefix(units, params, ctx, n, p):
-    return check(units, params, ctx)[0]
+    cap = _scaled(params["max"])
+    return sum(_scaled(u[s][c] or 0) for u in units for s, c in params["costs"].items()) <= cap
 
 
 register("total_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix)

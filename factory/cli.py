@@ -1,0 +1,139 @@
+"""`factory`: the command line. Thin: parse arguments, call one library function, print.
+
+Errors print one line (`factory: error: ...`) and exit 2; `verify` exits 1 when the score
+is below 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    pass
+
+
+def _fail(msg: str, code: int = 2):
+    print(f"factory: error: {msg}", file=sys.stderr)
+    return code
+
+
+def cmd_generate(a) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from factory.generate import generate
+
+    from factory.seed import load_seed, resolve_seed
+
+    if a.envs < 1:
+        raise UsageError("--envs must be at least 1")
+    load_seed(resolve_seed(a.seed_ref))  # a bad seed fails here, before any progress display
+    console = Console(stderr=True)
+    with Progress(TextColumn("[bold]generate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as bar:
+        task = bar.add_task(a.seed_ref, total=a.envs)
+
+        def progress(done, total, env):
+            bar.update(task, completed=done, description=f"{env.env_id} (levels {env.levels}, plans {env.counts})")
+
+        res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress)
+    for e in res.envs:
+        print(f"{e.env_id}\tlevels={e.levels}\tplans={','.join(map(str, e.counts))}\t"
+              f"calls={','.join(map(str, e.tool_calls))}\ttools={len(e.tools)}")
+    rate = len(res.envs) / res.seconds * 60
+    print(f"{len(res.envs)} environments in {res.seconds:.1f} s ({rate:.1f}/min) -> {res.out_dir}", file=sys.stderr)
+    return 0
+
+
+def _read_answer(text: str):
+    if text == "-":
+        raw = sys.stdin.read()
+    else:
+        p = Path(text)
+        try:
+            is_file = p.is_file()
+        except OSError:  # JSON text too long to be a file name
+            is_file = False
+        if is_file:
+            try:
+                raw = p.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"cannot read {text}: {e}") from None
+        else:
+            raw = text
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise UsageError(f"answer is not valid JSON ({e}); pass a JSON file, JSON text or - for stdin") from None
+
+
+def cmd_verify(a) -> int:
+    from verifiers.codegen import load_verifier
+
+    env = Path(a.env_dir)
+    if not (env / "tasks" / "tasks.jsonl").is_file():
+        raise UsageError(f"{env} is not an environment directory (no tasks/tasks.jsonl)")
+    vpath = env / "verifiers" / f"{a.task_id}.py"
+    if "/" in a.task_id or not vpath.is_file():
+        known = [json.loads(l)["task_id"] for l in (env / "tasks" / "tasks.jsonl").read_text().splitlines() if l]
+        raise UsageError(f"no task {a.task_id!r} in {env} (tasks: {', '.join(known)})")
+    answer = _read_answer(a.answer)
+    result = load_verifier(vpath).verify(answer, str(env / "db" / "sandbox.duckdb"))
+    print(json.dumps(result, indent=2))
+    return 0 if result["score"] == 1.0 else 1
+
+
+def cmd_seeds(a) -> int:
+    from factory.seed import builtin_seeds, load_seed
+
+    for name, path in builtin_seeds().items():
+        print(f"{name}\t{load_seed(path).seed.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="factory", description="Agentic environment and task synthesis factory.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="generate environments from a task-type seed")
+    g.add_argument("seed_ref", metavar="SEED", help="a built-in seed name (see `factory seeds`) or a seed file")
+    g.add_argument("--envs", type=int, default=3, help="number of environments (default 3)")
+    g.add_argument("--out", required=True, help="output directory")
+    g.add_argument("--seed", type=int, default=0, help="run seed: same seed, same output (default 0)")
+    g.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
+    g.add_argument("--force", action="store_true", help="replace environments that already exist")
+    g.set_defaults(fn=cmd_generate)
+    v = sub.add_parser("verify", help="score an answer with a task's verifier")
+    v.add_argument("env_dir", metavar="ENV_DIR")
+    v.add_argument("task_id", metavar="TASK_ID")
+    v.add_argument("answer", metavar="ANSWER_JSON", help="a JSON file, JSON text, or - for stdin")
+    v.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("seeds", help="list the built-in seeds")
+    s.set_defaults(fn=cmd_seeds)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from factory.generate import GenerateError
+    from factory.region import RegionError
+    from factory.seed import SeedError
+    from sandboxes.duck import SandboxError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (UsageError, SeedError, RegionError, GenerateError, SandboxError, FileExistsError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # output piped into a reader that closed early (e.g. `| head`)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Batch generation: N environments from one seed, in a process pool, with progress.
+
+The offline web runs in this process (a loopback server thread); each worker keeps one
+fetch context (httpx client + one Chromium) for all its environments. Environments are
+pure functions of (seed, region, run seed), so the output does not depend on scheduling.
+If an environment cannot reach the ladder's level count, the next spare region replaces it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from factory.bundle import write_json
+from factory.envbuild import EnvSummary, build_env
+from factory.region import choose_regions
+from factory.seed import load_seed, resolve_seed
+
+__all__ = ["generate", "BatchResult", "GenerateError"]
+
+SPARE_FACTOR = 2  # regions drawn per requested environment, for replacements
+
+
+class GenerateError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    out_dir: str
+    envs: list[EnvSummary]
+    failed: list[tuple[str, str]]  # (origin, reason) of regions that were replaced
+    seconds: float
+
+
+_CTX = None  # the worker's fetch context
+
+
+def _worker_init() -> None:
+    global _CTX
+    from sandboxes.sources import FetchContext
+
+    _CTX = FetchContext()
+
+
+def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_dir: str, force: bool):
+    from factory.envbuild import EnvBuildError
+    from factory.ladder import LadderError
+    from sandboxes.duck import SandboxError
+    from toolgen import ToolCheckError
+
+    seed = load_seed(seed_path)
+    try:
+        return "ok", build_env(seed, Path(seed_path), region, index, run_seed, base_url, _CTX, Path(out_dir), force)
+    except (LadderError, EnvBuildError, ToolCheckError) as e:
+        return "skip", f"{region.origin_name}: {e}"
+    except SandboxError as e:
+        return "fail", str(e)
+
+
+def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, workers: int | None = None,
+             force: bool = False, progress=None) -> BatchResult:
+    """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
+    called after each environment."""
+    from sandboxes.web import OfflineWeb
+
+    t0 = time.perf_counter()
+    seed_path = resolve_seed(seed_ref)
+    seed = load_seed(seed_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    r = seed.region
+    regions = choose_regions(seed.name, run_seed, n_envs * SPARE_FACTOR, r.min_population, r.cities, r.max_radius_km) \
+        if n_envs else []
+    workers = max(1, min(workers or os.cpu_count() or 1, n_envs or 1))
+    done: dict[int, EnvSummary] = {}
+    failed: list[tuple[str, str]] = []
+    with OfflineWeb() as web, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                                  initializer=_worker_init) as pool:
+        queue = list(enumerate(regions))
+        running = {}
+
+        def submit():
+            i, region = queue.pop(0)
+            fut = pool.submit(_job, str(seed_path), region, i, run_seed, web.base_url, str(out), force)
+            running[fut] = (i, region)
+
+        while queue and len(running) < min(n_envs, workers * 2):
+            submit()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i, region = running.pop(fut)
+                status, value = fut.result()
+                if status == "fail":
+                    raise GenerateError(value)
+                if status == "skip":
+                    failed.append((region.origin_name, value))
+                else:
+                    done[i] = value
+                    if progress:
+                        progress(min(len(done), n_envs), n_envs, value)
+            while queue and len(running) + len(done) < n_envs:
+                submit()
+    if len(done) < n_envs:
+        raise GenerateError(f"only {len(done)} of {n_envs} environments could be built; "
+                            f"last problems: {'; '.join(r for _, r in failed[-3:])}")
+    envs = [done[i] for i in sorted(done)][:n_envs]
+    # environments beyond the first n (built in parallel as replacements finished) are dropped
+    keep = {e.env_id for e in envs}
+    for i, e in done.items():
+        if e.env_id not in keep:
+            import shutil
+
+            shutil.rmtree(e.path, ignore_errors=True)
+    result = BatchResult(str(out), envs, failed, time.perf_counter() - t0)
+    write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed,
+                                    "envs": [asdict(e) | {"path": Path(e.path).name} for e in envs],
+                                    "replaced": [{"origin": o, "reason": m} for o, m in failed]})
+    return result

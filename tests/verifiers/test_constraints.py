@@ -1,0 +1,107 @@
+"""Every constraint kind, through the whole chain: the DFS counter and CP-SAT agree on the
+number of plans; a satisfying plan scores 1 and a violating plan scores 0 in the generated
+verifier, with the kind's own check named as the failure."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from factory.seed import PoolItem
+from verifiers.codegen import load_verifier, render_verifier
+from verifiers.constraints import KINDS, Constraint, get_kind
+from verifiers.count import count_plans
+from verifiers.solver import confirm, count_solutions
+
+COSTS = {"hotel": "price_per_night", "restaurant": "avg_cost", "attraction": "ticket_price"}
+
+# one representative constraint per kind, chosen so some plans pass and some fail
+CASES = {
+    "all_different": Constraint("all_different", "all_different_city", {"slot": "city"}),
+    "attribute": Constraint("attribute", "attribute_hotel_stars",
+                            {"slot": "hotel", "column": "stars", "op": ">=", "value": 4, "unit": 0}),
+    "total_budget": Constraint("total_budget", "total_budget", {"max": 330, "costs": COSTS}),
+    "unit_budget": Constraint("unit_budget", "unit_budget", {"max": 120, "costs": COSTS}),
+    "conditional_budget": Constraint("conditional_budget", "conditional_budget", {
+        "unit": 2, "if_slot": "hotel", "if_cost": "price_per_night", "threshold": 70,
+        "then_costs": {"restaurant": "avg_cost", "attraction": "ticket_price"}, "max": 30}),
+    "aggregate": Constraint("aggregate", "aggregate_restaurant_rating",
+                            {"slot": "restaurant", "column": "rating", "value": 4.2}),
+    "distance": Constraint("distance", "distance", {"slot": "city", "max_km": 150, "from_origin": True}),
+    "distinct_count": Constraint("distinct_count", "distinct_restaurant_cuisine",
+                                 {"slot": "restaurant", "column": "cuisine", "min": 3}),
+}
+
+
+def test_every_kind_has_a_case():
+    assert set(CASES) == set(KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_counter_matches_cp_sat(env, kind):
+    p, _ = env
+    cons = [CASES[kind]]
+    ours = count_plans(p, cons, 100_000)
+    cp = count_solutions(p, cons, 100_000)
+    assert not ours.capped and cp.complete and not cp.capped
+    assert ours.count == cp.count
+    assert set(ours.plans) == set(cp.plans)
+    assert 0 < ours.count < count_plans(p, [], 100_000).count  # the constraint bites
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_satisfying_and_violating_answers(env, kind, tmp_path):
+    p, db = env
+    c = CASES[kind]
+    allowed = set(count_plans(p, [c], 100_000).plans)
+    everything = count_plans(p, [], 100_000).plans
+    good = sorted(allowed)[len(allowed) // 2]
+    bad = next(plan for plan in everything if plan not in allowed)
+    assert confirm(p, [c], good) and not confirm(p, [c], bad)
+    path = tmp_path / "v.py"
+    path.write_text(render_verifier("t-L0", "test", 0, p, [c]))
+    verify = load_verifier(path).verify
+    ok = verify(p.plan_dict(good), str(db))
+    assert ok["score"] == 1.0, ok
+    res = verify(p.plan_dict(bad), str(db))
+    assert res["score"] == 0.0
+    failed = [ch["name"] for ch in res["checks"] if not ch["passed"]]
+    assert failed == [c.name], res
+    assert get_kind(kind).describe(c, p).endswith(".")
+
+
+def test_wrong_shapes_score_zero_with_a_reason(env, tmp_path):
+    p, db = env
+    path = tmp_path / "v.py"
+    path.write_text(render_verifier("t-L0", "test", 0, p, [CASES["total_budget"]]))
+    verify = load_verifier(path).verify
+    good = p.plan_dict(count_plans(p, [CASES["total_budget"]], 10).plans[0])
+    unit = good["days"][0]
+    shapes = [None, [], {}, "", "not json", 7, {"days": None}, {"days": good["days"][:2]},
+              {"days": good["days"] + [unit]}, {"days": [dict(unit, city=5)] + good["days"][1:]},
+              {"days": [{k: v for k, v in unit.items() if k != "hotel"}] + good["days"][1:]},
+              {"days": [dict(unit, spa="x")] + good["days"][1:]}, dict(good, extra=1),
+              {"days": [dict(unit, hotel="NOPE")] + good["days"][1:]},
+              {"days": [dict(unit, city="C0")] + good["days"][1:]}]
+    for answer in shapes:
+        res = verify(answer, str(db))
+        assert res["score"] == 0.0, answer
+        assert any(not ch["passed"] and ch["reason"] for ch in res["checks"])
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_proposals_only_restrict(env, kind):
+    """Ladder moves must only remove plans: the ladder counts a move by filtering."""
+    p, _ = env
+    base = [CASES["total_budget"]] if kind != "total_budget" else [CASES[kind]]
+    ref = count_plans(p, base, 10).plans[0]
+    item = {"all_different": PoolItem(kind=kind, slot="hotel"), "attribute": PoolItem(kind=kind, slot="hotel", column="rating"),
+            "aggregate": PoolItem(kind=kind, slot="attraction", column="rating"),
+            "distance": PoolItem(kind=kind, slot="city"),
+            "distinct_count": PoolItem(kind=kind, slot="restaurant", column="cuisine")}.get(kind, PoolItem(kind=kind))
+    before = set(count_plans(p, base, 100_000).plans)
+    for cand in get_kind(kind).propose(item, p, base, ref, random.Random(0), {"conditional_unit": 2}):
+        cons = [c for c in base if c.name != cand.name] + [cand]
+        after = set(count_plans(p, cons, 100_000).plans)
+        assert after <= before
