@@ -1,7 +1,7 @@
 """JavaScript-rendered listing scraper (source kind "js").
 
-Contract: open the URL in the context's shared headless Chromium (one browser context, a
-new page per fetch, closed afterwards), retrying the navigation like `FetchContext.get`
+Contract: open the URL in the context's shared headless Chromium (one browser context and
+one page reused across fetches; a page that failed is closed and replaced), retrying the navigation like `FetchContext.get`
 (network errors, 429 and 5xx retried; other 4xx fail at once). Wait up to ctx.timeout_s for
 `#listing li` to exist and the list to stop growing, then return one record per <li>: its
 data-* attributes keyed without the "data-" prefix (so data-id gives "id"), values as
@@ -78,13 +78,14 @@ def _close(page) -> None:
 
 @register("js")
 def fetch_js(source: str, url: str, ctx: FetchContext) -> FetchResult:
-    page = ctx.new_page()
+    page = ctx.shared_page()
     try:
         _navigate(source, url, ctx, page)
         _wait_for_listing(source, url, ctx, page)
         records = page.eval_on_selector_all(LISTING_SELECTOR, _READ_DATA_ATTRS)
         rendered = page.content().encode("utf-8")
-    finally:
-        _close(page)
+    except BaseException:
+        _close(page)  # a page left mid-error is not reused; the next fetch opens a new one
+        raise
     return FetchResult(source=source, url=url, records=records,
                        content_sha256=sha256_of([rendered]), pages=1)
