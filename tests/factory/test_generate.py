@@ -67,6 +67,21 @@ def test_environments_differ_and_ladders_get_harder(runs):
     assert len(prompts) == N * len(_tasks(Path(ra.envs[0].path)))
 
 
+def test_report_example_is_reachable(runs):
+    """DeepSeek-V3.2's example: a 3-day trip from a city, no repeated city, hotel, restaurant
+    or attraction, and a day-2 budget rule conditioned on the hotel's price."""
+    ra, _ = runs
+    shapes = []
+    for e in ra.envs:
+        last = _tasks(Path(e.path))[-1]
+        names = {c["name"]: c for c in last["constraints"]}
+        shapes.append({"all_different_city", "all_different_hotel", "all_different_restaurant",
+                       "all_different_attraction", "conditional_budget"} <= set(names)
+                      and names["conditional_budget"]["params"]["unit"] == 2
+                      and len(last["reference_answer"]["days"]) == 3)
+    assert any(shapes)
+
+
 def test_bundle_layout_manifest_and_provenance(runs):
     ra, _ = runs
     env = Path(ra.envs[0].path)

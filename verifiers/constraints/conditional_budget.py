@@ -55,12 +55,13 @@ def propose(item, p, current, reference, rng, opts):
         return []
     lead, rest = p.cost_slots[0], p.cost_slots[1:]
     u = min(opts.get("conditional_unit", 1), p.units)
-    lead_costs = sorted(p.cost(lead.name, e) for e in p.rows[lead.name])
-    threshold = lead_costs[len(lead_costs) // 3]  # most plans trigger the rule
     ids = reference[u - 1]
+    # threshold just under the reference's own lead cost, so the rule binds near the
+    # current feasible plans (a threshold above every affordable hotel would never fire)
+    threshold = max(0, p.cost(lead.name, ids[p.slots.index(lead)]) - 1)
     ref_rest = sum(p.cost(s.name, ids[i]) for i, s in enumerate(p.slots) if s in rest)
     out = []
-    for frac in (0.6, 0.8, 1.0):
+    for frac in (1.0, 0.85, 0.7):
         cap = int(ref_rest * frac)
         out.append(Constraint("conditional_budget", "conditional_budget", {
             "unit": u, "if_slot": lead.name, "if_cost": lead.cost, "threshold": threshold,
