@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -114,8 +115,6 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     keep = {e.env_id for e in envs}
     for i, e in done.items():
         if e.env_id not in keep:
-            import shutil
-
             shutil.rmtree(e.path, ignore_errors=True)
     result = BatchResult(str(out), envs, failed, time.perf_counter() - t0)
     write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed,
