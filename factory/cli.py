@@ -14,8 +14,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-class UsageError(Exception):
-    pass
+from factory.errors import UsageError
 
 
 def _fail(msg: str, code: int = 2):
@@ -115,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=cmd_verify)
     s = sub.add_parser("seeds", help="list the built-in seeds")
     s.set_defaults(fn=cmd_seeds)
+    from factory.export.cli import register as register_export
+
+    register_export(sub)
     return ap
 
 

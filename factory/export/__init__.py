@@ -1,0 +1,1 @@
+"""Exports of task bundles for RL trainers (issue 4)."""
