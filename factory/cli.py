@@ -73,7 +73,7 @@ def _read_answer(text: str):
 
 
 def cmd_verify(a) -> int:
-    from verifiers.codegen import load_verifier
+    from sandboxes.isolate import SandboxError, SandboxPool
 
     env = Path(a.env_dir)
     if not (env / "tasks" / "tasks.jsonl").is_file():
@@ -83,7 +83,16 @@ def cmd_verify(a) -> int:
         known = [json.loads(l)["task_id"] for l in (env / "tasks" / "tasks.jsonl").read_text().splitlines() if l]
         raise UsageError(f"no task {a.task_id!r} in {env} (tasks: {', '.join(known)})")
     answer = _read_answer(a.answer)
-    result = load_verifier(vpath).verify(answer, str(env / "db" / "sandbox.duckdb"))
+    try:
+        with SandboxPool(env, size=1, backend=a.backend) as pool:
+            resp = pool.run([{"op": "verify", "verifier": f"verifiers/{a.task_id}.py", "db": "db/sandbox.duckdb",
+                              "answers": [answer]}])[0]
+    except SandboxError as e:
+        raise UsageError(str(e)) from None
+    res = resp["results"][0]
+    if "error" in res:
+        raise UsageError(f"the verifier failed in the {pool.backend} sandbox: {res['error']}")
+    result = res["ok"]
     print(json.dumps(result, indent=2))
     return 0 if result["score"] == 1.0 else 1
 
@@ -94,6 +103,41 @@ def cmd_seeds(a) -> int:
     for name, path in builtin_seeds().items():
         print(f"{name}\t{load_seed(path).seed.description}")
     return 0
+
+
+def cmd_validate(a) -> int:
+    import warnings
+
+    from factory.validate import format_table, validate
+    from sandboxes.isolate import SandboxWarning
+
+    def progress(done, total, env):
+        if not a.quiet:
+            status = "ok" if not env.failures else f"{len(env.failures)} failures"
+            print(f"[{done}/{total}] {env.env_id}: {len(env.tasks)} tasks, {status}", file=sys.stderr, flush=True)
+
+    def log(msg):
+        print(f"factory: {msg}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SandboxWarning)
+        report = validate(a.path, backend=a.backend, workers=a.workers, report_path=a.report,
+                          progress=progress, log=log)
+    for w in caught:
+        if issubclass(w.category, SandboxWarning):
+            print(f"factory: warning: {w.message}", file=sys.stderr)
+    print(format_table(report))
+    failures = [(e.env_id, f) for e in report.envs for f in e.failures]
+    for env_id, f in failures[: a.max_failures]:
+        print(f"FAIL {env_id}: {f}")
+    if len(failures) > a.max_failures:
+        print(f"... and {len(failures) - a.max_failures} more failures (see the report)")
+    t = report.totals()
+    print(f"{t['tasks']} tasks in {len(report.envs)} environments, {report.verifier_calls} verifier calls and "
+          f"{report.tool_calls} tool calls in the {report.backend} sandbox, {report.seconds:.1f} s; "
+          f"report: {a.report or 'validation.json beside the input'}")
+    print("validation: " + ("ok" if report.ok else "FAILED"))
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,9 +155,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("env_dir", metavar="ENV_DIR")
     v.add_argument("task_id", metavar="TASK_ID")
     v.add_argument("answer", metavar="ANSWER_JSON", help="a JSON file, JSON text, or - for stdin")
+    v.add_argument("--backend", choices=["auto", "docker", "local"], default="auto",
+                   help="where the verifier runs (default: docker if a daemon answers, else local with a warning)")
     v.set_defaults(fn=cmd_verify)
     s = sub.add_parser("seeds", help="list the built-in seeds")
     s.set_defaults(fn=cmd_seeds)
+    va = sub.add_parser("validate", help="check every task: reference passes, mutants fail, tools suffice, manifest intact")
+    va.add_argument("path", metavar="PATH", help="a bundle directory or one environment")
+    va.add_argument("--backend", choices=["auto", "docker", "local"], default="auto",
+                    help="where generated code runs (default: docker if a daemon answers, else local with a warning)")
+    va.add_argument("--workers", type=int, default=None, help="sandbox workers and host processes (default: CPU count)")
+    va.add_argument("--report", default=None, help="JSON report path (default: PATH/validation.json)")
+    va.add_argument("--max-failures", type=int, default=20, help="failures to print (all are in the report)")
+    va.add_argument("--quiet", action="store_true", help="no per-environment progress")
+    va.set_defaults(fn=cmd_validate)
     from factory.export.cli import register as register_export
 
     register_export(sub)
@@ -124,12 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     from factory.generate import GenerateError
     from factory.region import RegionError
     from factory.seed import SeedError
+    from factory.validate import ValidateError
     from sandboxes.duck import SandboxError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, SeedError, RegionError, GenerateError, SandboxError, FileExistsError) as e:
+    except (UsageError, SeedError, RegionError, GenerateError, SandboxError, ValidateError, FileExistsError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

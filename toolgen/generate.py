@@ -7,9 +7,7 @@ than the size cap.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,11 +67,9 @@ def render_tools(tools: list[ToolDef], env_id: str, seed_name: str) -> str:
 
 def load_tools(path: str | Path, db_path: str | Path):
     """Import a generated tools module bound to `db_path` (trusted, in-process)."""
-    name = f"_tools_{abs(hash(str(Path(path).resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules.pop(name, None)
+    from sandboxes.loader import import_file
+
+    mod = import_file(path, "_tools")
     mod.DB_PATH = str(db_path)
     return mod
 

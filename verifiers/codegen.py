@@ -7,10 +7,8 @@ and the library mean the same thing, and a bundle needs no factory install to sc
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,10 +44,6 @@ def render_verifier(task_id: str, seed_name: str, level: int, p: Problem, constr
 
 def load_verifier(path: str | Path):
     """Import a generated verifier module from its file (trusted, in-process)."""
-    path = Path(path)
-    name = f"_verifier_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    sys.modules.pop(name, None)
-    return mod
+    from sandboxes.loader import import_file
+
+    return import_file(path, "_verifier")

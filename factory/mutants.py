@@ -1,0 +1,266 @@
+"""Answers to test a verifier with, each labelled by a trusted oracle.
+
+`cases(...)` derives, for one task, the answers its verifier must score:
+  - the reference answer, several times (it must score 1 every time, with the same checks);
+  - mutants from the task's constraints and the sandbox schema: for every constraint an
+    entity swapped so that exactly that constraint breaks where possible (for budgets, the
+    violating swap with the smallest excess); a repeated entity; an entity from another
+    unit's anchor; the origin as a stop; ids that do not exist; wrong types; missing and
+    extra fields; a missing or an extra unit; empty answers;
+  - junk: null, empty, non-JSON text, and random plans of real ids;
+  - up to 20 other feasible plans, enumerated by the exact counter and each confirmed by
+    CP-SAT (completeness: a correct plan that differs from the reference must pass).
+
+The oracle (`judge`) is written from the answer contract and the constraint language,
+not from the generated verifier: shape and ids are checked here, constraints by the
+library's checks *and* by CP-SAT's independent encoding. A plan the two disagree on is
+reported (`Case.disagree`), never silently labelled. Every case carries the score the
+verifier must give: 1 if the oracle finds the answer feasible, else 0.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+from verifiers.constraints import Constraint, get_kind
+from verifiers.count import count_plans
+from verifiers.problem import Plan, Problem
+from verifiers.solver import confirm
+
+__all__ = ["Case", "Verdict", "judge", "cases", "plan_of"]
+
+REFERENCE_RERUNS = 5
+MAX_ALTERNATIVES = 20
+RANDOM_PLANS = 3
+ALT_ENUMERATION_CAP = 50_000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    feasible: bool
+    reason: str
+    disagree: bool = False   # the library's checks and CP-SAT disagree on this plan
+
+
+@dataclass
+class Case:
+    name: str                # e.g. "violate:total_budget", "missing_field:hotel"
+    group: str               # reference | mutant | junk | alternative
+    answer: object
+    expect: float            # the score the verifier must give
+    target: str | None = None  # the constraint this case was built to break
+    note: str = ""
+    disagree: bool = False
+
+
+def plan_of(p: Problem, answer) -> Plan | None:
+    """The plan tuple of a well-formed answer, else None."""
+    try:
+        return tuple(tuple(u[s.name] for s in p.slots) for u in answer[p.key])
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _shape(p: Problem, answer) -> tuple[Plan | None, str]:
+    """Independent reading of the answer contract (docs/seeds.md): an object with exactly
+    the unit key, a list of exactly `units` objects, each with exactly the slot keys, each
+    a non-empty id string. A JSON text of such an object is accepted too."""
+    if isinstance(answer, str):
+        try:
+            answer = json.loads(answer)
+        except ValueError:
+            return None, "not JSON"
+    if not isinstance(answer, dict) or set(answer) != {p.key}:
+        return None, f"not an object with exactly the key {p.key!r}"
+    units = answer[p.key]
+    if not isinstance(units, list) or len(units) != p.units:
+        return None, f"{p.key!r} is not a list of {p.units}"
+    names = {s.name for s in p.slots}
+    for u in units:
+        if not isinstance(u, dict) or set(u) != names:
+            return None, "a unit does not have exactly the slot keys"
+        if not all(isinstance(v, str) and v for v in u.values()):
+            return None, "an id is not a non-empty string"
+    return tuple(tuple(u[s.name] for s in p.slots) for u in units), "well-formed"
+
+
+def judge(p: Problem, constraints: list[Constraint], answer, use_cpsat: bool = True) -> Verdict:
+    plan, why = _shape(p, answer)
+    if plan is None:
+        return Verdict(False, why)
+    a = p.anchor
+    for ids in plan:
+        for s, eid in zip(p.slots, ids):
+            if eid not in p.rows[s.name]:
+                return Verdict(False, f"{s.name} {eid} is not a candidate of this region")
+        for s, eid in zip(p.slots[1:], ids[1:]):
+            if str(p.rows[s.name][eid][s.link]) != ids[0]:
+                return Verdict(False, f"{s.name} {eid} is not in {a.name} {ids[0]}")
+    rows, ctx = p.plan_rows(plan), p.ctx()
+    failed = [c.name for c in constraints if not get_kind(c.kind).check(rows, c.params, ctx)[0]]
+    lib = not failed
+    if not use_cpsat:
+        return Verdict(lib, "feasible" if lib else f"breaks {', '.join(failed)}")
+    sat = confirm(p, constraints, plan)
+    if sat != lib:
+        return Verdict(lib, f"library checks say {lib}, CP-SAT says {sat}", disagree=True)
+    return Verdict(lib, "feasible" if lib else f"breaks {', '.join(failed)}")
+
+
+def _linked(p: Problem, slot, anchor_id: str) -> list[str]:
+    return [eid for eid, row in p.rows[slot.name].items() if str(row[slot.link]) == anchor_id]
+
+
+def _plan_cost(p: Problem, plan: Plan) -> int:
+    return sum(p.cost(s.name, ids[i]) for ids in plan for i, s in enumerate(p.slots) if s.cost)
+
+
+def _with(plan: Plan, u: int, i: int, eid: str) -> Plan:
+    return tuple(tuple(eid if (uu == u and ii == i) else x for ii, x in enumerate(ids)) for uu, ids in enumerate(plan))
+
+
+def _neighbours(p: Problem, plan: Plan):
+    """Every plan one entity away from `plan` that keeps the links: a non-anchor slot
+    swapped within its unit's anchor, or a unit's anchor swapped together with the first
+    linked entities of the new anchor."""
+    for u, ids in enumerate(plan):
+        for i, s in enumerate(p.slots[1:], start=1):
+            for eid in _linked(p, s, ids[0]):
+                if eid != ids[i]:
+                    yield _with(plan, u, i, eid)
+        for aid in p.rows[p.anchor.name]:
+            if aid == ids[0]:
+                continue
+            picks = [_linked(p, s, aid) for s in p.slots[1:]]
+            if all(picks):
+                new = (aid, *(lst[0] for lst in picks))
+                yield tuple(new if uu == u else x for uu, x in enumerate(plan))
+
+
+def _random_plan(p: Problem, rng: random.Random) -> Plan | None:
+    anchors = list(p.rows[p.anchor.name])
+    plan = []
+    for _ in range(p.units):
+        aid = rng.choice(anchors)
+        picks = [_linked(p, s, aid) for s in p.slots[1:]]
+        if not all(picks):
+            return None
+        plan.append((aid, *(rng.choice(lst) for lst in picks)))
+    return tuple(plan)
+
+
+def _violators(p: Problem, constraints: list[Constraint], ref: Plan, rng: random.Random) -> dict[str, tuple[Plan, bool]]:
+    """Per constraint: a plan that breaks it (isolated: breaking nothing else, if one
+    exists), preferring the smallest change in total cost (a budget exceeded by the least)."""
+    ctx = p.ctx()
+    best: dict[str, tuple[tuple, Plan, bool]] = {}
+    base = _plan_cost(p, ref)
+
+    def consider(plan: Plan):
+        rows = p.plan_rows(plan)
+        broken = [c.name for c in constraints if not get_kind(c.kind).check(rows, c.params, ctx)[0]]
+        for name in broken:
+            key = (len(broken) > 1, abs(_plan_cost(p, plan) - base))
+            if name not in best or key < best[name][0]:
+                best[name] = (key, plan, len(broken) == 1)
+
+    for plan in _neighbours(p, ref):
+        consider(plan)
+    tries = 0
+    while len(best) < len(constraints) and tries < 3000:  # some constraints need more than one swap
+        tries += 1
+        plan = _random_plan(p, rng)
+        if plan is not None:
+            consider(plan)
+    return {name: (plan, isolated) for name, (_, plan, isolated) in best.items()}
+
+
+def _alternatives(p: Problem, constraints: list[Constraint], ref: Plan, rng: random.Random) -> list[Plan]:
+    found = count_plans(p, constraints, ALT_ENUMERATION_CAP).plans
+    others = [pl for pl in found if pl != ref]
+    rng.shuffle(others)
+    return others[:MAX_ALTERNATIVES]
+
+
+def cases(p: Problem, constraints: list[Constraint], reference: dict, rng: random.Random,
+          origin_id: str | None = None) -> list[Case]:
+    ref = plan_of(p, reference)
+    if ref is None:
+        raise ValueError("the reference answer is not a well-formed plan")
+    out: list[Case] = [Case(f"reference#{i + 1}", "reference", reference, 1.0) for i in range(REFERENCE_RERUNS)]
+    key, names = p.key, [s.name for s in p.slots]
+
+    def add_plan(name, group, plan, target=None, note=""):
+        out.append(Case(name, group, p.plan_dict(plan), -1.0, target, note))
+
+    def add_raw(name, group, answer, note=""):
+        out.append(Case(name, group, answer, -1.0, None, note))
+
+    # one mutant per constraint
+    viol = _violators(p, constraints, ref, rng)
+    for c in constraints:
+        if c.name in viol:
+            plan, isolated = viol[c.name]
+            note = "breaks only this constraint" if isolated else "breaks this and others"
+            if p.cost_slots and c.kind.endswith("budget"):
+                note += f"; total cost {(_plan_cost(p, plan) - _plan_cost(p, ref)) / 10:+g} vs the reference"
+            add_plan(f"violate:{c.name}", "mutant", plan, c.name, note)
+
+    # schema-derived mutants
+    first = [dict(u) for u in reference[key]]
+    if p.units > 1:
+        add_plan("repeat:unit", "mutant", (ref[0],) + ref[:-1], note="the first unit repeated")
+        for i, s in enumerate(p.slots[1:], start=1):
+            twin = [u for u in range(1, p.units) if ref[u][0] == ref[0][0]]
+            if twin:
+                add_plan(f"repeat:{s.name}", "mutant", _with(ref, twin[0], i, ref[0][i]), note="same anchor, entity reused")
+    for i, s in enumerate(p.slots[1:], start=1):
+        elsewhere = [eid for eid, row in p.rows[s.name].items() if str(row[s.link]) != ref[0][0]]
+        if elsewhere:
+            add_plan(f"unlinked:{s.name}", "mutant", _with(ref, 0, i, rng.choice(elsewhere)),
+                     note=f"a {s.name} outside the unit's {p.anchor.name}")
+    if origin_id is not None:
+        add_plan("origin_as_stop", "mutant", _with(ref, 0, 0, origin_id))
+    for i, s in enumerate(p.slots):
+        add_plan(f"unknown_id:{s.name}", "mutant", _with(ref, p.units - 1, i, ref[-1][i] + "-404"))
+    for s in names:
+        for label, bad in (("int", 404), ("null", None), ("list", ["x"]), ("empty", "")):
+            units = [dict(u) for u in first]
+            units[0][s] = bad
+            add_raw(f"wrong_type:{s}:{label}", "mutant", {key: units})
+    for s in names:
+        units = [dict(u) for u in first]
+        del units[-1][s]
+        add_raw(f"missing_field:{s}", "mutant", {key: units})
+    units = [dict(u) for u in first]
+    units[0]["note"] = "extra"
+    add_raw("extra_field:unit", "mutant", {key: units})
+    add_raw("extra_field:top", "mutant", {key: first, "comment": "extra"})
+    add_raw(f"missing_{p.unit}", "mutant", {key: first[:-1]})
+    add_raw(f"extra_{p.unit}", "mutant", {key: first + [dict(first[-1])]})
+    add_raw(f"empty_{key}", "mutant", {key: []})
+    add_raw(f"{key}_not_list", "mutant", {key: first[0]})
+    add_raw("unit_not_object", "mutant", {key: [list(u.values()) for u in first]})
+
+    # junk
+    for name, ans in (("null", None), ("empty_object", {}), ("empty_list", []), ("empty_string", ""),
+                      ("not_json", "the plan is below"), ("number", 1), ("other_key", {"plan": first})):
+        add_raw(f"junk:{name}", "junk", ans)
+    for i in range(RANDOM_PLANS):
+        plan = _random_plan(p, rng)
+        if plan is not None:
+            add_plan(f"junk:random_plan#{i + 1}", "junk", plan)
+
+    # completeness
+    for i, plan in enumerate(_alternatives(p, constraints, ref, rng)):
+        add_plan(f"alternative#{i + 1}", "alternative", plan, note="another feasible plan")
+
+    for case in out:
+        if case.expect < 0:
+            v = judge(p, constraints, case.answer)
+            case.expect, case.disagree = (1.0 if v.feasible else 0.0), v.disagree
+            if v.disagree or case.group in ("mutant", "junk") and v.feasible:
+                case.note = (case.note + "; " if case.note else "") + v.reason
+    return out

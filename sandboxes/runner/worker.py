@@ -1,0 +1,171 @@
+"""The sandbox worker: runs generated tools and verifiers on behalf of the host.
+
+Runs inside the sandbox (a Docker container or a restricted subprocess) with the standard
+library and duckdb only; it never imports the factory. Protocol: one JSON request per line
+on stdin, one JSON response per line on stdout, in order.
+
+    {"op": "ping"}
+    {"op": "verify", "verifier": REL, "db": REL, "answers": [ANSWER, ...]}
+    {"op": "tools", "tools": REL, "db": REL, "calls": [{"name": N, "arguments": {...}}, ...]}
+
+REL paths are relative to the sandbox root (argv[1]). Every call runs under a wall-clock
+alarm; after a call times out the rest of its batch is skipped. Each result is either
+{"ok": VALUE} or {"error": "..."}. A response carries "tainted": true when generated code
+left processes or threads behind: the host then discards this worker.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+import threading
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else "/bundle"
+CALL_TIMEOUT_S = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
+PID = os.getpid()
+_modules = {}
+_connections = {}
+
+
+class CallTimeout(BaseException):
+    """Raised by the alarm; a BaseException so that `except Exception` in generated code
+    cannot swallow it."""
+
+
+def _alarm(signum, frame):
+    raise CallTimeout()
+
+
+def _path(rel):
+    full = os.path.realpath(os.path.join(ROOT, rel))
+    if not (full == ROOT or full.startswith(os.path.realpath(ROOT) + os.sep)):
+        raise ValueError(f"path escapes the sandbox root: {rel}")
+    return full
+
+
+def _module(rel, db_rel):
+    key = (rel, db_rel)
+    if key not in _modules:
+        spec = importlib.util.spec_from_file_location(f"generated_{len(_modules)}", _path(rel))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        if hasattr(mod, "DB_PATH"):
+            mod.DB_PATH = _path(db_rel)
+        _modules[key] = mod
+    return _modules[key]
+
+
+def _connection(db_rel):
+    if db_rel not in _connections:
+        import duckdb
+
+        _connections[db_rel] = duckdb.connect(_path(db_rel), read_only=True)
+    return _connections[db_rel]
+
+
+def _children():
+    n = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                n += len(f.read().split())
+    except OSError:
+        pass
+    return n
+
+
+def _stray_threads():
+    return [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not isinstance(t, threading.Timer) and t.is_alive()]
+
+
+def _guarded(fn):
+    """Run fn() under the alarm; return ({"ok": value} | {"error": ...}, timed_out)."""
+    signal.setitimer(signal.ITIMER_REAL, CALL_TIMEOUT_S)
+    try:
+        value = fn()
+        out = {"ok": value}
+        timed_out = False
+    except CallTimeout:
+        out = {"error": f"timeout: the call ran past {CALL_TIMEOUT_S:g} s"}
+        timed_out = True
+    except MemoryError:
+        out = {"error": "memory: the call ran out of memory"}
+        timed_out = False
+    except BaseException as e:  # generated code may raise anything, SystemExit included
+        out = {"error": f"{type(e).__name__}: {e}"[:500]}
+        timed_out = False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if os.getpid() != PID:  # a child forked by generated code: it must never answer
+        os._exit(0)
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError):
+        out = {"error": f"result is not JSON-serialisable: {type(out.get('ok')).__name__}"}
+    return out, timed_out
+
+
+def _batch(items, run_one):
+    results = []
+    for i, item in enumerate(items):
+        out, timed_out = _guarded(lambda: run_one(item))
+        results.append(out)
+        if timed_out:
+            results += [{"error": "skipped: an earlier call in this batch timed out"}] * (len(items) - i - 1)
+            break
+    return results
+
+
+def handle(req):
+    op = req.get("op")
+    if op == "ping":
+        return {"ok": True}
+    if op == "verify":
+        mod_out, _ = _guarded(lambda: _module(req["verifier"], req["db"]) and None)
+        if "error" in mod_out:
+            return {"results": [{"error": "load: " + mod_out["error"]}] * len(req["answers"])}
+        mod = _modules[(req["verifier"], req["db"])]
+        con = _connection(req["db"])
+        return {"results": _batch(req["answers"], lambda a: mod.verify(a, con))}
+    if op == "tools":
+        mod_out, _ = _guarded(lambda: _module(req["tools"], req["db"]) and None)
+        if "error" in mod_out:
+            return {"results": [{"error": "load: " + mod_out["error"]}] * len(req["calls"])}
+        mod = _modules[(req["tools"], req["db"])]
+
+        def one(call):
+            tools = getattr(mod, "TOOLS", None)
+            fn = tools.get(call["name"]) if isinstance(tools, dict) else None
+            if fn is None:
+                raise LookupError(f"no tool named {call['name']!r}")
+            return fn(**call.get("arguments", {}))
+
+        return {"results": _batch(req["calls"], one)}
+    return {"error": f"unknown op {op!r}"}
+
+
+def main():
+    signal.signal(signal.SIGALRM, _alarm)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # generated code that prints must not corrupt the protocol
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            resp = handle(req)
+        except Exception as e:
+            resp = {"error": f"bad request: {type(e).__name__}: {e}"}
+        if os.getpid() != PID:
+            os._exit(0)
+        if _children() or _stray_threads():
+            resp["tainted"] = True
+        out.write(json.dumps(resp) + "\n")
+        out.flush()
+        if resp.get("tainted"):
+            return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
