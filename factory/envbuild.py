@@ -6,7 +6,6 @@ the database's provenance table: `tasks/` and `verifiers/` come out byte-identic
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
