@@ -37,6 +37,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -83,6 +84,19 @@ def choose_backend(requested: str = "auto") -> tuple[str, str | None]:
     return "local", why
 
 
+def _world_readable(root: Path) -> bool:
+    """Can any user traverse to `root` and read everything under it?"""
+    for d in [root, *root.parents]:
+        if not os.stat(d).st_mode & 0o001:
+            return False
+    for d, dirs, files in os.walk(root):
+        if os.stat(d).st_mode & 0o005 != 0o005:
+            return False
+        if any(not os.stat(os.path.join(d, f)).st_mode & 0o004 for f in files):
+            return False
+    return True
+
+
 class _Worker:
     """One sandboxed worker process and a thread that reads its answers."""
 
@@ -110,7 +124,8 @@ class _Worker:
 
     def _limit_local(self):  # runs in the child before exec (local backend only)
         os.setsid()
-        mem = self.limits.memory_mb * 1024 * 1024 * 8  # address space, not RSS: leave room for mappings
+        # address space, not RSS: duckdb alone maps about 800 MB of virtual memory
+        mem = (self.limits.memory_mb + 1024) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
@@ -223,7 +238,20 @@ class SandboxPool:
             except ImageError as e:
                 raise SandboxError(f"the sandbox image is not available: {e}") from None
         self.size = max(1, size or min(os.cpu_count() or 1, 4))
-        self.workers = [_Worker(self.backend, self.root, limits, self.image) for _ in range(self.size)]
+        self.staged: Path | None = None
+        mount = self.root
+        if self.backend == "docker" and not _world_readable(self.root):
+            # The container's user (65534) could not read it (a 0700 home or temp directory):
+            # run on a world-readable copy instead; the originals stay as they are.
+            self.staged = Path(tempfile.mkdtemp(prefix="envfactory-stage-"))
+            mount = self.staged / "root"
+            shutil.copytree(self.root, mount, ignore=shutil.ignore_patterns("__pycache__"))
+            for d, dirs, files in os.walk(self.staged):
+                os.chmod(d, 0o755)
+                for f in files:
+                    os.chmod(os.path.join(d, f), 0o444)
+            progress(f"{self.root} is not readable by the sandbox user; running on a copy in {self.staged}")
+        self.workers = [_Worker(self.backend, mount, limits, self.image) for _ in range(self.size)]
         self.calls = 0
 
     def __enter__(self):
@@ -235,6 +263,9 @@ class SandboxPool:
     def close(self) -> None:
         for w in self.workers:
             w.stop()
+        if self.staged is not None:
+            shutil.rmtree(self.staged, ignore_errors=True)
+            self.staged = None
 
     def warm(self) -> None:
         """Start every worker and wait until each answers a ping."""
