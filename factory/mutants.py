@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from verifiers.constraints import Constraint, get_kind
 from verifiers.count import count_plans
-from verifiers.problem import Plan, Problem
+from verifiers.problem import Plan, Problem, scaled
 from verifiers.solver import confirm
 
 __all__ = ["Case", "Verdict", "judge", "cases", "plan_of"]
@@ -204,8 +204,10 @@ def cases(p: Problem, constraints: list[Constraint], reference: dict, rng: rando
         if c.name in viol:
             plan, isolated = viol[c.name]
             note = "breaks only this constraint" if isolated else "breaks this and others"
-            if p.cost_slots and c.kind.endswith("budget"):
-                note += f"; total cost {(_plan_cost(p, plan) - _plan_cost(p, ref)) / 10:+g} vs the reference"
+            if c.kind == "total_budget":
+                total = sum(scaled(row[col]) for unit in p.plan_rows(plan) for s, col in c.params["costs"].items()
+                            for row in [unit[s]])
+                note += f"; over the budget by {total - scaled(c.params['max'])} (scaled units)"
             add_plan(f"violate:{c.name}", "mutant", plan, c.name, note)
 
     # schema-derived mutants
