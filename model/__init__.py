@@ -17,7 +17,8 @@ Modules (shared/reference/dsa.md has every detail and its source):
 - indexer (lightning indexer, `select_topk`, KL loss), attention_ops (parameter-free cores),
   attention (MLA), moe, layers, transformer, cache (latent + indexer key caches).
 - generate (prefill / decode / sampling), tokenizer (byte-level BPE), data (stdlib corpus),
-  checkpoint (safetensors, V3.2 HF names, FP8 weights), train (pretrain / warmup / sparse).
+  checkpoint (safetensors, V3.2 HF names, FP8 weights), train (pretrain / warmup / sparse),
+  evaluate (validation loss; the indexer's recall@k of the dense attention's top-k).
 """
 
 from .attention import MLA

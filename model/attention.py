@@ -24,7 +24,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention_ops import absorbed_attention, attention_target, mha_attention, sparse_attention
+from .attention_ops import (
+    absorbed_attention,
+    attention_target,
+    mha_attention,
+    sparse_attention,
+)
 from .cache import LayerCache
 from .config import ModelConfig
 from .fp8 import fake_quant
@@ -63,16 +68,7 @@ class MLA(nn.Module):
         c = self.cfg
         B, S, _ = x.shape
         T = start_pos + S
-        qr = self.q_a_layernorm(self.q_a_proj(x))  # (B, S, q_lora)
-        q = self.q_b_proj(qr).view(B, S, c.n_heads, c.qk_head_dim)
-        q_nope, q_pe = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
-        q_pe = apply_rope(q_pe, cos, sin, interleaved=True)  # (B, S, H, P)
-        kv, k_pe = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
-        kv = self.kv_a_layernorm(kv)  # (B, S, R)
-        if c.kv_fp8:  # the deployed cache is FP8: simulate its precision (commit 8631a81)
-            block = c.fp8_block if c.kv_lora_rank % c.fp8_block == 0 else c.kv_lora_rank
-            kv = fake_quant(kv, block, c.fp8_scale_fmt)
-        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin, interleaved=True).squeeze(2)  # (B, S, P)
+        qr, q_nope, q_pe, kv, k_pe = self._project(x, cos, sin)
         if cache is not None:
             kv, k_pe = cache.latent.update(start_pos, kv, k_pe)  # (B, T, R), (B, T, P)
 
@@ -110,6 +106,38 @@ class MLA(nn.Module):
             target = attention_target(q_lat, q_pe, kv, k_pe, mask, c.softmax_scale)
             kl = index_kl(scores, mask, target)
         return out, kl
+
+
+    def _project(self, x, cos, sin):
+        """x [B, S, dim] -> qr [B, S, q_lora], q_nope [B, S, H, N], q_pe [B, S, H, P] (RoPE'd),
+        kv [B, S, R] (normed, FP8-rounded when kv_fp8), k_pe [B, S, P] (RoPE'd)."""
+        c = self.cfg
+        B, S, _ = x.shape
+        qr = self.q_a_layernorm(self.q_a_proj(x))  # (B, S, q_lora)
+        q = self.q_b_proj(qr).view(B, S, c.n_heads, c.qk_head_dim)
+        q_nope, q_pe = q.split([c.qk_nope_head_dim, c.qk_rope_head_dim], dim=-1)
+        q_pe = apply_rope(q_pe, cos, sin, interleaved=True)  # (B, S, H, P)
+        kv, k_pe = self.kv_a_proj_with_mqa(x).split([c.kv_lora_rank, c.qk_rope_head_dim], dim=-1)
+        kv = self.kv_a_layernorm(kv)  # (B, S, R)
+        if c.kv_fp8:  # the deployed cache is FP8: simulate its precision (commit 8631a81)
+            block = c.fp8_block if c.kv_lora_rank % c.fp8_block == 0 else c.kv_lora_rank
+            kv = fake_quant(kv, block, c.fp8_scale_fmt)
+        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin, interleaved=True).squeeze(2)  # (B, S, P)
+        return qr, q_nope, q_pe, kv, k_pe
+
+    @torch.no_grad()
+    def probe(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """For a prefill from position 0 (no cache): the indexer's scores I [B, S, S] (unmasked)
+        and the full causal attention's head-summed, L1-normalised distribution p [B, S, S],
+        the warm-up's KL target. Used to measure how well the indexer ranks keys."""
+        qr, q_nope, q_pe, kv, k_pe = self._project(x, cos, sin)
+        S = x.shape[1]
+        scores = self.indexer(x, qr, cos, sin, 0, None)
+        w_uk, _ = self._w_kv_b()
+        q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
+        target = attention_target(q_lat, q_pe, kv, k_pe, causal_mask(S, S, 0, x.device),
+                                  self.cfg.softmax_scale)
+        return scores, target
 
 
 def _sparse_core(attn_impl: str):

@@ -11,7 +11,8 @@
   set S_t. The indexer reads detached inputs and p is detached, so the indexer learns only
   from the KL and the rest only from the LM loss, as the report prescribes.
 
-Runs on CPU (tests) or CUDA (bf16 autocast). The default corpus is the Python standard
+`--time-budget SECONDS` fits a stage to a wall-clock budget (steps become a ceiling and the
+schedule is laid over the steps that fit). Runs on CPU (tests) or CUDA (bf16 autocast). The default corpus is the Python standard
 library sources of the running interpreter (`data.py`).
 """
 
@@ -21,7 +22,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -92,8 +93,24 @@ def lr_at(step: int, tcfg: TrainConfig) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def train(model: Transformer, batches, tcfg: TrainConfig, log=None) -> list[dict]:
-    """Run tcfg.steps optimizer steps of tcfg.stage; returns one metrics dict per step."""
+def planned_steps(step: int, steps: int, elapsed: float, timed: float, n_timed: int,
+                  time_budget: float) -> int:
+    """Total steps that fit `time_budget` seconds: `step + 1` done after `elapsed` seconds,
+    the last `n_timed` of them in `timed` seconds (the first ones include warm-up costs).
+    Never more than `steps`, never fewer than the steps already done."""
+    per_step = timed / max(n_timed, 1)
+    fit = step + 1 + int(max(time_budget - elapsed, 0.0) / max(per_step, 1e-9))
+    return min(steps, fit)
+
+
+def train(model: Transformer, batches, tcfg: TrainConfig, log=None,
+          time_budget: float | None = None) -> list[dict]:
+    """Run tcfg.steps optimizer steps of tcfg.stage; returns one metrics dict per step.
+
+    With `time_budget` (seconds), tcfg.steps is a ceiling: after a few steps the step time is
+    measured and the run shortened to fit the budget (re-planned every 25 steps), and the
+    learning-rate schedule is laid over the planned length so it still decays fully.
+    """
     params = set_trainable(model, tcfg.stage)
     opt = torch.optim.AdamW(params, lr=tcfg.learning_rate, betas=(0.9, 0.95),
                             weight_decay=tcfg.weight_decay)
@@ -101,7 +118,12 @@ def train(model: Transformer, batches, tcfg: TrainConfig, log=None) -> list[dict
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
     history = []
-    for step in range(tcfg.steps):
+    t_start = time.perf_counter()
+    t_mark, mark_step = None, 0
+    step = 0
+    while step < tcfg.steps:
+        if time_budget is not None and step == 3:  # steps 0-2 carry allocation and warm-up
+            t_mark, mark_step = time.perf_counter(), step
         x, y = next(batches)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tcfg)
@@ -115,6 +137,12 @@ def train(model: Transformer, batches, tcfg: TrainConfig, log=None) -> list[dict
         history.append(metrics)
         if log is not None:
             log(metrics)
+        if t_mark is not None and (step == 8 or (step > 8 and step % 25 == 0)):
+            now = time.perf_counter()
+            steps = planned_steps(step, tcfg.steps, now - t_start, now - t_mark,
+                                  step + 1 - mark_step, time_budget)
+            tcfg = replace(tcfg, steps=max(steps, min(tcfg.warmup_steps + 1, tcfg.steps)))
+        step += 1
     return history
 
 
@@ -126,7 +154,13 @@ def build_model(cfg: ModelConfig, init: str | None, device) -> Transformer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import TokenBatches, corpus_files, read_texts, split_files, tokenize_texts
+    from .data import (
+        TokenBatches,
+        corpus_files,
+        read_texts,
+        split_files,
+        tokenize_texts,
+    )
     from .tokenizer import Tokenizer
 
     ap = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
@@ -146,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=50)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds: shorten the run (and its schedule) to fit; --steps is a ceiling")
     args = ap.parse_args(argv)
     try:
         tok = Tokenizer.from_file(args.tokenizer)
@@ -171,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             shown = " ".join(f"{k} {v:.4g}" for k, v in m.items() if k not in ("step",))
             print(f"step {m['step']:5d} | {shown} | {time.time() - t0:.0f}s", flush=True)
 
-    train(model, batches, tcfg, log)
+    history = train(model, batches, tcfg, log, args.time_budget)
+    print(f"{len(history)} steps, {len(history) * tcfg.batch_size * tcfg.seq_len:,} tokens, "
+          f"{time.time() - t0:.0f}s")
     save_checkpoint(model, Path(args.out))
     print(f"saved {args.out}")
     return 0

@@ -7,7 +7,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.checkpoint import config_from_hf, config_to_hf, is_fp8_weight, load_checkpoint, save_checkpoint
+from model.checkpoint import (
+    config_from_hf,
+    config_to_hf,
+    is_fp8_weight,
+    load_checkpoint,
+    save_checkpoint,
+)
 from model.config import get_config
 from model.fp8 import E4M3, weight_dequant, weight_quant
 from model.transformer import Transformer

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from model.config import get_config
-from model.fp8 import E4M3, act_dequant, act_quant, fp8_index, weight_dequant, weight_quant
+from model.fp8 import (
+    E4M3,
+    act_dequant,
+    act_quant,
+    fp8_index,
+    weight_dequant,
+    weight_quant,
+)
 from model.hadamard import hadamard_matrix, hadamard_transform
 from model.rope import apply_rope, rope_tables, yarn_inv_freq
 from tests.model.conftest import rel_err
