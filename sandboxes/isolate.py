@@ -117,7 +117,7 @@ class _Worker:
                     "--cpus", str(lim.cpus), "--pids-limit", str(lim.pids), "--init",
                     "-v", f"{self.root}:/bundle:ro", "-v", f"{RUNNER}:/runner:ro",
                     self.image, "python3", "-u", "/runner/worker.py", "/bundle", str(lim.call_timeout_s)]
-        cmd = [sys.executable, "-I", "-u", str(RUNNER / "worker.py"), str(self.root), str(lim.call_timeout_s)]
+        cmd = [sys.executable, "-I", "-B", "-u", str(RUNNER / "worker.py"), str(self.root), str(lim.call_timeout_s)]
         if os.geteuid() == 0 and shutil.which("unshare"):
             cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--"] + cmd
         return cmd
@@ -128,7 +128,7 @@ class _Worker:
         mem = (self.limits.memory_mb + 1024) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if os.geteuid() != 0:
             resource.setrlimit(resource.RLIMIT_NPROC, (self.limits.pids, self.limits.pids))

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 
+sys.dont_write_bytecode = True  # never leave __pycache__ in a (read-only or hashed) bundle
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/bundle"
 CALL_TIMEOUT_S = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
 PID = os.getpid()
