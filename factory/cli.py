@@ -135,7 +135,7 @@ def cmd_validate(a) -> int:
     t = report.totals()
     print(f"{t['tasks']} tasks in {len(report.envs)} environments, {report.verifier_calls} verifier calls and "
           f"{report.tool_calls} tool calls in the {report.backend} sandbox, {report.seconds:.1f} s; "
-          f"report: {a.report or 'validation.json beside the input'}")
+          f"report: {report.report_path}")
     print("validation: " + ("ok" if report.ok else "FAILED"))
     return 0 if report.ok else 1
 

@@ -81,6 +81,7 @@ class ValidationReport:
     seconds: float
     verifier_calls: int
     tool_calls: int
+    report_path: str = ""
 
     @property
     def ok(self) -> bool:
@@ -315,6 +316,7 @@ def validate(path, backend: str = "auto", workers: int | None = None, report_pat
                               vcalls, tcalls)
     if report_path is None:
         report_path = path / "validation.json" if envs != [path] else path.parent / f"{path.name}.validation.json"
+    report.report_path = str(report_path)
     write_json(Path(report_path), report.to_json())
     return report
 
