@@ -289,8 +289,10 @@ class SandboxPool:
                     return
                 req = requests[i]
                 resp = w.ask(req, self._deadline(req))
+                n = len(req.get("answers") or req.get("calls") or [])
+                if "failed" not in resp and req.get("op") != "ping" and len(resp.get("results") or []) != n:
+                    resp = {"failed": resp.get("error") or "the sandbox gave no result per call"}
                 if "failed" in resp:
-                    n = len(req.get("answers") or req.get("calls") or [])
                     resp = {"results": [{"error": resp["failed"]}] * n, "failed": resp["failed"]}
                 out[i] = resp
 

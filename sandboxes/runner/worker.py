@@ -14,6 +14,7 @@ alarm; after a call times out the rest of its batch is skipped. Each result is e
 left processes or threads behind: the host then discards this worker.
 """
 
+import gc
 import importlib.util
 import json
 import os
@@ -25,8 +26,10 @@ sys.dont_write_bytecode = True  # never leave __pycache__ in a (read-only or has
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/bundle"
 CALL_TIMEOUT_S = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
 PID = os.getpid()
+MAX_OPEN_DBS = 4  # databases (with their modules) kept open; older ones are closed
 _modules = {}
 _connections = {}
+_recent = []  # databases, most recently used last
 
 
 class CallTimeout(BaseException):
@@ -45,7 +48,24 @@ def _path(rel):
     return full
 
 
+def _touch(db_rel):
+    """Mark a database as used; close the least recently used beyond MAX_OPEN_DBS, with
+    every module bound to it (each holds its own connections and caches)."""
+    if db_rel in _recent:
+        _recent.remove(db_rel)
+    _recent.append(db_rel)
+    while len(_recent) > MAX_OPEN_DBS:
+        old = _recent.pop(0)
+        for key in [k for k in _modules if k[1] == old]:
+            del _modules[key]
+        con = _connections.pop(old, None)
+        if con is not None:
+            con.close()
+        gc.collect()
+
+
 def _module(rel, db_rel):
+    _touch(db_rel)
     key = (rel, db_rel)
     if key not in _modules:
         spec = importlib.util.spec_from_file_location(f"generated_{len(_modules)}", _path(rel))
@@ -61,7 +81,9 @@ def _connection(db_rel):
     if db_rel not in _connections:
         import duckdb
 
-        _connections[db_rel] = duckdb.connect(_path(db_rel), read_only=True)
+        con = duckdb.connect(_path(db_rel), read_only=True)  # the generated tools open it the same way
+        con.execute("SET threads TO 1")
+        _connections[db_rel] = con
     return _connections[db_rel]
 
 
@@ -128,7 +150,10 @@ def handle(req):
         if "error" in mod_out:
             return {"results": [{"error": "load: " + mod_out["error"]}] * len(req["answers"])}
         mod = _modules[(req["verifier"], req["db"])]
-        con = _connection(req["db"])
+        con_out, _ = _guarded(lambda: _connection(req["db"]) and None)
+        if "error" in con_out:
+            return {"results": [{"error": "database: " + con_out["error"]}] * len(req["answers"])}
+        con = _connections[req["db"]]
         return {"results": _batch(req["answers"], lambda a: mod.verify(a, con))}
     if op == "tools":
         mod_out, _ = _guarded(lambda: _module(req["tools"], req["db"]) and None)

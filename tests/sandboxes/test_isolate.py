@@ -282,3 +282,36 @@ def test_local_backend_stops_loops_and_memory_bombs(local_pool):
     res = _verify(local_pool, "stubborn_loop", {})
     assert "timeout" in res["results"][0]["error"]
     _still_serves(local_pool)
+
+
+def test_many_databases_cycle_through_one_worker(tmp_path):
+    """More databases than a worker keeps open: older ones are closed and reopened on
+    demand, and generated tools that open their own connection still work."""
+    root = tmp_path / "many"
+    reqs = []
+    for i in range(7):
+        env = root / f"e{i}"
+        (env / "db").mkdir(parents=True)
+        (env / "verifiers").mkdir()
+        (env / "tools").mkdir()
+        con = duckdb.connect(str(env / "db" / "sandbox.duckdb"))
+        con.execute(f"CREATE TABLE t AS SELECT {i} AS v")
+        con.close()
+        (env / "verifiers" / "v.py").write_text(
+            "def verify(answer, db):\n    v = db.execute('SELECT v FROM t').fetchone()[0]\n"
+            "    return {'score': float(v == answer), 'checks': []}\n")
+        (env / "tools" / "tools.py").write_text(
+            "import duckdb, json\nDB_PATH = None\n"
+            "def get_v() -> str:\n    con = duckdb.connect(DB_PATH, read_only=True)\n"
+            "    return json.dumps({'results': [con.execute('SELECT v FROM t').fetchone()[0]]})\n"
+            "TOOLS = {'get_v': get_v}\n")
+        reqs.append({"op": "verify", "verifier": f"e{i}/verifiers/v.py", "db": f"e{i}/db/sandbox.duckdb",
+                     "answers": [i, i + 1]})
+        reqs.append({"op": "tools", "tools": f"e{i}/tools/tools.py", "db": f"e{i}/db/sandbox.duckdb",
+                     "calls": [{"name": "get_v", "arguments": {}}]})
+    with SandboxPool(root, size=1, backend="local") as pool:
+        for _ in range(2):
+            out = pool.run(reqs)
+            for i in range(7):
+                assert [r["ok"]["score"] for r in out[2 * i]["results"]] == [1.0, 0.0]
+                assert json.loads(out[2 * i + 1]["results"][0]["ok"]) == {"results": [i]}
