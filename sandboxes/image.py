@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def build_image(progress=lambda msg: None) -> str:
         progress(f"pip install duckdb=={_duckdb_version()} into the image")
         _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
               "--only-binary", ":all:", "--python-version", "3.11", "--implementation", "cp",
-              "--platform", "manylinux_2_28_x86_64", "--target", str(root / "opt/sandbox/site"),
+              "--platform", f"manylinux_2_28_{platform.machine()}", "--target", str(root / "opt/sandbox/site"),
               f"duckdb=={_duckdb_version()}"], "pip install duckdb", timeout=600)
         for junk in ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info",
                      "var/cache/apt", "var/lib/apt/lists"):
