@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a small batch: set up, generate 3 trip-planning environments (4 levels
 # each), validate every task in the Docker sandbox (reference reruns, mutants, other
-# feasible plans, tool calls, manifest), then score one reference answer by hand.
+# feasible plans, tool calls, manifest), score one reference answer by hand, and export
+# the batch for every trainer target (OUT/exports/TARGET).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -17,3 +18,6 @@ printf '%s' "$answer" | .venv/bin/factory verify "$env" "$task" - | .venv/bin/py
 import json, sys
 r = json.load(sys.stdin)
 print("factory verify", sys.argv[1] + ": score", r["score"], "with", len(r["checks"]), "checks")' "$task"
+for target in verl trl verifiers mcp openenv jsonl; do
+  .venv/bin/factory export "$OUT" --to "$target"
+done
