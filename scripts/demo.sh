@@ -9,7 +9,7 @@ bash scripts/setup.sh
 OUT=${OUT:-out/demo}
 .venv/bin/factory generate trip_planning --envs "${ENVS:-3}" --out "$OUT" --seed "${SEED:-7}" --force
 .venv/bin/factory validate "$OUT"
-env=$(ls -d "$OUT"/*/ | head -1)
+env=$(dirname "$(dirname "$(ls "$OUT"/*/tasks/tasks.jsonl | head -1)")")
 read -r task answer < <(.venv/bin/python -c '
 import json, sys
 t = json.loads(open(sys.argv[1] + "/tasks/tasks.jsonl").readline())
