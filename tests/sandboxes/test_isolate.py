@@ -23,7 +23,7 @@ import duckdb
 import pytest
 
 from sandboxes.image import docker_ready
-from sandboxes.isolate import Limits, SandboxPool
+from sandboxes.isolate import Limits, SandboxError, SandboxPool, SandboxWarning
 
 HEADER = '''"""Verifier for task adv-L0 (trip_planning, level 0).
 
@@ -315,3 +315,16 @@ def test_many_databases_cycle_through_one_worker(tmp_path):
             for i in range(7):
                 assert [r["ok"]["score"] for r in out[2 * i]["results"]] == [1.0, 0.0]
                 assert json.loads(out[2 * i + 1]["results"][0]["ok"]) == {"results": [i]}
+
+
+def test_without_docker_auto_falls_back_with_a_warning(root, monkeypatch):
+    import sandboxes.image
+
+    monkeypatch.setattr(sandboxes.image, "docker_ready", lambda: "no Docker daemon answers (test)")
+    with pytest.warns(SandboxWarning, match="no Docker sandbox .*do not isolate the file system"):
+        pool = SandboxPool(root, size=1, backend="auto")
+    with pool:
+        assert pool.backend == "local"
+        _still_serves(pool)
+    with pytest.raises(SandboxError, match="Docker sandbox was requested"):
+        SandboxPool(root, size=1, backend="docker")
