@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import resource
 import shutil
 import subprocess
 import sys
@@ -117,21 +116,21 @@ class _Worker:
                     "--cpus", str(lim.cpus), "--pids-limit", str(lim.pids), "--init",
                     "-v", f"{self.root}:/bundle:ro", "-v", f"{RUNNER}:/runner:ro",
                     self.image, "python3", "-u", "/runner/worker.py", "/bundle", str(lim.call_timeout_s)]
-        cmd = [sys.executable, "-I", "-B", "-u", str(RUNNER / "worker.py"), str(self.root), str(lim.call_timeout_s)]
+        cmd = [sys.executable, "-I", "-B", "-u", str(RUNNER / "worker.py"), str(self.root), str(lim.call_timeout_s),
+               json.dumps(self._rlimits())]
         if os.geteuid() == 0 and shutil.which("unshare"):
             cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--"] + cmd
         return cmd
 
-    def _limit_local(self):  # runs in the child before exec (local backend only)
-        os.setsid()
-        # address space, not RSS: duckdb alone maps about 800 MB of virtual memory
-        mem = (self.limits.memory_mb + 1024) * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    def _rlimits(self) -> dict:
+        """Limits the local worker sets on itself at start-up, before any generated code
+        (not in a preexec hook: forking a large threaded host and shrinking its address
+        space before exec can crash the child)."""
+        lim = {"AS": (self.limits.memory_mb + 1024) << 20,  # address space: duckdb alone maps ~800 MB
+               "FSIZE": 16 << 20, "NOFILE": 1024, "CORE": 0}
         if os.geteuid() != 0:
-            resource.setrlimit(resource.RLIMIT_NPROC, (self.limits.pids, self.limits.pids))
+            lim["NPROC"] = self.limits.pids
+        return lim
 
     def start(self) -> None:
         env = None
@@ -139,7 +138,7 @@ class _Worker:
             env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
         self.proc = subprocess.Popen(self._cmd(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, bufsize=1, env=env,
-                                     preexec_fn=self._limit_local if self.backend == "local" else None)
+                                     start_new_session=self.backend == "local")
         self.lines = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
         self.started = time.monotonic()

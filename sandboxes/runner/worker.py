@@ -25,6 +25,7 @@ import threading
 sys.dont_write_bytecode = True  # never leave __pycache__ in a (read-only or hashed) bundle
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/bundle"
 CALL_TIMEOUT_S = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
+RLIMITS = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}  # e.g. {"AS": bytes}: set before any generated code
 PID = os.getpid()
 MAX_OPEN_DBS = 4  # databases (with their modules) kept open; older ones are closed
 _modules = {}
@@ -172,7 +173,15 @@ def handle(req):
     return {"error": f"unknown op {op!r}"}
 
 
+def _apply_rlimits():
+    import resource
+
+    for name, value in RLIMITS.items():
+        resource.setrlimit(getattr(resource, "RLIMIT_" + name), (value, value))
+
+
 def main():
+    _apply_rlimits()
     signal.signal(signal.SIGALRM, _alarm)
     out = sys.stdout
     sys.stdout = sys.stderr  # generated code that prints must not corrupt the protocol
