@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from verifiers.constraints.base import plural
+
 __all__ = ["ToolDef", "from_seed", "details_tool", "distance_tool", "singular", "covers"]
 
 DUCK_TO_PY = {"VARCHAR": "str", "INTEGER": "int", "DOUBLE": "float", "BOOLEAN": "bool"}
@@ -72,7 +74,7 @@ def details_tool(seed, table: str, columns: list[str], slot_name: str | None = N
 
 def distance_tool(anchor_name: str) -> ToolDef:
     types = {"from_id": "VARCHAR", "to_id": "VARCHAR", "km": "DOUBLE"}
-    return ToolDef("get_distance", "distances", f"Great-circle distance in km between two {anchor_name}s.",
+    return ToolDef("get_distance", "distances", f"Great-circle distance in km between two {plural(anchor_name)}.",
                    ("from_id", "to_id"), ("from_id", "to_id", "km"), None, "relation", (), types, "",
                    {"from_id": f"Id of the first {anchor_name}.", "to_id": f"Id of the second {anchor_name}."})
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, register
+from verifiers.constraints.base import Constraint, Need, plural, register
 from verifiers.problem import scaled as _scaled
 
 
@@ -26,7 +26,7 @@ def encode(model, x, c, p):
 
 
 def describe(c, p):
-    return (f"The average {c.params['column'].replace('_', ' ')} of the chosen {c.params['slot']}s "
+    return (f"The average {c.params['column'].replace('_', ' ')} of the chosen {plural(c.params['slot'])} "
             f"must be at least {c.params['value']}.")
 
 

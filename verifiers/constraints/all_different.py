@@ -13,7 +13,7 @@ def check(units, params, ctx):
         if eid in seen:
             return False, f"{slot} {eid} is used in units {seen[eid] + 1} and {i + 1}"
         seen[eid] = i
-    return True, f"all {len(units)} {slot}s differ"
+    return True, f"all {len(units)} {slot} choices differ"
 
 
 def encode(model, x, c, p):

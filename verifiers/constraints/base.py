@@ -20,7 +20,14 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Constraint", "Kind", "Need", "KINDS", "register", "get_kind", "check_source", "Vars"]
+__all__ = ["Constraint", "Kind", "Need", "KINDS", "register", "get_kind", "check_source", "Vars", "plural"]
+
+
+def plural(noun: str) -> str:
+    """English plural of an entity noun: city -> cities, bus -> buses, hotel -> hotels."""
+    if noun.endswith("y") and noun[-2:-1] not in tuple("aeiou"):
+        return noun[:-1] + "ies"
+    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, register
+from verifiers.constraints.base import Constraint, Need, plural, register
 
 
 def check(units, params, ctx):
     slot, col = params["slot"], params["column"]
     vals = {unit[slot][col] for unit in units if unit[slot][col] is not None}
     if len(vals) < params["min"]:
-        return False, f"{len(vals)} distinct {col} values among the {slot}s, need at least {params['min']}"
+        return False, f"{len(vals)} distinct {col} values among the {slot} choices, need at least {params['min']}"
     return True, f"{len(vals)} distinct {col} values"
 
 
@@ -32,7 +32,7 @@ def encode(model, x, c, p):
 
 
 def describe(c, p):
-    return (f"The chosen {c.params['slot']}s must cover at least {c.params['min']} different "
+    return (f"The chosen {plural(c.params['slot'])} must cover at least {c.params['min']} different "
             f"{c.params['column'].replace('_', ' ')} values.")
 
 

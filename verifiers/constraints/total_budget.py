@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, register
+from verifiers.constraints.base import Constraint, Need, plural, register
 from verifiers.problem import scaled as _scaled
 
 
@@ -27,7 +27,7 @@ def encode(model, x, c, p):
 
 def describe(c, p):
     what = ", ".join(c.params["costs"])
-    return f"The total cost of all {p.unit}s ({what}) must be at most ${c.params['max']}."
+    return f"The total cost of all {plural(p.unit)} ({what}) must be at most ${c.params['max']}."
 
 
 def needs(c, p):
