@@ -1,0 +1,80 @@
+"""Shared helpers: Triton availability and small launch utilities.
+
+Every kernel module imports Triton through here, so a missing Triton raises one clear
+ImportError and `kernels.HAS_TRITON` tells tests to skip.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:  # pragma: no cover - exercised by the import itself
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+
+def _fix_interpreter_index() -> None:
+    """Triton 3.6's interpreter turns a scalar into int() of a 1-element 1-D array, which
+    NumPy >= 2.4 rejects ("only 0-dimensional arrays can be converted"), breaking any
+    `range(runtime_scalar)` under TRITON_INTERPRET=1. Re-point `__index__` at the element."""
+    try:
+        from triton.runtime import interpreter as _interp
+    except Exception:  # pragma: no cover
+        return
+    orig = getattr(_interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_envfactory_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._envfactory_fixed = True
+    _interp._patch_lang_tensor = patched
+
+
+if HAS_TRITON:
+    _fix_interpreter_index()
+
+
+def require_triton() -> None:
+    if not HAS_TRITON:
+        raise ImportError("kernels/ needs the `triton` package (CPU: run under TRITON_INTERPRET=1)")
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def block(n: int, lo: int = 16) -> int:
+    """Power-of-two block at least `lo` (tl.dot needs >= 16) covering n."""
+    return max(lo, next_pow2(n))
+
+
+
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+if HAS_TRITON:
+    _INTERP = tl.constexpr(INTERPRET)
+
+    @triton.jit
+    def mma(a, b, acc, IEEE: tl.constexpr):
+        """tl.dot with fp32 accumulation. IEEE: exact fp32 products (fp32 operands). Under the
+        interpreter, operands go through fp32: Triton 3.6's interpreter multiplies bf16 as raw
+        uint16 bits."""
+        if _INTERP:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee", out_dtype=tl.float32)
+        else:
+            return tl.dot(a, b, acc, out_dtype=tl.float32)

@@ -1,0 +1,87 @@
+"""DSA pipelines built from the kernels: blocked indexer + top-k, decode top-k, and the
+autograd-capable sparse MLA attention that `model.attention` plugs in for attn_impl="triton".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .indexer_logits.triton_indexer import indexer_logits, indexer_logits_fp8
+from .sparse_attn.triton_bwd import sparse_mla_bwd
+from .sparse_attn.triton_fwd import sparse_mla_fwd
+from .topk.triton_topk import topk_rows
+
+
+def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
+               rows_per_block: int | None = None, max_block_bytes: int = 1 << 30,
+               decode_chunk: int = 4096, out=None, topk_cfg: dict | None = None,
+               indexer_cfg: dict | None = None) -> torch.Tensor:
+    """Indexer logits + causal top-k without an L x L score matrix.
+
+    q [B,S,H,D] (bf16/fp32, or e4m3 with q_s [B,S,H]), k [B,T,D] (or e4m3 with k_s [B,T]),
+    w [B,S,H] fp32 -> idx [B,S,topk] int32 (ascending positions, -1 = empty).
+    `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel.
+    Query rows go through in blocks whose [B, rows, T] fp32 logits stay under
+    `max_block_bytes`; within a block only the causal part is written and read. Few rows over
+    a long cache (decode) use the split-row selection (many programs per row) for parallelism.
+    """
+    B, S, H, D = q.shape
+    T = k.shape[1]
+    if rows_per_block is None:
+        rows_per_block = max(1, min(S, max_block_bytes // max(1, 4 * B * T)))
+    if out is None:
+        out = torch.empty(B, S, topk, dtype=torch.int32, device=q.device)
+    buf = torch.empty(B * min(rows_per_block, S) * T, dtype=torch.float32, device=q.device)
+    fp8 = q_s is not None
+    for s0 in range(0, S, rows_per_block):
+        s1 = min(S, s0 + rows_per_block)
+        n = s1 - s0
+        # keys beyond the block's last position are never visible: trim them
+        t_end = min(T, start_pos + s1)
+        logits = buf[:B * n * t_end].view(B, n, t_end)  # contiguous: top-k reads it in place
+        kk = k[:, :t_end]
+        if fp8:
+            indexer_logits_fp8(q[:, s0:s1], q_s[:, s0:s1], kk, k_s.reshape(B, T)[:, :t_end],
+                               w[:, s0:s1], start_pos + s0, out=logits, write_upper=False,
+                               **(indexer_cfg or {}))
+        else:
+            indexer_logits(q[:, s0:s1], kk, w[:, s0:s1], start_pos + s0, out=logits,
+                           write_upper=False, **(indexer_cfg or {}))
+        # few rows: split each row over many programs (chunks of 1K..decode_chunk keys)
+        split = B * n < 256 and t_end > max(topk, 1024)
+        chunk = max(1024, min(decode_chunk, t_end // 128)) if split else None
+        out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, chunk=chunk,
+                                  **(topk_cfg if chunk is None and topk_cfg else {}))
+    return out
+
+
+class SparseMLA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_lat, q_pe, kv, pe, idx, scale):
+        q_lat, q_pe = q_lat.contiguous(), q_pe.contiguous()
+        kv = kv if kv.stride(-1) == 1 else kv.contiguous()
+        pe = pe if pe.stride(-1) == 1 else pe.contiguous()
+        idx = idx.to(torch.int32).contiguous()
+        out, lse = sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale)
+        ctx.save_for_backward(q_lat, q_pe, kv, pe, idx, out, lse)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q_lat, q_pe, kv, pe, idx, out, lse = ctx.saved_tensors
+        dql, dqp, dkv, dpe = sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse,
+                                            dout.contiguous(), ctx.scale)
+        return dql, dqp, dkv, dpe, None, None
+
+
+def sparse_mla_with_lse(q_lat, q_pe, kv, pe, idx, scale):
+    """(out [B,S,H,R], lse [B,S,H]); differentiable in q_lat, q_pe, kv, pe."""
+    return SparseMLA.apply(q_lat, q_pe, kv, pe, idx, scale)
+
+
+def sparse_mla(q_lat, q_pe, kv, pe, idx, scale):
+    """Drop-in for `model.attention_ops.sparse_attention` (attn_impl="triton"): same
+    arguments, returns the latent output [B,S,H,R] in q_lat's dtype, differentiable."""
+    return SparseMLA.apply(q_lat, q_pe, kv, pe, idx, scale)[0]

@@ -1,0 +1,168 @@
+"""Fused, causal lightning-indexer logits in Triton: bf16/fp32 and FP8 e4m3 block-scaled.
+
+One program owns a [BLOCK_M queries x BLOCK_N keys] tile and loops over the index heads,
+accumulating w · ReLU(q·k) in registers: no per-head [S, H, T] intermediate touches memory.
+Tiles wholly above the diagonal exit at once (optionally writing -inf); FP8 runs the q·k
+products as e4m3 tensor-core dots with fp32 accumulation and folds the per-(token, head)
+query scale into the head weight and the per-token key scale into the final tile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._common import block, mma, require_triton, tl, triton
+
+if triton is not None:
+
+    @triton.jit
+    def _indexer_logits_kernel(
+        q_ptr, k_ptr, w_ptr, qs_ptr, ks_ptr, out_ptr,
+        S, T, H, D, start_pos,
+        sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s,
+        FP8: tl.constexpr, WRITE_UPPER: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        pid_n = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        pos_m = start_pos + offs_m  # absolute position of each query row
+        out_ptrs = out_ptr + b * so_b + offs_m[:, None].to(tl.int64) * so_s + offs_n[None, :]
+        out_mask = (offs_m[:, None] < S) & (offs_n[None, :] < T)
+        last_pos = start_pos + tl.minimum(pid_m * BLOCK_M + BLOCK_M, S) - 1
+        if pid_n * BLOCK_N > last_pos:  # tile above the diagonal
+            if WRITE_UPPER:
+                tl.store(out_ptrs, tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),
+                         mask=out_mask)
+            return
+        m_ok = offs_m < S
+        k_tile = tl.load(k_ptr + b * sk_b + offs_n[:, None].to(tl.int64) * sk_t + offs_d[None, :],
+                         mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+        kT = tl.trans(k_tile)  # (BLOCK_D, BLOCK_N)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        q_base = q_ptr + b * sq_b + offs_m[:, None].to(tl.int64) * sq_s + offs_d[None, :]
+        w_base = w_ptr + b * sw_b + offs_m.to(tl.int64) * sw_s
+        for h in range(H):
+            q_h = tl.load(q_base + h * sq_h, mask=m_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+            w_h = tl.load(w_base + h, mask=m_ok, other=0.0)
+            if FP8:
+                w_h = w_h * tl.load(qs_ptr + b * sw_b + offs_m.to(tl.int64) * sw_s + h,
+                                    mask=m_ok, other=0.0)
+            r = mma(q_h, kT, None, IEEE)
+            acc += tl.maximum(r, 0.0) * w_h[:, None]
+        if FP8:
+            k_s = tl.load(ks_ptr + b * T + offs_n, mask=offs_n < T, other=0.0)
+            acc = acc * k_s[None, :]
+        visible = offs_n[None, :] <= pos_m[:, None]
+        acc = tl.where(visible, acc, float("-inf"))
+        tl.store(out_ptrs, acc, mask=out_mask)
+
+
+    @triton.jit
+    def _indexer_decode_kernel(
+        q_ptr, k_ptr, w_ptr, qs_ptr, ks_ptr, out_ptr,
+        S, T, H, D, start_pos,
+        sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s,
+        FP8: tl.constexpr, WRITE_UPPER: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """Few query rows (decode): one program per (key block, query row) with the index
+        heads as the rows of a single tensor-core product, [H, D] x [D, BLOCK_N]."""
+        pid_n = tl.program_id(0)
+        s = tl.program_id(1).to(tl.int64)
+        b = tl.program_id(2).to(tl.int64)
+        offs_h = tl.arange(0, BLOCK_H)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_d = tl.arange(0, BLOCK_D)
+        pos = start_pos + s
+        out_ptrs = out_ptr + b * so_b + s * so_s + offs_n
+        if pid_n * BLOCK_N > pos:
+            if WRITE_UPPER:
+                tl.store(out_ptrs, tl.full([BLOCK_N], float("-inf"), tl.float32), mask=offs_n < T)
+            return
+        h_ok = offs_h < H
+        q = tl.load(q_ptr + b * sq_b + s * sq_s + offs_h[:, None] * sq_h + offs_d[None, :],
+                    mask=h_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+        w = tl.load(w_ptr + b * sw_b + s * sw_s + offs_h, mask=h_ok, other=0.0)
+        if FP8:
+            w = w * tl.load(qs_ptr + b * sw_b + s * sw_s + offs_h, mask=h_ok, other=0.0)
+        k_tile = tl.load(k_ptr + b * sk_b + offs_n[:, None].to(tl.int64) * sk_t + offs_d[None, :],
+                         mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+        r = mma(q, tl.trans(k_tile), None, IEEE)  # (BLOCK_H, BLOCK_N)
+        acc = tl.sum(tl.maximum(r, 0.0) * w[:, None], 0)
+        if FP8:
+            acc = acc * tl.load(ks_ptr + b * T + offs_n, mask=offs_n < T, other=0.0)
+        acc = tl.where(offs_n <= pos, acc, float("-inf"))
+        tl.store(out_ptrs, acc, mask=offs_n < T)
+
+
+def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, num_warps,
+            num_stages):
+    require_triton()
+    B, S, H, D = q.shape
+    T = k.shape[1]
+    if q.stride(-1) != 1 or k.stride(-1) != 1:
+        raise ValueError("q and k need a contiguous last dim")
+    w = w.float().contiguous()
+    if out is None:
+        out = torch.empty(B, S, T, dtype=torch.float32, device=q.device)
+    fp8 = q_s is not None
+    if fp8:
+        q_s = q_s.float().contiguous()
+        k_s = k_s.float().reshape(B, T).contiguous()
+        if q_s.shape != w.shape:
+            raise ValueError("q_s must have w's shape [B, S, H]")
+    BD = block(D)
+    if block_m is None and S <= 4 and H <= 128:  # decode: heads as the product's rows
+        BN = block_n or (128 if q.is_cuda else 32)
+        _indexer_decode_kernel[(triton.cdiv(T, BN), S, B)](
+            q, k, w, q_s if fp8 else w, k_s if fp8 else w, out,
+            S, T, H, D, start_pos,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+            w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+            FP8=fp8, WRITE_UPPER=write_upper, IEEE=(q.dtype == torch.float32),
+            BLOCK_H=block(H), BLOCK_N=BN, BLOCK_D=BD, num_warps=4, num_stages=2,
+        )
+        return out
+    BM = block_m or (64 if not q.is_cuda else (128 if S > 32 else 16))  # decode: few rows
+    BN = block_n or (64 if not q.is_cuda else 128)
+    if not q.is_cuda:  # interpreter: small tiles keep the masked work small
+        BM, BN = min(BM, block(S)), min(BN, block(T))
+    grid = (triton.cdiv(T, BN), triton.cdiv(S, BM), B)
+    _indexer_logits_kernel[grid](
+        q, k, w, q_s if fp8 else w, k_s if fp8 else w, out,
+        S, T, H, D, start_pos,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+        w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        FP8=fp8, WRITE_UPPER=write_upper, IEEE=(q.dtype == torch.float32),
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
+
+
+def indexer_logits(q, k, w, start_pos: int = 0, out=None, write_upper: bool = True,
+                   block_m=None, block_n=None, num_warps=8, num_stages=3):
+    """q [B, S, H, D] (bf16/fp16/fp32), k [B, T, D], w [B, S, H] -> [B, S, T] fp32, causal.
+
+    Query row s sits at position start_pos + s; keys after it read -inf. With
+    `write_upper=False` the tiles wholly above the diagonal are left unwritten (the top-k
+    kernel never reads them), saving half the stores of a prefill.
+    """
+    if q.dtype != k.dtype:
+        raise ValueError("q and k must share a dtype")
+    return _launch(q, k, w, None, None, start_pos, out, write_upper, block_m, block_n,
+                   num_warps, num_stages)
+
+
+def indexer_logits_fp8(q8, q_s, k8, k_s, w, start_pos: int = 0, out=None,
+                       write_upper: bool = True, block_m=None, block_n=None, num_warps=8,
+                       num_stages=3):
+    """q8 [B, S, H, D] e4m3, q_s [B, S, H] fp32, k8 [B, T, D] e4m3, k_s [B, T] (or [B, T, 1])
+    fp32, w [B, S, H] fp32 -> [B, S, T] fp32 (k_s · Σ_j w·q_s·ReLU(q8·k8)), causal."""
+    if q8.dtype != torch.float8_e4m3fn or k8.dtype != torch.float8_e4m3fn:
+        raise ValueError("FP8 path takes float8_e4m3fn q8 and k8")
+    return _launch(q8, k8, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n,
+                   num_warps, num_stages)

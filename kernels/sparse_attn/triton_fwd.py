@@ -1,0 +1,225 @@
+"""Sparse MLA attention forward in Triton: prefill and split-K decode.
+
+One program owns one query token and BLOCK_H of its heads. It walks the token's K selected
+positions in blocks of BLOCK_K, gathers their latent rows kv [BLOCK_K, R] and RoPE rows
+pe [BLOCK_K, P] once for all its heads (MQA: every head shares them), scores them on tensor
+cores, keeps an online softmax in fp32 and accumulates P·kv into [BLOCK_H, R].
+
+Decode splits the K slots over N_SPLIT programs that write partial (out, lse) in fp32; a
+small combine kernel merges them. The cache is contiguous [B, T, .] or paged
+[n_pages, page, .] through a block table (indices stay logical positions), and the latent
+part may be FP8 e4m3 with one fp32 scale per 128 (or R / n_groups) channels (the V3.2
+656-byte format keeps RoPE in bf16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._common import block, mma, require_triton, tl, triton
+
+LOG2E = 1.4426950408889634
+
+if triton is not None:
+
+    @triton.jit
+    def _row_ptrs(b, pos, bt_ptr, s_bt, PAGED: tl.constexpr, PAGE: tl.constexpr, s_b, s_t):
+        """Element offsets of logical rows `pos` of batch b (contiguous or paged)."""
+        if PAGED:
+            page = tl.load(bt_ptr + b * s_bt + pos // PAGE).to(tl.int64)
+            return page * s_b + (pos % PAGE).to(tl.int64) * s_t
+        else:
+            return b * s_b + pos.to(tl.int64) * s_t
+
+    @triton.jit
+    def _sparse_mla_fwd_kernel(
+        ql_ptr, qp_ptr, kv_ptr, pe_ptr, kvs_ptr, idx_ptr, bt_ptr, out_ptr, lse_ptr,
+        S, H, R, P, K, k_per_split, scale_log2,
+        s_ql_b, s_ql_s, s_ql_h, s_qp_b, s_qp_s, s_qp_h,
+        s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_kvs_b, s_kvs_t,
+        s_idx_b, s_idx_s, s_bt,
+        s_o_b, s_o_s, s_o_sp, s_o_h, s_l_b, s_l_s, s_l_sp,
+        PAGED: tl.constexpr, PAGE: tl.constexpr, FP8KV: tl.constexpr, GROUP: tl.constexpr,
+        N_GROUPS: tl.constexpr, GROUP_POW2: tl.constexpr, IEEE: tl.constexpr,
+        BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_K: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+    ):
+        if HEADS_FASTEST:  # a token's head blocks run side by side and share its gathers in L2
+            pid_h = tl.program_id(0)
+            pid_s = tl.program_id(1)
+        else:
+            pid_s = tl.program_id(0)
+            pid_h = tl.program_id(1)
+        split = tl.program_id(2)
+        b = (pid_s // S).to(tl.int64)
+        s = (pid_s % S).to(tl.int64)
+        offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+        offs_r = tl.arange(0, BLOCK_R)
+        offs_p = tl.arange(0, BLOCK_P)
+        h_ok = offs_h < H
+        r_ok = offs_r < R
+        p_ok = offs_p < P
+        ql = tl.load(ql_ptr + b * s_ql_b + s * s_ql_s + offs_h[:, None] * s_ql_h + offs_r[None, :],
+                     mask=h_ok[:, None] & r_ok[None, :], other=0.0)
+        qp = tl.load(qp_ptr + b * s_qp_b + s * s_qp_s + offs_h[:, None] * s_qp_h + offs_p[None, :],
+                     mask=h_ok[:, None] & p_ok[None, :], other=0.0)
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_H], tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_R], tl.float32)
+        k_lo = split * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, K)
+        idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            pos = tl.load(idx_row + offs_k, mask=offs_k < k_hi, other=-1)
+            valid = pos >= 0
+            pos = tl.where(valid, pos, 0)
+            kv_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kv_b, s_kv_t)
+            pe_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_pe_b, s_pe_t)
+            kv_t = tl.load(kv_ptr + kv_rows[:, None] + offs_r[None, :],
+                           mask=valid[:, None] & r_ok[None, :], other=0.0)
+            if FP8KV:
+                kvs_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kvs_b, s_kvs_t)
+                if GROUP_POW2:  # one scale load per group, broadcast over its channels
+                    offs_g = tl.arange(0, BLOCK_R // GROUP)
+                    sc = tl.load(kvs_ptr + kvs_rows[:, None] + offs_g[None, :],
+                                 mask=valid[:, None] & (offs_g[None, :] < N_GROUPS), other=0.0)
+                    kv_t = tl.reshape(kv_t.to(tl.float32), [BLOCK_K, BLOCK_R // GROUP, GROUP])
+                    kv_t = tl.reshape(kv_t * sc[:, :, None], [BLOCK_K, BLOCK_R]).to(ql.dtype)
+                else:
+                    sc = tl.load(kvs_ptr + kvs_rows[:, None] + (offs_r // GROUP)[None, :],
+                                 mask=valid[:, None] & r_ok[None, :], other=0.0)
+                    kv_t = (kv_t.to(tl.float32) * sc).to(ql.dtype)
+            pe_t = tl.load(pe_ptr + pe_rows[:, None] + offs_p[None, :],
+                           mask=valid[:, None] & p_ok[None, :], other=0.0)
+            z = mma(ql, tl.trans(kv_t), None, IEEE)
+            z = mma(qp, tl.trans(pe_t), z, IEEE)
+            z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
+            m_new = tl.maximum(m_i, tl.max(z, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(z - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = mma(p.to(kv_t.dtype), kv_t, acc * alpha[:, None], IEEE)
+            m_i = m_new
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        o = acc / l_safe[:, None]
+        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
+        o_ptrs = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
+                  + offs_r[None, :])
+        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & r_ok[None, :])
+        tl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_h, lse, mask=h_ok)
+
+    @triton.jit
+    def _combine_kernel(po_ptr, pl_ptr, out_ptr, lse_ptr, H, R, N_SPLIT,
+                        s_po_row, s_po_sp, s_po_h, s_pl_row, s_pl_sp, s_o_row, s_o_h,
+                        BLOCK_SP: tl.constexpr, BLOCK_R: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        h = tl.program_id(1)
+        sp = tl.arange(0, BLOCK_SP)
+        offs_r = tl.arange(0, BLOCK_R)
+        sp_ok = sp < N_SPLIT
+        lse = tl.load(pl_ptr + row * s_pl_row + sp * s_pl_sp + h, mask=sp_ok, other=float("-inf"))
+        m = tl.max(lse, 0)
+        m_safe = tl.where(m == float("-inf"), 0.0, m)
+        wgt = tl.exp(lse - m_safe)
+        tot = tl.sum(wgt, 0)
+        po = tl.load(po_ptr + row * s_po_row + sp[:, None] * s_po_sp + h * s_po_h + offs_r[None, :],
+                     mask=sp_ok[:, None] & (offs_r[None, :] < R), other=0.0)
+        o = tl.sum(po * wgt[:, None], 0) / tl.where(tot == 0.0, 1.0, tot)
+        tl.store(out_ptr + row * s_o_row + h * s_o_h + offs_r, o.to(out_ptr.dtype.element_ty),
+                 mask=offs_r < R)
+        tl.store(lse_ptr + row * H + h, tl.where(tot == 0.0, float("-inf"), m_safe + tl.log(tot)))
+
+
+def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out_dtype,
+            block_h, block_k, num_warps, num_stages, heads_fastest=False):
+    require_triton()
+    B, S, H, R = q_lat.shape
+    P = q_pe.shape[-1]
+    K = idx.shape[-1]
+    for name, t in (("q_lat", q_lat), ("q_pe", q_pe), ("kv", kv), ("pe", pe)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} needs a unit last stride")
+    idx = idx if idx.dtype == torch.int32 else idx.to(torch.int32)
+    idx = idx.contiguous()
+    paged = block_table is not None
+    fp8 = kv_scale is not None
+    if fp8 and kv.dtype != torch.float8_e4m3fn:
+        raise ValueError("kv_scale given but kv is not float8_e4m3fn")
+    group = R // kv_scale.shape[-1] if fp8 else 1
+    BR, BP = block(R), block(P)
+    BH = block_h or min(64, block(H))
+    BK = block_k or (64 if q_lat.is_cuda else 16)
+    dev = q_lat.device
+    if n_split == 1:
+        out = torch.empty(B, S, 1, H, R, dtype=out_dtype, device=dev)
+    else:
+        out = torch.empty(B, S, n_split, H, R, dtype=torch.float32, device=dev)
+    lse = torch.empty(B, S, n_split, H, dtype=torch.float32, device=dev)
+    k_per_split = triton.cdiv(triton.cdiv(K, n_split), BK) * BK
+    n_hb = triton.cdiv(H, BH)
+    heads_fastest = heads_fastest and n_hb > 1
+    grid = (n_hb, B * S, n_split) if heads_fastest else (B * S, n_hb, n_split)
+    bt = block_table.to(torch.int32).contiguous() if paged else idx
+    kvs = kv_scale if fp8 else pe
+    _sparse_mla_fwd_kernel[grid](
+        q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
+        S, H, R, P, K, k_per_split, scale * LOG2E,
+        q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
+        q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
+        kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
+        idx.stride(0), idx.stride(1), bt.stride(0),
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        PAGED=paged, PAGE=kv.shape[1] if paged else 1, FP8KV=fp8, GROUP=group,
+        N_GROUPS=kv_scale.shape[-1] if fp8 else 1,
+        GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
+        IEEE=(q_lat.dtype == torch.float32),
+        BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    if n_split == 1:
+        return out[:, :, 0], lse[:, :, 0]
+    final = torch.empty(B, S, H, R, dtype=out_dtype, device=dev)
+    final_lse = torch.empty(B, S, H, dtype=torch.float32, device=dev)
+    po, pl = out.view(B * S, n_split, H, R), lse.view(B * S, n_split, H)
+    _combine_kernel[(B * S, H)](
+        po, pl, final, final_lse, H, R, n_split,
+        po.stride(0), po.stride(1), po.stride(2), pl.stride(0), pl.stride(1),
+        final.stride(1), final.stride(2),
+        BLOCK_SP=block(n_split, 2), BLOCK_R=BR, num_warps=4,
+    )
+    return final, final_lse
+
+
+def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
+                   num_stages=None, kv_scale=None, heads_fastest=False):
+    """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
+    idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
+    kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv)."""
+    nw = num_warps or (8 if q_lat.is_cuda else 4)
+    ns = num_stages or (2 if q_lat.is_cuda else 1)
+    return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
+                   block_k, nw, ns, heads_fastest)
+
+
+def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
+                      n_split=None, block_h=None, block_k=None, num_warps=None, num_stages=None):
+    """Decode forward for a few query tokens per sequence.
+
+    q_lat [B,Sq,H,R], q_pe [B,Sq,H,P]; kv [B,T,R] / pe [B,T,P] contiguous, or paged
+    [n_pages, page, R|P] with block_table [B, max_pages]; kv may be e4m3 with kv_scale
+    [B,T,G] / [n_pages,page,G] fp32 (G groups of R // G channels). idx [B,Sq,K] holds logical
+    positions (-1 = empty). K is split over `n_split` programs per token (flash-decoding) and
+    merged by a combine kernel. Returns (out [B,Sq,H,R], lse [B,Sq,H]).
+    """
+    K = idx.shape[-1]
+    if n_split is None:
+        n_split = max(1, min(32, K // 64)) if q_lat.is_cuda else max(1, min(4, K // 16))
+    nw = num_warps or 4
+    ns = num_stages or (2 if q_lat.is_cuda else 1)
+    return _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split,
+                   q_lat.dtype, block_h, block_k, nw, ns)

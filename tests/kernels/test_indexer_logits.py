@@ -1,0 +1,55 @@
+"""Fused causal indexer logits (bf16/fp32 and FP8) against the einsum reference."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="kernels need the triton package")
+
+from kernels.indexer_logits import (indexer_logits, indexer_logits_fp8,  # noqa: E402
+                                    indexer_logits_fp8_ref, indexer_logits_ref)
+from tests.kernels.conftest import DEVICE, rel  # noqa: E402
+
+
+def _check(out, ref, tol):
+    fin = ref.isfinite()
+    assert torch.equal(out.isfinite(), fin), "causal -inf pattern differs (or unwritten NaN)"
+    assert rel(out[fin], ref[fin]) < tol
+
+
+@pytest.mark.parametrize("B,S,T0,H,D", [(1, 63, 0, 5, 24), (2, 130, 7, 3, 40), (3, 2, 61, 5, 24)],
+                         ids=["prefill63", "prefill130", "decode2of63"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_indexer_logits_matches_reference(B, S, T0, H, D, dtype):
+    T = T0 + S  # T0 cached keys before the S new queries (start_pos = T0)
+    q = torch.randn(B, S, H, D, device=DEVICE).to(dtype)
+    k = torch.randn(B, T, D, device=DEVICE).to(dtype)
+    w = torch.randn(B, S, H, device=DEVICE)
+    out = torch.full((B, S, T), float("nan"), device=DEVICE)
+    indexer_logits(q, k, w, start_pos=T0, out=out)
+    _check(out, indexer_logits_ref(q, k, w, T0), 1e-5 if dtype == torch.float32 else 1e-3)
+
+
+@pytest.mark.parametrize("S", [63, 1])
+def test_indexer_logits_fp8_matches_reference(S):
+    B, H, D = 1, 5, 32
+    q8 = torch.randn(B, S, H, D, device=DEVICE).to(torch.float8_e4m3fn)
+    k8 = (3 * torch.randn(B, S, D, device=DEVICE)).to(torch.float8_e4m3fn)
+    q_s = torch.rand(B, S, H, device=DEVICE) + 0.1
+    k_s = torch.rand(B, S, device=DEVICE) + 0.1
+    w = torch.randn(B, S, H, device=DEVICE)
+    out = torch.full((B, S, S), float("nan"), device=DEVICE)
+    indexer_logits_fp8(q8, q_s, k8, k_s, w, out=out)
+    _check(out, indexer_logits_fp8_ref(q8, q_s, k8, k_s, w), 1e-5)
+
+
+def test_upper_tiles_left_unwritten_on_request():
+    B, S, H, D = 1, 130, 2, 16
+    q, k = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, S, D, device=DEVICE)
+    w = torch.randn(B, S, H, device=DEVICE)
+    out = torch.full((B, S, S), float("nan"), device=DEVICE)
+    indexer_logits(q, k, w, out=out, write_upper=False, block_m=16, block_n=16)
+    ref = indexer_logits_ref(q, k, w)
+    lower = torch.ones(S, S, dtype=torch.bool, device=DEVICE).tril()
+    assert not out[0][lower].isnan().any()
+    assert rel(out[0][lower], ref[0][lower]) < 1e-5
+    assert out[0, :16, 32:].isnan().all()  # a whole tile above the diagonal: skipped

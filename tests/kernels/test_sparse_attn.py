@@ -1,0 +1,118 @@
+"""Sparse MLA attention: prefill forward (out + LSE), backward, decode (contiguous, paged,
+FP8 cache) and the KL target, against gather-based PyTorch references."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="kernels need the triton package")
+
+from kernels.sparse_attn import (sparse_attn_target, sparse_mla_bwd,  # noqa: E402
+                                 sparse_mla_decode, sparse_mla_decode_ref, sparse_mla_fwd,
+                                 sparse_mla_ref, sparse_target_ref)
+from kernels.topk import topk_ref  # noqa: E402
+from tests.kernels.conftest import DEVICE, rel  # noqa: E402
+
+BF = torch.bfloat16
+
+
+def inputs(B, S, T, H, R, P, K, dtype, start_pos=None):
+    t = lambda *shape: (torch.randn(*shape, device=DEVICE) * 0.5).to(dtype)  # noqa: E731
+    sp = T - S if start_pos is None else start_pos
+    idx = topk_ref(torch.randn(B, S, T, device=DEVICE), K, sp)
+    return t(B, S, H, R), t(B, S, H, P), t(B, T, R), t(B, T, P), idx
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (BF, 2e-2)])
+@pytest.mark.parametrize("S,H,R,P,K", [(63, 5, 40, 12, 24), (130, 3, 24, 8, 50)])
+def test_prefill_forward(S, H, R, P, K, dtype, tol):
+    ql, qp, kv, pe, idx = inputs(1, S, S, H, R, P, K, dtype)
+    scale = (R + P) ** -0.5
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, scale)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert rel(out, ref) < tol
+    assert rel(lse, ref_lse) < 1e-5  # scores in fp32 from identical operands
+
+
+def test_prefill_forward_int64_indices_and_int32_agree():
+    ql, qp, kv, pe, idx = inputs(2, 20, 20, 3, 16, 8, 7, torch.float32)
+    a, _ = sparse_mla_fwd(ql, qp, kv, pe, idx.long(), 0.3)
+    b, _ = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.3)
+    assert torch.equal(a, b)
+
+
+def test_prefill_forward_many_head_blocks_heads_fastest():
+    ql, qp, kv, pe, idx = inputs(1, 20, 20, 40, 16, 8, 7, torch.float32)
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.3, block_h=16, heads_fastest=True)
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, 0.3)
+    assert rel(out, ref) < 1e-5 and rel(lse, ref_lse) < 1e-5
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (BF, 3e-2)])
+def test_backward(dtype, tol):
+    S, H, R, P, K = 63, 5, 40, 12, 24
+    ql, qp, kv, pe, idx = inputs(1, S, S, H, R, P, K, dtype)
+    scale = (R + P) ** -0.5
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
+    dout = torch.randn_like(out)
+    leaves = [x.detach().float().requires_grad_() for x in (ql, qp, kv, pe)]
+    ref, _ = sparse_mla_ref(*leaves, idx, scale)
+    ref.backward(dout.float())
+    grads = sparse_mla_bwd(ql, qp, kv, pe, idx, out, lse, dout, scale)
+    for g, leaf in zip(grads, leaves):
+        assert g.dtype == dtype and g.shape == leaf.shape
+        assert rel(g, leaf.grad) < tol
+
+
+def _paged(x, page, perm):
+    """x [B, T, D] -> pages [n, page, D] laid out by block table perm [B, n_pages]."""
+    B, T, D = x.shape
+    out = torch.full((perm.numel(), page, D), float("nan"), device=x.device).to(x.dtype)
+    pos = torch.arange(T, device=x.device)
+    for b in range(B):
+        out[perm[b, pos // page].long(), pos % page] = x[b]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["contiguous", "paged", "paged_fp8", "contiguous_fp8"])
+def test_decode(mode):
+    B, Sq, T, H, R, P, K = 3, 2, 130, 5, 48, 16, 40
+    ql, qp, kv, pe, idx = inputs(B, Sq, T, H, R, P, K, BF)
+    scale = (R + P) ** -0.5
+    kw = {}
+    if mode == "contiguous_fp8":  # four groups of 12 channels: the per-channel scale path
+        s = kv.float().unflatten(-1, (4, 12)).abs().amax(-1) / 448 + 1e-6
+        kv = (kv.float().unflatten(-1, (4, 12)) / s[..., None]).flatten(-2).to(torch.float8_e4m3fn)
+        kw["kv_scale"] = s
+    elif mode != "contiguous":
+        page = 16
+        n = math.ceil(T / page)
+        perm = torch.randperm(B * n, device=DEVICE).view(B, n).int()
+        if mode == "paged_fp8":
+            g = 3  # three groups of 16 channels, one fp32 scale each
+            s = kv.float().unflatten(-1, (g, R // g)).abs().amax(-1) / 448 + 1e-6
+            kv8 = (kv.float().unflatten(-1, (g, R // g)) / s[..., None]).flatten(-2)
+            kv = _paged(kv8.to(torch.float8_e4m3fn).view(torch.uint8), page, perm).view(
+                torch.float8_e4m3fn)
+            kw["kv_scale"] = _paged(s, page, perm).nan_to_num(1.0)
+        else:
+            kv = _paged(kv, page, perm)
+        pe = _paged(pe, page, perm)
+        kw["block_table"] = perm
+    ref, ref_lse = sparse_mla_decode_ref(ql, qp, kv, pe, idx, scale, **kw)
+    for n_split in (1, 3):
+        out, lse = sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n_split, **kw)
+        assert rel(out, ref) < 2e-2
+        assert rel(lse, ref_lse) < 2e-3
+
+
+def test_target_is_head_mean_of_probabilities():
+    S, H, R, P, K = 63, 5, 40, 12, 24
+    ql, qp, kv, pe, idx = inputs(2, S, S, H, R, P, K, torch.float32)
+    _, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.2)
+    tgt = sparse_attn_target(ql, qp, kv, pe, idx, lse, 0.2)
+    ref = sparse_target_ref(ql, qp, kv, pe, idx, 0.2)
+    assert rel(tgt, ref) < 1e-5
+    assert torch.allclose(tgt.sum(-1), torch.ones(2, S, device=DEVICE), atol=1e-5)
