@@ -83,6 +83,16 @@ def choose_backend(requested: str = "auto") -> tuple[str, str | None]:
     return "local", why
 
 
+def _sweep_exited() -> None:
+    """Remove stopped sandbox containers left by a run that was killed before its cleanup
+    (its workers exit when their stdin closes). Running ones belong to live pools."""
+    r = subprocess.run(["docker", "ps", "-aq", "--filter", "label=envfactory.sandbox=1", "--filter", "status=exited"],
+                       capture_output=True, text=True, timeout=60)
+    ids = r.stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
+
+
 def _world_readable(root: Path) -> bool:
     """Can any user traverse to `root` and read everything under it?"""
     for d in [root, *root.parents]:
@@ -236,6 +246,7 @@ class SandboxPool:
                 self.image = ensure_image(progress)
             except ImageError as e:
                 raise SandboxError(f"the sandbox image is not available: {e}") from None
+            _sweep_exited()
         self.size = max(1, size or min(os.cpu_count() or 1, 4))
         self.staged: Path | None = None
         mount = self.root

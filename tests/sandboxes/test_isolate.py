@@ -328,3 +328,17 @@ def test_without_docker_auto_falls_back_with_a_warning(root, monkeypatch):
         _still_serves(pool)
     with pytest.raises(SandboxError, match="Docker sandbox was requested"):
         SandboxPool(root, size=1, backend="docker")
+
+
+def test_stopped_leftover_containers_are_swept(root):
+    import subprocess
+
+    from sandboxes.image import image_tag
+
+    _require_docker()
+    cid = subprocess.run(["docker", "run", "-d", "--label", "envfactory.sandbox=1", image_tag(), "true"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.strip()
+    subprocess.run(["docker", "wait", cid], capture_output=True, timeout=120)
+    with SandboxPool(root, size=1, backend="docker"):
+        gone = subprocess.run(["docker", "inspect", cid], capture_output=True, timeout=60).returncode != 0
+    assert gone
