@@ -273,6 +273,8 @@ def validate(path, backend: str = "auto", workers: int | None = None, report_pat
     path = Path(path).resolve()
     envs = find_envs(path)
     root = path if envs != [path] else path.parent
+    if workers is not None and workers < 1:
+        raise ValidateError(f"--workers must be at least 1, got {workers}")
     workers = workers or os.cpu_count() or 1
     reports: dict[str, EnvReport] = {}
     try:
@@ -317,7 +319,11 @@ def validate(path, backend: str = "auto", workers: int | None = None, report_pat
     if report_path is None:
         report_path = path / "validation.json" if envs != [path] else path.parent / f"{path.name}.validation.json"
     report.report_path = str(report_path)
-    write_json(Path(report_path), report.to_json())
+    try:
+        Path(report_path).parent.mkdir(parents=True, exist_ok=True)
+        write_json(Path(report_path), report.to_json())
+    except OSError as e:
+        raise ValidateError(f"cannot write the report {report_path}: {e.strerror or e}") from None
     return report
 
 
