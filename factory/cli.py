@@ -140,8 +140,15 @@ def cmd_validate(a) -> int:
     return 0 if report.ok else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors on one line (`factory validate: error: ...`), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="factory", description="Agentic environment and task synthesis factory.")
+    ap = _Parser(prog="factory", description="Agentic environment and task synthesis factory.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="generate environments from a task-type seed")
     g.add_argument("seed_ref", metavar="SEED", help="a built-in seed name (see `factory seeds`) or a seed file")
