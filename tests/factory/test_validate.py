@@ -214,3 +214,10 @@ def test_cases_are_labelled_by_the_oracle(problem):
     shape = [c for c in cc if c.name.startswith(("wrong_type", "missing_field", "extra_", "missing_", "empty_"))]
     assert shape and all(c.expect == 0.0 for c in shape)
     assert not any(c.disagree for c in cc)
+
+
+def test_event_tour_bundle_validates(tmp_path):
+    generate("event_tour", 1, tmp_path / "et", 3, workers=1)
+    rep = validate(tmp_path / "et", backend=BACKEND, workers=1, report_path=tmp_path / "r.json")
+    assert rep.ok, [f for e in rep.envs for f in e.failures]
+    assert all(t.mutants >= 27 and t.alternatives > 0 for e in rep.envs for t in e.tasks)
