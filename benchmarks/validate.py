@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from factory.generate import generate
-from factory.validate import find_envs, validate
+from verifiers.validate import find_envs, validate
 from sandboxes.isolate import SandboxPool
 from verifiers.codegen import load_verifier
 

@@ -108,7 +108,7 @@ def cmd_seeds(a) -> int:
 def cmd_validate(a) -> int:
     import warnings
 
-    from factory.validate import format_table, validate
+    from verifiers.validate import format_table, validate
     from sandboxes.isolate import SandboxWarning
 
     def progress(done, total, env):
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     from factory.generate import GenerateError
     from factory.region import RegionError
     from factory.seed import SeedError
-    from factory.validate import ValidateError
+    from verifiers.validate import ValidateError
     from sandboxes.duck import SandboxError
 
     args = build_parser().parse_args(argv)

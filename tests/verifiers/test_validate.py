@@ -16,9 +16,9 @@ import duckdb
 import pytest
 
 from factory.generate import generate
-from factory.mutants import cases, judge
+from verifiers.mutants import cases, judge
 from factory.seed import load_seed
-from factory.validate import find_envs, validate
+from verifiers.validate import find_envs, validate
 from sandboxes.image import docker_ready
 from verifiers.constraints import Constraint, get_kind
 from verifiers.problem import load_problem, scaled

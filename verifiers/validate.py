@@ -1,8 +1,9 @@
-"""`factory validate`: prove every task of a bundle sound, complete and solvable with its tools.
+"""The validation harness behind `factory validate`: every task of a bundle must be sound,
+complete and solvable with its tools.
 
 Per environment:
   - the manifest: every file's sha256 matches (a tampered bundle is reported);
-  - per task, the answers of `factory.mutants.cases` are scored by the task's generated
+  - per task, the answers of `verifiers.mutants.cases` are scored by the task's generated
     verifier *inside the sandbox* (`sandboxes.isolate`), and compared with the oracle's
     labels: the reference scores 1 on every rerun with identical checks; every mutant and
     junk answer scores 0 (soundness); every other feasible plan scores 1 (completeness);
@@ -127,7 +128,7 @@ def _prepare(env_dir: str) -> dict:
     """Cases for every task of one environment, built from trusted code only."""
     import duckdb
 
-    from factory.mutants import cases
+    from verifiers.mutants import cases
     from factory.seed import SeedError, load_seed
     from verifiers.constraints import Constraint
     from verifiers.problem import load_problem
