@@ -15,7 +15,13 @@ Paths, picked per call:
 - full causal attention (`sparse=False`: pre-training and the indexer warm-up);
 - top-k attention (`sparse=True`): the indexer scores every visible token, `select_topk`
   keeps k, and `cfg.attn_impl` decides how attention reads them: "dense" masks dense scores
-  (the oracle), "sparse" gathers the selected latents (what the kernels replace).
+  (the oracle), "sparse" gathers the selected latents (what the kernels replace);
+  "triton" runs the kernels/ pipeline instead: `Indexer.project` hands q, k and the head
+  weights (or their FP8 forms) to `kernels.dsa_select` (indexer logits in row blocks + a
+  streaming top-k, never the [B, S, T] score matrix), `kernels.sparse_mla_with_lse` attends,
+  and the sparse stage's indexer KL comes from `kernels.sparse_attn_target` (on that LSE) and
+  the fused `kernels.indexer_kl`. Its selection is the same set as `select_topk`'s, held in
+  ascending position order; nothing downstream depends on the order.
 Prefill uses the MHA form; a one-token step over a cache uses the absorbed MQA form.
 """
 
@@ -72,19 +78,29 @@ class MLA(nn.Module):
         if cache is not None:
             kv, k_pe = cache.latent.update(start_pos, kv, k_pe)  # (B, T, R), (B, T, P)
 
-        scores = idx = None
-        if sparse or index_loss:
-            scores = self.indexer(x, qr, cos, sin, start_pos, cache.index if cache else None)
-        if sparse:
-            idx = select_topk(scores, c.index_topk, start_pos)  # (B, S, K)
-            # the gather path needs no [B, S, T] mask unless the KL target is wanted
-            mask = index_mask(idx, T) if c.attn_impl == "dense" or index_loss else None
+        scores = idx = ind = None
+        fused = sparse and c.attn_impl == "triton"  # kernels select, attend and give the KL
+        if fused:  # indexer + blocked top-k: no [B, S, T] score matrix, no mask
+            ind = self.indexer.project(x, qr, cos, sin, start_pos, cache.index if cache else None)
+            idx = _dsa_select(ind, c.index_topk, start_pos)  # (B, S, topk) int32, ascending, -1
+            mask = None
         else:
-            mask = causal_mask(S, T, start_pos, x.device)  # (1, S, T)
+            if sparse or index_loss:
+                scores = self.indexer(x, qr, cos, sin, start_pos, cache.index if cache else None)
+            if sparse:
+                idx = select_topk(scores, c.index_topk, start_pos)  # (B, S, K)
+                # the gather path needs no [B, S, T] mask unless the KL target is wanted
+                mask = index_mask(idx, T) if c.attn_impl == "dense" or index_loss else None
+            else:
+                mask = causal_mask(S, T, start_pos, x.device)  # (1, S, T)
 
         w_uk, w_uv = self._w_kv_b()
-        q_lat = None
-        if sparse and c.attn_impl != "dense":
+        q_lat = lse = None
+        if fused:
+            q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query
+            o_lat, lse = _kernels().sparse_mla_with_lse(q_lat, q_pe, kv, k_pe, idx, c.softmax_scale)
+            o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
+        elif sparse and c.attn_impl != "dense":
             q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query
             o_lat = _sparse_core(c.attn_impl)(q_lat, q_pe, kv, k_pe, idx, c.softmax_scale)
             o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
@@ -100,7 +116,9 @@ class MLA(nn.Module):
         out = self.o_proj(o.flatten(2))  # (B, S, dim)
 
         kl = None
-        if index_loss:
+        if index_loss and fused:
+            kl = _fused_index_kl(ind, q_lat, q_pe, kv, k_pe, idx, lse, c.softmax_scale)
+        elif index_loss:
             if q_lat is None:
                 q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
             target = attention_target(q_lat, q_pe, kv, k_pe, mask, c.softmax_scale)
@@ -138,6 +156,52 @@ class MLA(nn.Module):
         target = attention_target(q_lat, q_pe, kv, k_pe, causal_mask(S, S, 0, x.device),
                                   self.cfg.softmax_scale)
         return scores, target
+
+
+# Query rows of the indexer logits per top-k block are chosen so that the block's
+# [B, rows, T] fp32 logits stay under this many bytes (kernels.dsa_select).
+INDEX_BLOCK_BYTES = 1 << 28
+
+
+def _kernels():
+    try:
+        import kernels
+    except ImportError as e:  # pragma: no cover
+        raise NotImplementedError("attn_impl='triton' needs the kernels/ package") from e
+    if not kernels.HAS_TRITON:
+        raise NotImplementedError("attn_impl='triton' needs the `triton` package")
+    return kernels
+
+
+@torch.no_grad()
+def _dsa_select(ind, topk: int, start_pos: int) -> torch.Tensor:
+    """Top-k keys per query from the indexer operands by the fused indexer + blocked top-k
+    kernels -> [B, S, topk] int32, each row's selection in ascending position order, -1 in
+    unused slots. The same set as `select_topk` on the full scores (ties to the earlier
+    token); every consumer (sparse attention, its KL target, the KL) is order-free."""
+    dsa_select = _kernels().dsa_select
+    with torch.autocast(ind.w.device.type, enabled=False):
+        if ind.q8 is not None:
+            return dsa_select(ind.q8, ind.k8, ind.w, topk, start_pos, q_s=ind.q_s, k_s=ind.k_s,
+                              max_block_bytes=INDEX_BLOCK_BYTES)
+        dt = torch.promote_types(ind.q.dtype, ind.k.dtype)  # the scores' products are fp32
+        return dsa_select(ind.q.to(dt), ind.k.to(dt), ind.w, topk, start_pos,
+                          max_block_bytes=INDEX_BLOCK_BYTES)
+
+
+def _fused_index_kl(ind, q_lat, q_pe, kv, k_pe, idx, lse, scale) -> torch.Tensor:
+    """The sparse stage's indexer KL on the selected support, by the kernels: the target
+    (head-mean attention probability per selected slot, from the sparse attention's LSE;
+    equal to the head-summed, L1-normalised `attention_target` there) and the fused KL with
+    its backward into the indexer's q, k and head weights."""
+    kern = _kernels()
+    with torch.no_grad(), torch.autocast(kv.device.type, enabled=False):
+        target = kern.sparse_attn_target(q_lat.detach().contiguous(), q_pe.detach().contiguous(),
+                                         kv.detach(), k_pe.detach(), idx, lse, scale)
+    with torch.autocast(kv.device.type, enabled=False):
+        q, k, w = ind.dequantised()
+        dt = torch.promote_types(q.dtype, k.dtype)
+        return kern.indexer_kl(q.to(dt), k.to(dt), w, idx, target)
 
 
 def _sparse_core(attn_impl: str):

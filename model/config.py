@@ -62,7 +62,8 @@ class ModelConfig:
     # Simulate the FP8 latent cache of deployment (commit 8631a81: act_quant + dequant of kv).
     kv_fp8: bool = False
     # How top-k attention is computed: "dense" = masked-dense oracle (reference semantics),
-    # "sparse" = gather of the selected latents, "triton" = kernels (kernels/, later).
+    # "sparse" = gather of the selected latents, "triton" = the kernels/ pipeline (indexer +
+    # blocked top-k, sparse MLA, fused indexer KL in the sparse stage).
     attn_impl: str = "dense"
     init_std: float = 0.02
 

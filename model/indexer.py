@@ -18,6 +18,8 @@ rest of the model is frozen anyway, so detaching is always right.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,6 +53,14 @@ class Indexer(nn.Module):
         unmasked (causality is applied by `select_topk` and the losses).
         `cache` is an `IndexKeyCache` holding the keys of positions < start_pos.
         """
+        return self.scores(self.project(x, qr, cos, sin, start_pos, cache))
+
+    def project(self, x: torch.Tensor, qr: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                start_pos: int = 0, cache=None) -> IndexerInputs:
+        """The operands of the scores, without the [B, S, T] product: q, every key up to
+        T = start_pos + S (the cache written first), the head weights with every constant
+        folded in, and their FP8 forms when `index_fp8` (what `kernels.dsa_select` and
+        `kernels.indexer_kl` take on the attn_impl="triton" path)."""
         B, S, _ = x.shape
         x, qr = x.detach(), qr.detach()
         q = self.wq_b(qr).view(B, S, self.n_heads, self.head_dim)  # (B, S, H, D)
@@ -61,10 +71,10 @@ class Indexer(nn.Module):
         if self.cfg.index_hadamard:
             q, k = hadamard_transform(q), hadamard_transform(k)
         with torch.autocast(x.device.type, enabled=False):  # fp32 even under bf16 autocast
-            return self._scores(x, q, k, start_pos, cache)
+            return self._operands(x, q, k, start_pos, cache)
 
-    def _scores(self, x, q, k, start_pos, cache):
-        """Head weights, optional FP8, cache write and the weighted ReLU sum: all fp32."""
+    def _operands(self, x, q, k, start_pos, cache):
+        """Head weights, optional FP8 and the cache write: all fp32."""
         w = F.linear(x.float(), self.weights_proj.weight.float()) * self.n_heads**-0.5  # (B, S, H)
         w = w * self.head_dim**-0.5  # fold the q·k scale into the head weights, as the reference
         if self.cfg.index_fp8:
@@ -73,10 +83,45 @@ class Indexer(nn.Module):
             k8, k_s = act_quant(k, self.head_dim, fmt)  # (B, S, D) e4m3, (B, S, 1)
             if cache is not None:
                 k8, k_s = cache.update(start_pos, k8, k_s)
-            return fp8_index(q8, q_s.squeeze(-1), k8, k_s.squeeze(-1), w)
+            return IndexerInputs(q, None, w, q8, q_s.squeeze(-1), k8, k_s.squeeze(-1))
         if cache is not None:
             k, _ = cache.update(start_pos, k)
-        return index_scores(q, k, w)
+        return IndexerInputs(q, k, w)
+
+    @staticmethod
+    def scores(ops: IndexerInputs) -> torch.Tensor:
+        """The full [B, S, T] fp32 logits (unmasked) from `project`'s operands."""
+        with torch.autocast(ops.w.device.type, enabled=False):
+            if ops.q8 is not None:
+                return fp8_index(ops.q8, ops.q_s, ops.k8, ops.k_s, ops.w)
+            return index_scores(ops.q, ops.k, ops.w)
+
+
+@dataclass
+class IndexerInputs:
+    """What the indexer scores are made of (`Indexer.project`).
+
+    q [B, S, H, D] (RoPE'd, rotated), k [B, T, D] (None with FP8: only k8 is cached),
+    w [B, S, H] fp32 (H_I^-1/2 · d_I^-1/2 folded in); with FP8 also q8 [B, S, H, D] e4m3,
+    q_s [B, S, H] fp32, k8 [B, T, D] e4m3, k_s [B, T] fp32.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor | None
+    w: torch.Tensor
+    q8: torch.Tensor | None = None
+    q_s: torch.Tensor | None = None
+    k8: torch.Tensor | None = None
+    k_s: torch.Tensor | None = None
+
+    def dequantised(self):
+        """(q, k, w) whose plain logits Σ_j w·ReLU(q·k) equal the scores: the FP8 values
+        times their scales when FP8 (scales are positive and commute with the ReLU), built
+        through the same autograd graph as `fp8_index`, so gradients match it."""
+        if self.q8 is None:
+            return self.q, self.k, self.w
+        return (self.q8.float() * self.q_s.unsqueeze(-1), self.k8.float() * self.k_s.unsqueeze(-1),
+                self.w)
 
 
 def index_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

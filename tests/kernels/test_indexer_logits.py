@@ -39,7 +39,10 @@ def test_indexer_logits_fp8_matches_reference(S):
     w = torch.randn(B, S, H, device=DEVICE)
     out = torch.full((B, S, S), float("nan"), device=DEVICE)
     indexer_logits_fp8(q8, q_s, k8, k_s, w, out=out)
-    _check(out, indexer_logits_fp8_ref(q8, q_s, k8, k_s, w), 1e-5)
+    # The interpreter sums the e4m3 products in fp32. Hopper's FP8 tensor-core dot keeps
+    # fewer accumulator bits (the reason the reference fp8_gemm "promotes" partial sums,
+    # dsa.md §1.4): on the H200 this test read 4.3e-5 and 4.7e-5 against a 1e-5 bound.
+    _check(out, indexer_logits_fp8_ref(q8, q_s, k8, k_s, w), 3e-4 if q8.is_cuda else 1e-5)
 
 
 def test_upper_tiles_left_unwritten_on_request():
