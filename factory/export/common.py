@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.bundle import sha256_file, verify_manifest, write_json, write_manifest
+from factory.bundle import finalize, sha256_file, verify_manifest, write_json, write_manifest
 from factory.errors import UsageError
 
 __all__ = [
@@ -273,12 +273,7 @@ def place(tmp: Path, out: Path, target: str, info: dict) -> Path | None:
                 ours = False
         if not ours and any(out.iterdir()):
             raise UsageError(f"{out} exists and is not an envfactory export; choose another --out")
-        trash = out.with_name(f".{out.name}.old{os.getpid()}")
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    finalize(tmp, out, force=True)
     return _record_in_parent(out, target)
 
 

@@ -142,25 +142,33 @@ def _batch(items, run_one):
     return results
 
 
+def _setup(fn, what, n):
+    """Run a set-up step (import a generated module, open a database) under the alarm:
+    (its value, None), or (None, a response failing all n calls)."""
+    box = []
+    out, _ = _guarded(lambda: box.append(fn()))
+    if "error" in out:
+        return None, {"results": [{"error": f"{what}: {out['error']}"}] * n}
+    return box[0], None
+
+
 def handle(req):
     op = req.get("op")
     if op == "ping":
         return {"ok": True}
     if op == "verify":
-        mod_out, _ = _guarded(lambda: _module(req["verifier"], req["db"]) and None)
-        if "error" in mod_out:
-            return {"results": [{"error": "load: " + mod_out["error"]}] * len(req["answers"])}
-        mod = _modules[(req["verifier"], req["db"])]
-        con_out, _ = _guarded(lambda: _connection(req["db"]) and None)
-        if "error" in con_out:
-            return {"results": [{"error": "database: " + con_out["error"]}] * len(req["answers"])}
-        con = _connections[req["db"]]
+        db, n = req["db"], len(req["answers"])
+        mod, failed = _setup(lambda: _module(req["verifier"], db), "load", n)
+        if failed:
+            return failed
+        con, failed = _setup(lambda: _connection(db), "database", n)
+        if failed:
+            return failed
         return {"results": _batch(req["answers"], lambda a: mod.verify(a, con))}
     if op == "tools":
-        mod_out, _ = _guarded(lambda: _module(req["tools"], req["db"]) and None)
-        if "error" in mod_out:
-            return {"results": [{"error": "load: " + mod_out["error"]}] * len(req["calls"])}
-        mod = _modules[(req["tools"], req["db"])]
+        mod, failed = _setup(lambda: _module(req["tools"], req["db"]), "load", len(req["calls"]))
+        if failed:
+            return failed
 
         def one(call):
             tools = getattr(mod, "TOOLS", None)

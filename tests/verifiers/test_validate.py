@@ -36,9 +36,7 @@ def bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def good(bundle, tmp_path_factory):
     path = tmp_path_factory.mktemp("rep") / "r.json"
-    rep = validate(bundle, backend=BACKEND, workers=2, report_path=path)
-    rep.report_file = path
-    return rep
+    return validate(bundle, backend=BACKEND, workers=2, report_path=path)
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
@@ -68,7 +66,7 @@ def test_good_bundle_is_sound_and_complete(good):
 
 
 def test_report_is_written(good, bundle):
-    data = json.loads(Path(good.report_file).read_text())
+    data = json.loads(Path(good.report_path).read_text())
     assert data["ok"] is True and data["totals"]["failures"] == 0 and data["backend"] == BACKEND
     assert data["verifier_calls"] == sum(t.cases for e in good.envs for t in e.tasks)
     assert [e["env_id"] for e in data["envs"]] == [p.name for p in find_envs(bundle)]
