@@ -9,7 +9,7 @@ import torch
 from .indexer_logits.triton_indexer import indexer_logits, indexer_logits_fp8
 from .sparse_attn.triton_bwd import sparse_mla_bwd
 from .sparse_attn.triton_fwd import sparse_mla_fwd
-from .topk.triton_topk import topk_rows
+from .topk.triton_topk import BOUND_CAP, BOUND_MAXG, bound_group, topk_rows
 
 
 def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
@@ -19,39 +19,64 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     """Indexer logits + causal top-k without an L x L score matrix.
 
     q [B,S,H,D] (bf16/fp32, or e4m3 with q_s [B,S,H]), k [B,T,D] (or e4m3 with k_s [B,T]),
-    w [B,S,H] fp32 -> idx [B,S,topk] int32 (ascending positions, -1 = empty).
+    w [B,S,H] fp32 -> idx [B,S,topk] int32 (-1 = empty; ascending positions).
     `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel.
     Query rows go through in blocks whose [B, rows, T] fp32 logits stay under
-    `max_block_bytes`; within a block only the causal part is written and read. Few rows over
-    a long cache (decode) use the split-row selection (many programs per row) for parallelism.
+    `max_block_bytes`; within a block only the causal part is written and read. Rows are
+    selected by the "bound" top-k: the indexer also writes each row's maxima over groups of
+    G keys (G a power of two, the same for the whole block, so that a row of n keys has
+    between MAXG/2 and MAXG groups; blocks are cut where G changes), and the top-k reads
+    each row once. Few rows over a long cache (decode) use the split-row selection (many
+    programs per row) for parallelism.
     """
     B, S, H, D = q.shape
     T = k.shape[1]
+    cfg = dict(topk_cfg or {})
+    method = cfg.setdefault("method", "bound")
+    cap = cfg.get("cap") or BOUND_CAP
+    maxg = cfg.get("maxg", BOUND_MAXG)
     if rows_per_block is None:
         rows_per_block = max(1, min(S, max_block_bytes // max(1, 4 * B * T)))
     if out is None:
         out = torch.empty(B, S, topk, dtype=torch.int32, device=q.device)
     buf = torch.empty(B * min(rows_per_block, S) * T, dtype=torch.float32, device=q.device)
     fp8 = q_s is not None
-    for s0 in range(0, S, rows_per_block):
+    s0 = 0
+    while s0 < S:
         s1 = min(S, s0 + rows_per_block)
         n = s1 - s0
+        # few rows: split each row over many programs (chunks of 1K..decode_chunk keys)
+        split = B * n < 256 and start_pos + s1 > max(topk, 1024)
+        group, maxima = 0, None
+        if not split and method == "bound" and topk <= maxg // 2:
+            g = bound_group(start_pos + s0 + 1, maxg)
+            s1 = min(s1, max(s0 + 1, maxg * g - start_pos))  # every row keeps this g
+            n = s1 - s0
+            if start_pos + s1 > cap and g <= 128:  # rows longer than cap bound from maxima
+                group = g
+                maxima = torch.empty(B, n, -(-(start_pos + s1) // g), dtype=torch.float32,
+                                     device=q.device)
         # keys beyond the block's last position are never visible: trim them
         t_end = min(T, start_pos + s1)
         logits = buf[:B * n * t_end].view(B, n, t_end)  # contiguous: top-k reads it in place
         kk = k[:, :t_end]
+        icfg = dict(indexer_cfg or {}, maxima=maxima, group=group)
         if fp8:
             indexer_logits_fp8(q[:, s0:s1], q_s[:, s0:s1], kk, k_s.reshape(B, T)[:, :t_end],
                                w[:, s0:s1], start_pos + s0, out=logits, write_upper=False,
-                               **(indexer_cfg or {}))
+                               **icfg)
         else:
             indexer_logits(q[:, s0:s1], kk, w[:, s0:s1], start_pos + s0, out=logits,
-                           write_upper=False, **(indexer_cfg or {}))
-        # few rows: split each row over many programs (chunks of 1K..decode_chunk keys)
-        split = B * n < 256 and t_end > max(topk, 1024)
-        chunk = max(1024, min(decode_chunk, t_end // 128)) if split else None
-        out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, chunk=chunk,
-                                  **(topk_cfg if chunk is None and topk_cfg else {}))
+                           write_upper=False, **icfg)
+        if split:
+            chunk = max(1024, min(decode_chunk, t_end // 128))
+            out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, chunk=chunk)
+        elif method == "bound":
+            out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0,
+                                      **dict(cfg, maxima=maxima, group=max(group, 1)))
+        else:
+            out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, **cfg)
+        s0 = s1
     return out
 
 

@@ -17,11 +17,12 @@ if triton is not None:
 
     @triton.jit
     def _indexer_logits_kernel(
-        q_ptr, k_ptr, w_ptr, qs_ptr, ks_ptr, out_ptr,
-        S, T, H, D, start_pos,
-        sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s,
+        q_ptr, k_ptr, w_ptr, qs_ptr, ks_ptr, out_ptr, m_ptr,
+        S, T, H, D, start_pos, n_groups,
+        sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s, sm_b, sm_s,
         FP8: tl.constexpr, WRITE_UPPER: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        G: tl.constexpr,
     ):
         pid_n = tl.program_id(0)
         pid_m = tl.program_id(1)
@@ -37,6 +38,12 @@ if triton is not None:
             if WRITE_UPPER:
                 tl.store(out_ptrs, tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),
                          mask=out_mask)
+                if G > 0:
+                    offs_g = pid_n * (BLOCK_N // G) + tl.arange(0, BLOCK_N // G)
+                    tl.store(m_ptr + b * sm_b + offs_m[:, None].to(tl.int64) * sm_s
+                             + offs_g[None, :],
+                             tl.full([BLOCK_M, BLOCK_N // G], float("-inf"), tl.float32),
+                             mask=(offs_m[:, None] < S) & (offs_g[None, :] < n_groups))
             return
         m_ok = offs_m < S
         k_tile = tl.load(k_ptr + b * sk_b + offs_n[:, None].to(tl.int64) * sk_t + offs_d[None, :],
@@ -59,6 +66,13 @@ if triton is not None:
         visible = offs_n[None, :] <= pos_m[:, None]
         acc = tl.where(visible, acc, float("-inf"))
         tl.store(out_ptrs, acc, mask=out_mask)
+        if G > 0:  # the max of every G consecutive visible keys (what top-k bounds from)
+            NG: tl.constexpr = BLOCK_N // G
+            gm = tl.max(tl.reshape(tl.where(offs_n[None, :] < T, acc, float("-inf")),
+                                   [BLOCK_M, NG, G]), 2)
+            offs_g = pid_n * NG + tl.arange(0, NG)
+            tl.store(m_ptr + b * sm_b + offs_m[:, None].to(tl.int64) * sm_s + offs_g[None, :],
+                     gm, mask=m_ok[:, None] & (offs_g[None, :] < n_groups))
 
 
     @triton.jit
@@ -100,7 +114,7 @@ if triton is not None:
 
 
 def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, num_warps,
-            num_stages):
+            num_stages, maxima=None, group=0):
     require_triton()
     B, S, H, D = q.shape
     T = k.shape[1]
@@ -116,6 +130,12 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
         if q_s.shape != w.shape:
             raise ValueError("q_s must have w's shape [B, S, H]")
     BD = block(D)
+    if maxima is not None:
+        if group < 1 or group & (group - 1) or maxima.dtype != torch.float32 \
+                or maxima.stride(-1) != 1 or tuple(maxima.shape[:2]) != (B, S) \
+                or maxima.shape[2] < -(-T // group):
+            raise ValueError("maxima: fp32 [B, S, >= ceil(T / group)], group a power of two")
+        block_m = block_m or (64 if not q.is_cuda else 128)  # the tiled kernel writes them
     if block_m is None and S <= 4 and H <= 128:  # decode: heads as the product's rows
         BN = block_n or (128 if q.is_cuda else 32)
         _indexer_decode_kernel[(triton.cdiv(T, BN), S, B)](
@@ -131,38 +151,45 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
     BN = block_n or (64 if not q.is_cuda else 128)
     if not q.is_cuda:  # interpreter: small tiles keep the masked work small
         BM, BN = min(BM, block(S)), min(BN, block(T))
+    if maxima is not None:
+        BN = max(BN, group)
+    m = maxima if maxima is not None else out
     grid = (triton.cdiv(T, BN), triton.cdiv(S, BM), B)
     _indexer_logits_kernel[grid](
-        q, k, w, q_s if fp8 else w, k_s if fp8 else w, out,
-        S, T, H, D, start_pos,
+        q, k, w, q_s if fp8 else w, k_s if fp8 else w, out, m,
+        S, T, H, D, start_pos, -(-T // max(group, 1)),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-        w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+        w.stride(0), w.stride(1), out.stride(0), out.stride(1), m.stride(0), m.stride(1),
         FP8=fp8, WRITE_UPPER=write_upper, IEEE=(q.dtype == torch.float32),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, num_warps=num_warps, num_stages=num_stages,
+        BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD, G=group if maxima is not None else 0,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out
 
 
 def indexer_logits(q, k, w, start_pos: int = 0, out=None, write_upper: bool = True,
-                   block_m=None, block_n=None, num_warps=8, num_stages=3):
+                   block_m=None, block_n=None, num_warps=8, num_stages=3, maxima=None,
+                   group: int = 0):
     """q [B, S, H, D] (bf16/fp16/fp32), k [B, T, D], w [B, S, H] -> [B, S, T] fp32, causal.
 
     Query row s sits at position start_pos + s; keys after it read -inf. With
     `write_upper=False` the tiles wholly above the diagonal are left unwritten (the top-k
-    kernel never reads them), saving half the stores of a prefill.
+    kernel never reads them), saving half the stores of a prefill. With `maxima`
+    [B, S, >= ceil(T / group)] fp32 the kernel also writes, per row, the max over every
+    `group` consecutive keys (-inf where none is visible): the bound the "bound" top-k uses.
     """
     if q.dtype != k.dtype:
         raise ValueError("q and k must share a dtype")
     return _launch(q, k, w, None, None, start_pos, out, write_upper, block_m, block_n,
-                   num_warps, num_stages)
+                   num_warps, num_stages, maxima, group)
 
 
 def indexer_logits_fp8(q8, q_s, k8, k_s, w, start_pos: int = 0, out=None,
                        write_upper: bool = True, block_m=None, block_n=None, num_warps=8,
-                       num_stages=3):
+                       num_stages=3, maxima=None, group: int = 0):
     """q8 [B, S, H, D] e4m3, q_s [B, S, H] fp32, k8 [B, T, D] e4m3, k_s [B, T] (or [B, T, 1])
     fp32, w [B, S, H] fp32 -> [B, S, T] fp32 (k_s · Σ_j w·q_s·ReLU(q8·k8)), causal."""
     if q8.dtype != torch.float8_e4m3fn or k8.dtype != torch.float8_e4m3fn:
         raise ValueError("FP8 path takes float8_e4m3fn q8 and k8")
     return _launch(q8, k8, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n,
-                   num_warps, num_stages)
+                   num_warps, num_stages, maxima, group)

@@ -334,6 +334,99 @@ if triton is not None:
                 tl.store(o_row + n_above + tl.cumsum(sel.to(tl.int32), 0) - 1, pos, mask=sel)
 
 
+    @triton.jit
+    def _kth_key(key, ok, K, BITS: tl.constexpr):
+        """Largest t (its top BITS bits, the rest zero) with #{ok & key >= t} >= K: with
+        BITS=32 exactly the K-th largest key, with fewer a lower bound of it. Bit-by-bit
+        bisection over the keys held in registers: no histogram, one count per bit."""
+        t = tl.zeros([], tl.uint32)
+        for i in tl.static_range(BITS):
+            trial = t | (tl.full([], 1, tl.uint32) << (31 - i))
+            c = tl.sum((ok & (key >= trial)).to(tl.int32), 0)
+            t = tl.where(c >= K, trial, t)
+        return t
+
+    @triton.jit
+    def _topk_bound_kernel(
+        x_ptr, m_ptr, out_ptr, sk_ptr, sp_ptr, flag_ptr, R, n_cols, K, G, start_pos,
+        rows_per_b, sx_r, sm_r, so_r,
+        HAS_M: tl.constexpr, CAP: tl.constexpr, MAXG: tl.constexpr, BOUND_BITS: tl.constexpr,
+        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Persistent programs, one row at a time. A row of n <= CAP keys is selected in
+        registers. A longer row first bounds its k-th largest key from below by the k-th
+        largest of its group maxima (m: the max of every G consecutive scores, written by the
+        indexer; k groups each holding a key >= the bound means at least k keys do), then
+        one streaming pass parks the keys at or above the bound with their positions (in
+        order) in this program's scratch row, and the exact select runs on those in
+        registers. A row whose survivors exceed CAP (or whose groups do not fit MAXG /
+        number fewer than k) raises its flag and is left to the multi-pass kernel."""
+        pid = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        co = tl.arange(0, CAP)
+        sk_row = sk_ptr + pid.to(tl.int64) * CAP
+        sp_row = sp_ptr + pid.to(tl.int64) * CAP
+        nprog = tl.num_programs(0)
+        for it in range(0, tl.cdiv(R - pid, nprog)):
+            r = pid + it * nprog
+            row = r.to(tl.int64)
+            n = tl.minimum(start_pos + (r % rows_per_b) + 1, n_cols)
+            x_row = x_ptr + row * sx_r
+            o_row = out_ptr + row * so_r
+            flag = tl.zeros([], tl.int32)
+            if n <= K:  # every visible key, then -1
+                for s0 in range(0, K, BLOCK_K):
+                    sl = s0 + tl.arange(0, BLOCK_K)
+                    tl.store(o_row + sl, tl.where(sl < n, sl, -1), mask=sl < K)
+            else:
+                go = tl.zeros([], tl.int32)
+                if n <= CAP:
+                    okc = co < n
+                    key = _key(tl.load(x_row + co, mask=okc, other=0.0))
+                    pos = co
+                    go = go + 1
+                else:
+                    okc = co < 0
+                    key = tl.zeros([CAP], tl.uint32)
+                    pos = co
+                    if HAS_M:
+                        ng = (n + G - 1) // G
+                        if (ng <= MAXG) & (ng >= K):
+                            gi = tl.arange(0, MAXG)
+                            okg = gi < ng
+                            mk = _key(tl.load(m_ptr + row * sm_r + gi, mask=okg, other=0.0))
+                            tau = _kth_key(mk, okg, K, BOUND_BITS)
+                            cnt = tl.zeros([], tl.int32)
+                            for start in range(0, n, BLOCK):
+                                cols = start + offs
+                                kt = _key(tl.load(x_row + cols, mask=cols < n, other=0.0))
+                                sel = (cols < n) & (kt >= tau)
+                                n_sel = tl.sum(sel.to(tl.int32), 0)
+                                if n_sel > 0:
+                                    slot = cnt + tl.cumsum(sel.to(tl.int32), 0) - 1
+                                    keep = sel & (slot < CAP)
+                                    tl.store(sk_row + slot, kt.to(tl.int32, bitcast=True), mask=keep)
+                                    tl.store(sp_row + slot, cols, mask=keep)
+                                    cnt += n_sel
+                            if (cnt <= CAP) & (cnt >= K):  # >= K unless maxima and scores disagree
+                                tl.debug_barrier()
+                                okc = co < cnt
+                                key = tl.load(sk_row + co, mask=okc, other=0).to(tl.uint32, bitcast=True)
+                                pos = tl.load(sp_row + co, mask=okc, other=0)
+                                go = go + 1
+                            tl.debug_barrier()  # the scratch row is reused by the next row
+                if go > 0:
+                    thr = _kth_key(key, okc, K, 32)
+                    gt = okc & (key > thr)
+                    tie = okc & (key == thr)
+                    need = K - tl.sum(gt.to(tl.int32), 0)
+                    sel = gt | (tie & (tl.cumsum(tie.to(tl.int32), 0) <= need))
+                    tl.store(o_row + tl.cumsum(sel.to(tl.int32), 0) - 1, pos, mask=sel)
+                else:
+                    flag = flag + 1
+            tl.store(flag_ptr + row, flag)
+
+
 def _select(x, K, n_cols, chunk, n_chunks, start_pos, rows_per_b, lengths=None, cand=None,
             want_val=False, block=None, num_warps=4, out_idx=None, flag=None, digit_bits=8):
     """x [R, >=n_cols] fp32 (row stride arbitrary, unit column stride)."""
@@ -380,9 +473,53 @@ def _topk_compact(x, K, T, start_pos, rows_per_b, hbits=12, cap=4096, block=None
     return out
 
 
+BOUND_CAP = 8192  # survivors (or a whole short row) held in registers by the "bound" method
+BOUND_MAXG = 8192  # group maxima per row it can bound from
+
+
+def bound_group(n_max: int, maxg: int = BOUND_MAXG) -> int:
+    """The power-of-two group size whose maxima of a row of n_max keys fit `maxg`."""
+    g = 1
+    while (n_max + g - 1) // g > maxg:
+        g *= 2
+    return g
+
+
+def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_CAP,
+                maxg=BOUND_MAXG, bound_bits=16, block=None, num_warps=None, programs=None):
+    """See `_topk_bound_kernel`; flagged rows are redone by the multi-pass kernel."""
+    R = x.shape[0]
+    dev = x.device
+    cap = max(16, min(cap, triton.next_power_of_2(max(T, 1))))
+    has_m = maxima is not None and T > cap
+    if has_m and (maxima.dtype != torch.float32 or maxima.stride(-1) != 1):
+        raise ValueError("maxima must be fp32 with a unit last stride")
+    out = torch.empty(R, K, dtype=torch.int32, device=dev)
+    flag = torch.empty(R, dtype=torch.int32, device=dev)
+    if programs is None:
+        programs = (torch.cuda.get_device_properties(dev).multi_processor_count * 4
+                    if x.is_cuda else 4)
+    programs = max(1, min(R, programs))
+    sk = torch.empty(programs, cap, dtype=torch.int32, device=dev)
+    sp = torch.empty(programs, cap, dtype=torch.int32, device=dev)
+    m = maxima if has_m else x
+    _topk_bound_kernel[(programs,)](
+        x, m, out, sk, sp, flag, R, T, K, group, start_pos, rows_per_b,
+        x.stride(0), m.stride(0) if has_m else 0, out.stride(0),
+        HAS_M=has_m, CAP=cap, MAXG=maxg if has_m else 16, BOUND_BITS=bound_bits,
+        BLOCK=block or (4096 if x.is_cuda else 64), BLOCK_K=min(1024, triton.next_power_of_2(K)),
+        num_warps=num_warps or (8 if x.is_cuda else 4),
+    )
+    _select(x, K, T, max(T, 1), 1, start_pos, rows_per_b, block=None if x.is_cuda else 128,
+            num_warps=4, out_idx=out.view(R, 1, K), flag=flag)
+    return out
+
+
 def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | None = None,
               block=None, num_warps=None, method: str = "radix", hbits: int = 16,
-              cap: int = 4096, digit_bits: int = 8) -> torch.Tensor:
+              cap: int | None = None, digit_bits: int = 8, maxima: torch.Tensor | None = None,
+              group: int = 1, bound_bits: int = 16, maxg: int = BOUND_MAXG,
+              programs: int | None = None) -> torch.Tensor:
     """Causal top-k of scores [B, S, T] fp32 -> [B, S, k] int32, -1 padded.
 
     Row s reads only its visible prefix (positions <= start_pos + s): what lies above the
@@ -401,8 +538,19 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
         raise ValueError("scores must be fp32 with a unit last stride")
     x = scores.reshape(B * S, T) if scores.is_contiguous() else scores.contiguous().view(B * S, T)
     if chunk is None or chunk >= T:
+        if method == "bound":
+            m = None
+            if maxima is not None:
+                if maxima.shape[:2] != (B, S) or maxima.shape[2] < -(-T // group):
+                    raise ValueError("maxima must be [B, S, >= ceil(T / group)]")
+                m = maxima.reshape(B * S, maxima.shape[2]) if maxima.is_contiguous() else None
+                if m is None:
+                    raise ValueError("maxima must be contiguous")
+            return _topk_bound(x, k, T, start_pos, S, m, group, cap or BOUND_CAP, maxg,
+                               bound_bits=bound_bits,
+                               block=block, num_warps=num_warps, programs=programs).view(B, S, k)
         if method == "compact":
-            return _topk_compact(x, k, T, start_pos, S, hbits, cap, block,
+            return _topk_compact(x, k, T, start_pos, S, hbits, cap or 4096, block,
                                  num_warps or 8).view(B, S, k)
         if digit_bits not in (2, 4, 8):
             raise ValueError("digit_bits must be 2, 4 or 8")

@@ -50,6 +50,23 @@ def test_prefill_forward_many_head_blocks_heads_fastest():
     assert rel(out, ref) < 1e-5 and rel(lse, ref_lse) < 1e-5
 
 
+@pytest.mark.parametrize("R,groups", [(64, 4), (32, 1), (48, 3)],
+                         ids=["4x16-grouped", "per-token-grouped", "3x16-grouped"])
+def test_prefill_forward_fp8_cache(R, groups):
+    """FP8 latent with a scale per group of channels (V3.2: 4 x 128): the grouped kernel
+    scales scores and probabilities per group instead of every element."""
+    S, H, P, K = 70, 5, 16, 30
+    ql, qp, kv, pe, idx = inputs(1, S, S, H, R, P, K, BF)
+    kvg = kv.float().unflatten(-1, (groups, R // groups))
+    s = kvg.abs().amax(-1) / 448 + 1e-6
+    kv8 = (kvg / s[..., None]).flatten(-2).to(torch.float8_e4m3fn)
+    s = s * torch.linspace(0.5, 2.0, groups, device=DEVICE)  # groups' scales differ
+    scale = (R + P) ** -0.5
+    out, lse = sparse_mla_fwd(ql, qp, kv8, pe, idx, scale, kv_scale=s)
+    ref, ref_lse = sparse_mla_decode_ref(ql, qp, kv8, pe, idx, scale, kv_scale=s)
+    assert rel(out, ref) < 2e-2 and rel(lse, ref_lse) < 2e-3
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (BF, 3e-2)])
 def test_backward(dtype, tol):
     S, H, R, P, K = 63, 5, 40, 12, 24
