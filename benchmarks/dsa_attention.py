@@ -46,6 +46,7 @@ from kernels.indexer_kl import indexer_kl_ref  # noqa: E402
 from kernels.indexer_logits import indexer_logits_fp8_ref, indexer_logits_ref  # noqa: E402
 from kernels.sparse_attn import sparse_mla_decode_ref, sparse_mla_ref  # noqa: E402
 from kernels.topk import canonical, topk_ref  # noqa: E402
+from kernels.topk.triton_topk import bound_group  # noqa: E402
 
 DEV = "cuda"
 BF = torch.bfloat16
@@ -54,11 +55,16 @@ H_ATT, D_DENSE, R, P, TOPK = 16, 128, 512, 64, 2048
 H_IDX, D_IDX = 8, 128
 FAILS: list[str] = []
 IDX_CFGS = [(128, 128, 8, 3), (64, 128, 4, 3), (64, 128, 4, 4)]  # best of earlier sweeps
-TOPK_CFGS = [dict(method="radix", digit_bits=8, block=4096, num_warps=8),
-             dict(method="radix", digit_bits=4, block=4096, num_warps=8),
-             dict(method="compact", hbits=16, block=2048, num_warps=4)]
+TOPK_CFGS = [dict(method="bound", block=4096, num_warps=8),
+             dict(method="bound", block=2048, num_warps=8),
+             dict(method="bound", block=4096, num_warps=16),
+             dict(method="bound", block=4096, num_warps=8, bound_bits=32),
+             dict(method="radix", digit_bits=8, block=4096, num_warps=8)]
+ATT_CFGS = [dict(block_k=64, num_warps=8, num_stages=2), dict(block_k=32, num_warps=4, num_stages=3),
+            dict(block_k=64, num_warps=4, num_stages=3), dict(block_k=128, num_warps=8, num_stages=2)]
 BEST: dict = {"indexer": None, "topk": {}}
 ATT_CFG: dict = {}  # kernel defaults (16 heads: one head block of 16, BLOCK_K 64, 8 warps)
+ATT8_CFG: dict = {}  # the same over the FP8 cache; both replaced by the sweep at the first L
 
 
 def rel(a, b):
@@ -124,6 +130,18 @@ def correctness():
     # (against the fp32 torch logits, near-ties may swap: report the recall)
     check("dsa_select (blocked fp8 indexer + top-k)",
           torch.equal(canonical(sel), topk_ref(out_fp8, 300).long()))
+    # the bound path (rows longer than 8192 keys bound from the indexer's group maxima)
+    Sb, Tb = 512, 40000
+    qb = torch.randn(1, Sb, H, D, device=DEV, generator=g).to(BF)
+    kb = torch.randn(1, Tb, D, device=DEV, generator=g).to(BF)
+    wb = torch.randn(1, Sb, H, device=DEV, generator=g)
+    qb8, qbs = quant_rows(qb)
+    kb8, kbs = quant_rows(kb)
+    selb = dsa_select(qb8, kb8, wb, 2048, Tb - Sb, q_s=qbs, k_s=kbs, rows_per_block=200)
+    fullb = indexer_logits_fp8(qb8, qbs, kb8, kbs, wb, Tb - Sb)
+    check("dsa_select bound path (T=40000, k=2048)",
+          torch.equal(canonical(selb), topk_ref(fullb, 2048, Tb - Sb).long()))
+    del qb, kb, fullb
     ref_sel = topk_ref(ref, 300).long()
     hit = (sel.long().unsqueeze(-1) == ref_sel.unsqueeze(-2)) & (ref_sel.unsqueeze(-2) >= 0)
     print(f"  (recall vs top-k of torch fp32 logits: {hit.any(-1).sum().item() / (ref_sel >= 0).sum().item():.5f})")
@@ -234,14 +252,33 @@ def time_prefill(L, g, res):
                                **(BEST["indexer"] or {}))
     t_idx = bench(idx_only, rep=300)
     dsa_select(q8, k8, w, TOPK, q_s=qs, k_s=ks, out=idx, **sel_kw)
-    t_att = bench(lambda: sparse_mla_fwd(ql, qp, kv, pe, idx, scale, **ATT_CFG), rep=300)
     # the same attention over an FP8 latent cache (V3.2 format: 4 scales of 128, bf16 RoPE)
     kv8, kvs = quant_rows(kv.view(1, L, 4, 128))
     kv8 = kv8.view(1, L, R)
+    if not res.get("att_sweep"):  # tile sweep at the first length, kept for the others
+        res["att_sweep"] = []
+        for name, cfgs, extra in (("bf16", ATT_CFG, {}), ("fp8", ATT8_CFG, {"kv_scale": kvs})):
+            bestc = None
+            for c in ATT_CFGS:
+                kvx = kv8 if extra else kv
+                try:
+                    t = bench(lambda: sparse_mla_fwd(ql, qp, kvx, pe, idx, scale, **c, **extra),
+                              rep=100)
+                except Exception as e:
+                    print(f"  attn {name} {c} failed: {type(e).__name__}")
+                    continue
+                print(f"  attn {name} L={L} {c}: {t:.3f} ms")
+                res["att_sweep"].append({"kv": name, "cfg": c, "ms": t})
+                if bestc is None or t < bestc[0]:
+                    bestc = (t, c)
+            if bestc:
+                cfgs.update(bestc[1])
+    t_att = bench(lambda: sparse_mla_fwd(ql, qp, kv, pe, idx, scale, **ATT_CFG), rep=300)
     o8, _ = sparse_mla_fwd(ql[:, -64:], qp[:, -64:], kv8, pe, idx[:, -64:], scale, kv_scale=kvs)
     r8, _ = sparse_mla_decode_ref(ql[:, -64:], qp[:, -64:], kv8, pe, idx[:, -64:], scale, kv_scale=kvs)
     check(f"L={L} FP8-KV prefill (last 64 rows)", rel(o8, r8) < 1e-2, f"rel {rel(o8, r8):.2e}")
-    t_att8 = bench(lambda: sparse_mla_fwd(ql, qp, kv8, pe, idx, scale, kv_scale=kvs), rep=300)
+    t_att8 = bench(lambda: sparse_mla_fwd(ql, qp, kv8, pe, idx, scale, kv_scale=kvs, **ATT8_CFG),
+                   rep=300)
 
     def full():
         i = dsa_select(q8, k8, w, TOPK, q_s=qs, k_s=ks, out=idx, **sel_kw)
@@ -250,7 +287,7 @@ def time_prefill(L, g, res):
 
     def full8():
         i = dsa_select(q8, k8, w, TOPK, q_s=qs, k_s=ks, out=idx, **sel_kw)
-        return sparse_mla_fwd(ql, qp, kv8, pe, i, scale, kv_scale=kvs)
+        return sparse_mla_fwd(ql, qp, kv8, pe, i, scale, kv_scale=kvs, **ATT8_CFG)
     t_full8 = bench(full8, rep=300 if L < 65536 else 1000)
     row = {"L": L, "dense_sdpa_ms": t_dense, "dsa_ms": t_full, "indexer_ms": t_idx,
            "topk_ms": t_sel - t_idx, "sparse_attn_ms": t_att, "sparse_attn_fp8kv_ms": t_att8,
@@ -396,16 +433,25 @@ def time_topk(g, res):
     S, T = 2048, 65536
     x = torch.randn(1, S, T, device=DEV, generator=g)
     ref = topk_ref(x[:, -4:], TOPK, T - 4).long()
+    G = bound_group(T)  # group maxima as the indexer writes them (visible keys only)
+    vis = torch.arange(T, device=DEV)[None, :] <= torch.arange(T - S, T, device=DEV)[:, None]
+    mx = x.masked_fill(~vis, float("-inf")).view(1, S, T // G, G).amax(-1).contiguous()
+    del vis
     best = None
     res["topk_sweep"] = []
     for kw in TOPK_CFGS:
+        if kw["method"] == "bound":
+            kw = dict(kw, maxima=mx, group=G)
         try:
             got = topk_rows(x, TOPK, T - S, **kw)
-            ok = torch.equal(canonical(got[:, -4:]), ref)
+            ok = torch.equal(canonical(got[:, -4:]), ref) and torch.equal(
+                canonical(got[:, :4]), topk_ref(x[:, :4], TOPK, T - S).long())
             t = bench(lambda: topk_rows(x, TOPK, T - S, **kw), rep=200)
         except Exception as e:
             print(f"  topk cfg {kw} failed: {type(e).__name__}: {str(e)[:200]}")
             continue
+        kw.pop("maxima", None)
+        kw.pop("group", None)
         gbs = S * (T - S / 2) * 4 / t / 1e6  # one read of the visible part
         print(f"  topk {S} rows x ~{T} {kw}: {t:.2f} ms ({gbs:.0f} GB/s per pass-equivalent) "
               f"{'ok' if ok else 'WRONG'}")
@@ -463,6 +509,7 @@ def main():
                       flush=True)
     print(f"\n(total {time.time() - t0:.0f} s)\n")
     res["best"] = {k: v for k, v in BEST.items()}
+    res["best"]["attn"], res["best"]["attn_fp8kv"] = dict(ATT_CFG), dict(ATT8_CFG)
     print_tables(res)
     if a.json:
         with open(a.json, "w") as f:

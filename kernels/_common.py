@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 try:  # pragma: no cover - exercised by the import itself
     import triton
     import triton.language as tl

@@ -14,8 +14,6 @@ part may be FP8 e4m3 with one fp32 scale per 128 (or R / n_groups) channels (the
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._common import block, mma, require_triton, tl, triton
