@@ -16,6 +16,8 @@ for a block of query rows at a time and selects on that block.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .._common import require_triton, tl, triton
@@ -347,84 +349,145 @@ if triton is not None:
         return t
 
     @triton.jit
-    def _topk_bound_kernel(
-        x_ptr, m_ptr, out_ptr, sk_ptr, sp_ptr, flag_ptr, R, n_cols, K, G, start_pos,
-        rows_per_b, sx_r, sm_r, so_r,
-        HAS_M: tl.constexpr, CAP: tl.constexpr, MAXG: tl.constexpr, BOUND_BITS: tl.constexpr,
-        BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+    def _unkey(k):
+        """The float whose _key is k."""
+        u = k ^ tl.where((k >> 31) == 1, tl.full(k.shape, 0x80000000, tl.uint32),
+                         tl.full(k.shape, 0xFFFFFFFF, tl.uint32))
+        return u.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _bound_tau_kernel(
+        x_ptr, m_ptr, tau_ptr, cnt_ptr, gl_ptr, gcnt_ptr, sk_ptr, sp_ptr,
+        n_cols, K, G, start_pos, rows_per_b, sx_r, sm_r,
+        HAS_M: tl.constexpr, MAXG: tl.constexpr, CAP: tl.constexpr,
+        BOUND_BITS: tl.constexpr,
     ):
-        """Persistent programs, one row at a time. A row of n <= CAP keys is selected in
-        registers. A longer row first bounds its k-th largest key from below by the k-th
-        largest of its group maxima (m: the max of every G consecutive scores, written by the
-        indexer; k groups each holding a key >= the bound means at least k keys do), then
-        one streaming pass parks the keys at or above the bound with their positions (in
-        order) in this program's scratch row, and the exact select runs on those in
-        registers. A row whose survivors exceed CAP (or whose groups do not fit MAXG /
-        number fewer than k) raises its flag and is left to the multi-pass kernel."""
-        pid = tl.program_id(0)
-        offs = tl.arange(0, BLOCK)
-        co = tl.arange(0, CAP)
-        sk_row = sk_ptr + pid.to(tl.int64) * CAP
-        sp_row = sp_ptr + pid.to(tl.int64) * CAP
-        nprog = tl.num_programs(0)
-        for it in range(0, tl.cdiv(R - pid, nprog)):
-            r = pid + it * nprog
-            row = r.to(tl.int64)
-            n = tl.minimum(start_pos + (r % rows_per_b) + 1, n_cols)
+        """Stage 1 of "bound", one program per row: a bound tau with at least k scores of
+        the row at or above it, and few more.
+        - From the group maxima (m: the max of every G consecutive visible scores, written
+          by the indexer), tau is the k-th largest maximum (its top BOUND_BITS bits): k
+          groups each hold a score >= tau. The groups whose maximum reaches tau (k to 2k of
+          them) are listed for stage 2; no other group can hold a survivor.
+        - A row of at most MAXG scores without usable maxima is read whole: tau is its
+          exact k-th largest and its survivors are written here (stage 2 skips the row).
+        - Otherwise (or a row of k or fewer scores) there is no tau: cnt = -1."""
+        row = tl.program_id(0).to(tl.int64)
+        n = tl.minimum(start_pos + (row % rows_per_b) + 1, n_cols)
+        tl.store(cnt_ptr + row, 0)
+        tl.store(gcnt_ptr + row, 0)
+        gi = tl.arange(0, MAXG)
+        ng = (n + G - 1) // G
+        if n <= K:
+            tl.store(cnt_ptr + row, -1)
+        elif HAS_M & (ng <= MAXG) & (ng >= K):
+            ok = gi < ng
+            mv = tl.load(m_ptr + row * sm_r + gi, mask=ok, other=0.0)
+            tau = _kth_key(_key(mv), ok, K, BOUND_BITS)
+            tauf = _unkey(tau)
+            tl.store(tau_ptr + row, tauf)
+            gsel = ok & (mv >= tauf)
+            tl.store(gl_ptr + row * MAXG + tl.cumsum(gsel.to(tl.int32), 0) - 1, gi, mask=gsel)
+            tl.store(gcnt_ptr + row, tl.sum(gsel.to(tl.int32), 0))
+        elif n <= MAXG:
+            ok = gi < n
+            xv = tl.load(x_ptr + row * sx_r + gi, mask=ok, other=0.0)
+            tau = _kth_key(_key(xv), ok, K, 32)
+            sel = ok & (xv >= _unkey(tau))
+            slot = tl.cumsum(sel.to(tl.int32), 0) - 1
+            keep = sel & (slot < CAP)
+            tl.store(sk_ptr + row * CAP + slot, xv, mask=keep)
+            tl.store(sp_ptr + row * CAP + slot, gi, mask=keep)
+            tl.store(cnt_ptr + row, tl.sum(sel.to(tl.int32), 0))
+        else:
+            tl.store(cnt_ptr + row, -1)
+
+    @triton.jit
+    def _bound_filter_kernel(
+        x_ptr, tau_ptr, cnt_ptr, gl_ptr, gcnt_ptr, sk_ptr, sp_ptr, n_cols, start_pos,
+        rows_per_b, chunk, sx_r,
+        G: tl.constexpr, MAXG: tl.constexpr, CAP: tl.constexpr, BG: tl.constexpr,
+    ):
+        """Stage 2, one program per (row, chunk of its listed groups): reads only the listed
+        groups' scores and appends those >= tau, with their positions, to the row's survivor
+        list (CAP slots; one atomic per tile claims the tile's slots, so tiles land in any
+        order). Every lane of a tile holds a listed group: no work on groups below tau."""
+        row = tl.program_id(0).to(tl.int64)
+        c = tl.program_id(1)
+        n = tl.minimum(start_pos + (row % rows_per_b) + 1, n_cols)
+        lo = c * chunk
+        n_g = tl.load(gcnt_ptr + row)
+        if lo < n_g:
+            tauf = tl.load(tau_ptr + row)
+            hi = tl.minimum(lo + chunk, n_g)
             x_row = x_ptr + row * sx_r
-            o_row = out_ptr + row * so_r
-            flag = tl.zeros([], tl.int32)
-            if n <= K:  # every visible key, then -1
-                for s0 in range(0, K, BLOCK_K):
-                    sl = s0 + tl.arange(0, BLOCK_K)
-                    tl.store(o_row + sl, tl.where(sl < n, sl, -1), mask=sl < K)
-            else:
-                go = tl.zeros([], tl.int32)
-                if n <= CAP:
-                    okc = co < n
-                    key = _key(tl.load(x_row + co, mask=okc, other=0.0))
-                    pos = co
-                    go = go + 1
-                else:
-                    okc = co < 0
-                    key = tl.zeros([CAP], tl.uint32)
-                    pos = co
-                    if HAS_M:
-                        ng = (n + G - 1) // G
-                        if (ng <= MAXG) & (ng >= K):
-                            gi = tl.arange(0, MAXG)
-                            okg = gi < ng
-                            mk = _key(tl.load(m_ptr + row * sm_r + gi, mask=okg, other=0.0))
-                            tau = _kth_key(mk, okg, K, BOUND_BITS)
-                            cnt = tl.zeros([], tl.int32)
-                            for start in range(0, n, BLOCK):
-                                cols = start + offs
-                                kt = _key(tl.load(x_row + cols, mask=cols < n, other=0.0))
-                                sel = (cols < n) & (kt >= tau)
-                                n_sel = tl.sum(sel.to(tl.int32), 0)
-                                if n_sel > 0:
-                                    slot = cnt + tl.cumsum(sel.to(tl.int32), 0) - 1
-                                    keep = sel & (slot < CAP)
-                                    tl.store(sk_row + slot, kt.to(tl.int32, bitcast=True), mask=keep)
-                                    tl.store(sp_row + slot, cols, mask=keep)
-                                    cnt += n_sel
-                            if (cnt <= CAP) & (cnt >= K):  # >= K unless maxima and scores disagree
-                                tl.debug_barrier()
-                                okc = co < cnt
-                                key = tl.load(sk_row + co, mask=okc, other=0).to(tl.uint32, bitcast=True)
-                                pos = tl.load(sp_row + co, mask=okc, other=0)
-                                go = go + 1
-                            tl.debug_barrier()  # the scratch row is reused by the next row
-                if go > 0:
-                    thr = _kth_key(key, okc, K, 32)
-                    gt = okc & (key > thr)
-                    tie = okc & (key == thr)
-                    need = K - tl.sum(gt.to(tl.int32), 0)
-                    sel = gt | (tie & (tl.cumsum(tie.to(tl.int32), 0) <= need))
-                    tl.store(o_row + tl.cumsum(sel.to(tl.int32), 0) - 1, pos, mask=sel)
-                else:
-                    flag = flag + 1
-            tl.store(flag_ptr + row, flag)
+            sk_row = sk_ptr + row * CAP
+            sp_row = sp_ptr + row * CAP
+            offs_in = tl.arange(0, G)
+            for j0 in range(lo, hi, BG):
+                jj = j0 + tl.arange(0, BG)
+                jok = jj < hi
+                gid = tl.load(gl_ptr + row * MAXG + jj, mask=jok, other=0)
+                cols = gid[:, None] * G + offs_in[None, :]
+                ok = jok[:, None] & (cols < n)
+                xv = tl.load(x_row + cols, mask=ok, other=float("-inf"))
+                sel = (ok & (xv >= tauf)).to(tl.int32)
+                per_g = tl.sum(sel, 1)
+                base = tl.atomic_add(cnt_ptr + row, tl.sum(per_g, 0), sem="relaxed")
+                slot = (base + tl.cumsum(per_g, 0) - per_g)[:, None] + tl.cumsum(sel, 1) - 1
+                keep = (sel > 0) & (slot < CAP)
+                tl.store(sk_row + slot, xv, mask=keep)
+                tl.store(sp_row + slot, cols, mask=keep)
+
+    @triton.jit
+    def _bound_select_kernel(
+        cnt_ptr, sk_ptr, sp_ptr, out_ptr, flag_ptr, n_cols, K, start_pos, rows_per_b, so_r,
+        CAP: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Stage 3, one program per row: the exact k largest among the survivors (ties to
+        the earlier position), in survivor order. Rows of at most k keys take them all; a
+        row without tau or with more survivors than CAP raises its flag."""
+        row = tl.program_id(0).to(tl.int64)
+        n = tl.minimum(start_pos + (row % rows_per_b) + 1, n_cols)
+        o_row = out_ptr + row * so_r
+        cnt = tl.load(cnt_ptr + row)
+        flag = tl.zeros([], tl.int32)
+        if n <= K:  # every visible key, then -1
+            for s0 in range(0, K, BLOCK_K):
+                sl = s0 + tl.arange(0, BLOCK_K)
+                tl.store(o_row + sl, tl.where(sl < n, sl, -1), mask=sl < K)
+        elif (cnt < K) | (cnt > CAP):  # no tau, too many survivors (or inconsistent maxima)
+            flag = flag + 1
+        else:
+            co = tl.arange(0, CAP)
+            ok = co < cnt
+            key = _key(tl.load(sk_ptr + row * CAP + co, mask=ok, other=0.0))
+            pos = tl.load(sp_ptr + row * CAP + co, mask=ok, other=0)
+            thr = _kth_key(key, ok, K, 32)
+            gt = ok & (key > thr)
+            tie = ok & (key == thr)
+            need = K - tl.sum(gt.to(tl.int32), 0)
+            # ties go to the earliest positions: rank each tie among the ties before it
+            n_tie = tl.sum(tie.to(tl.int32), 0)
+            if n_tie > need:
+                tpos = tl.where(tie, pos, 2147483647)
+                tie = tie & (_tie_rank(tpos, tie, need) < need)
+            sel = gt | tie
+            tl.store(o_row + tl.cumsum(sel.to(tl.int32), 0) - 1, pos, mask=sel)
+        tl.store(flag_ptr + row, flag)
+
+    @triton.jit
+    def _tie_rank(tpos, tie, need):
+        """For tied keys (positions tpos, others at INT_MAX): 0 for the `need` earliest ties,
+        `need` for the rest (bisection on the position cut-off)."""
+        lo = tl.zeros([], tl.int32)
+        hi = tl.full([], 2147483647, tl.int32)
+        for _ in tl.static_range(31):  # smallest p with #{tie & tpos <= p} >= need
+            mid = lo + (hi - lo) // 2
+            c = tl.sum((tie & (tpos <= mid)).to(tl.int32), 0)
+            big = c >= need
+            hi = tl.where(big, mid, hi)
+            lo = tl.where(big, lo, mid + 1)
+        return tl.where(tpos <= hi, 0, need)
 
 
 def _select(x, K, n_cols, chunk, n_chunks, start_pos, rows_per_b, lengths=None, cand=None,
@@ -473,8 +536,8 @@ def _topk_compact(x, K, T, start_pos, rows_per_b, hbits=12, cap=4096, block=None
     return out
 
 
-BOUND_CAP = 8192  # survivors (or a whole short row) held in registers by the "bound" method
-BOUND_MAXG = 8192  # group maxima per row it can bound from
+BOUND_CAP = 4096  # survivors per row the "bound" method selects from in registers
+BOUND_MAXG = 8192  # group maxima per row (or keys of a short row) it can take tau from
 
 
 def bound_group(n_max: int, maxg: int = BOUND_MAXG) -> int:
@@ -486,31 +549,47 @@ def bound_group(n_max: int, maxg: int = BOUND_MAXG) -> int:
 
 
 def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_CAP,
-                maxg=BOUND_MAXG, bound_bits=16, block=None, num_warps=None, programs=None):
-    """See `_topk_bound_kernel`; flagged rows are redone by the multi-pass kernel."""
+                maxg=BOUND_MAXG, bound_bits=16, block=None, chunk=None, num_warps=None,
+                filter_warps=4):
+    """Three launches (tau, filter, select; see the kernels) plus the multi-pass kernel for
+    the rows the select flags."""
     R = x.shape[0]
     dev = x.device
-    cap = max(16, min(cap, triton.next_power_of_2(max(T, 1))))
-    has_m = maxima is not None and T > cap
+    has_m = maxima is not None
     if has_m and (maxima.dtype != torch.float32 or maxima.stride(-1) != 1):
         raise ValueError("maxima must be fp32 with a unit last stride")
+    cap = triton.next_power_of_2(max(cap, K))
+    maxg = triton.next_power_of_2(maxg)
     out = torch.empty(R, K, dtype=torch.int32, device=dev)
     flag = torch.empty(R, dtype=torch.int32, device=dev)
-    if programs is None:
-        programs = (torch.cuda.get_device_properties(dev).multi_processor_count * 4
-                    if x.is_cuda else 4)
-    programs = max(1, min(R, programs))
-    sk = torch.empty(programs, cap, dtype=torch.int32, device=dev)
-    sp = torch.empty(programs, cap, dtype=torch.int32, device=dev)
+    tau = torch.empty(R, dtype=torch.float32, device=dev)
+    cnt = torch.empty(R, dtype=torch.int32, device=dev)
+    gcnt = torch.empty(R, dtype=torch.int32, device=dev)
+    gl = torch.empty(R if has_m else 1, maxg, dtype=torch.int32, device=dev)
+    sk = torch.empty(R, cap, dtype=torch.float32, device=dev)
+    sp = torch.empty(R, cap, dtype=torch.int32, device=dev)
     m = maxima if has_m else x
-    _topk_bound_kernel[(programs,)](
-        x, m, out, sk, sp, flag, R, T, K, group, start_pos, rows_per_b,
-        x.stride(0), m.stride(0) if has_m else 0, out.stride(0),
-        HAS_M=has_m, CAP=cap, MAXG=maxg if has_m else 16, BOUND_BITS=bound_bits,
-        BLOCK=block or (4096 if x.is_cuda else 64), BLOCK_K=min(1024, triton.next_power_of_2(K)),
-        num_warps=num_warps or (8 if x.is_cuda else 4),
-    )
-    _select(x, K, T, max(T, 1), 1, start_pos, rows_per_b, block=None if x.is_cuda else 128,
+    cuda = x.is_cuda
+    G = max(group, 1) if has_m else 1
+    stages = int(os.environ.get("ENVFACTORY_TOPK_STAGES", "3"))  # benchmarks: time a prefix
+    _bound_tau_kernel[(R,)](
+        x, m, tau, cnt, gl, gcnt, sk, sp, T, K, G, start_pos, rows_per_b, x.stride(0),
+        m.stride(0), HAS_M=has_m, MAXG=maxg, CAP=cap, BOUND_BITS=bound_bits,
+        num_warps=(num_warps or 8) if cuda else 4)
+    if stages < 2:
+        return out
+    if has_m:
+        BG = block or (64 if cuda else 8)  # listed groups per tile
+        chunk = triton.cdiv(max(BG, chunk or (4 * BG)), BG) * BG
+        _bound_filter_kernel[(R, triton.cdiv(maxg, chunk))](
+            x, tau, cnt, gl, gcnt, sk, sp, T, start_pos, rows_per_b, chunk, x.stride(0),
+            G=G, MAXG=maxg, CAP=cap, BG=BG, num_warps=filter_warps)
+    if stages < 3:
+        return out
+    _bound_select_kernel[(R,)](
+        cnt, sk, sp, out, flag, T, K, start_pos, rows_per_b, out.stride(0), CAP=cap,
+        BLOCK_K=min(1024, triton.next_power_of_2(K)), num_warps=(num_warps or 8) if cuda else 4)
+    _select(x, K, T, max(T, 1), 1, start_pos, rows_per_b, block=None if cuda else 128,
             num_warps=4, out_idx=out.view(R, 1, K), flag=flag)
     return out
 
@@ -519,7 +598,7 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
               block=None, num_warps=None, method: str = "radix", hbits: int = 16,
               cap: int | None = None, digit_bits: int = 8, maxima: torch.Tensor | None = None,
               group: int = 1, bound_bits: int = 16, maxg: int = BOUND_MAXG,
-              programs: int | None = None) -> torch.Tensor:
+              bound_chunk: int | None = None, filter_warps: int = 4) -> torch.Tensor:
     """Causal top-k of scores [B, S, T] fp32 -> [B, S, k] int32, -1 padded.
 
     Row s reads only its visible prefix (positions <= start_pos + s): what lies above the
@@ -547,8 +626,8 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
                 if m is None:
                     raise ValueError("maxima must be contiguous")
             return _topk_bound(x, k, T, start_pos, S, m, group, cap or BOUND_CAP, maxg,
-                               bound_bits=bound_bits,
-                               block=block, num_warps=num_warps, programs=programs).view(B, S, k)
+                               bound_bits=bound_bits, block=block, chunk=bound_chunk,
+                               num_warps=num_warps, filter_warps=filter_warps).view(B, S, k)
         if method == "compact":
             return _topk_compact(x, k, T, start_pos, S, hbits, cap or 4096, block,
                                  num_warps or 8).view(B, S, k)
