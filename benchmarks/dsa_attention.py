@@ -55,13 +55,14 @@ H_ATT, D_DENSE, R, P, TOPK = 16, 128, 512, 64, 2048
 H_IDX, D_IDX = 8, 128
 FAILS: list[str] = []
 IDX_CFGS = [(128, 128, 8, 3), (64, 128, 4, 3), (64, 128, 4, 4)]  # best of earlier sweeps
-TOPK_CFGS = [dict(method="bound", block=4096, num_warps=8),
-             dict(method="bound", block=2048, num_warps=8),
-             dict(method="bound", block=4096, num_warps=16),
-             dict(method="bound", block=4096, num_warps=8, bound_bits=32),
+TOPK_CFGS = [dict(method="bound"),  # defaults: 128 listed groups per tile, 2 + 4 warps
+             dict(method="bound", block=64, filter_warps=4),
+             dict(method="bound", num_warps=8),
              dict(method="radix", digit_bits=8, block=4096, num_warps=8)]
 ATT_CFGS = [dict(block_k=64, num_warps=8, num_stages=2), dict(block_k=32, num_warps=4, num_stages=3),
-            dict(block_k=64, num_warps=4, num_stages=3), dict(block_k=128, num_warps=8, num_stages=2)]
+            dict(block_k=64, num_warps=4, num_stages=3)]
+ATT8_EXTRA = [dict(block_k=64, num_warps=8, num_stages=2, fp8_grouped=False),
+              dict(block_k=32, num_warps=4, num_stages=3, fp8_grouped=False)]  # per-element scales
 BEST: dict = {"indexer": None, "topk": {}}
 ATT_CFG: dict = {}  # kernel defaults (16 heads: one head block of 16, BLOCK_K 64, 8 warps)
 ATT8_CFG: dict = {}  # the same over the FP8 cache; both replaced by the sweep at the first L
@@ -259,7 +260,7 @@ def time_prefill(L, g, res):
         res["att_sweep"] = []
         for name, cfgs, extra in (("bf16", ATT_CFG, {}), ("fp8", ATT8_CFG, {"kv_scale": kvs})):
             bestc = None
-            for c in ATT_CFGS:
+            for c in ATT_CFGS + (ATT8_EXTRA if extra else []):
                 kvx = kv8 if extra else kv
                 try:
                     t = bench(lambda: sparse_mla_fwd(ql, qp, kvx, pe, idx, scale, **c, **extra),

@@ -221,7 +221,7 @@ def grouped_fp8(R: int, n_groups: int) -> bool:
 
 
 def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out_dtype,
-            block_h, block_k, num_warps, num_stages, heads_fastest=False):
+            block_h, block_k, num_warps, num_stages, heads_fastest=False, fp8_grouped=None):
     require_triton()
     B, S, H, R = q_lat.shape
     P = q_pe.shape[-1]
@@ -251,7 +251,7 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
     grid = (n_hb, B * S, n_split) if heads_fastest else (B * S, n_hb, n_split)
     bt = block_table.to(torch.int32).contiguous() if paged else idx
     kvs = kv_scale if fp8 else pe
-    if fp8 and grouped_fp8(R, kv_scale.shape[-1]):
+    if fp8 and grouped_fp8(R, kv_scale.shape[-1]) and fp8_grouped is not False:
         if kv_scale.stride(-1) != 1:
             raise ValueError("kv_scale needs a unit last stride")
         ng = kv_scale.shape[-1]
@@ -300,14 +300,14 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
 
 
 def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
-                   num_stages=None, kv_scale=None, heads_fastest=False):
+                   num_stages=None, kv_scale=None, heads_fastest=False, fp8_grouped=None):
     """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
     idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
     kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv)."""
     nw = num_warps or (8 if q_lat.is_cuda else 4)
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
-                   block_k, nw, ns, heads_fastest)
+                   block_k, nw, ns, heads_fastest, fp8_grouped)
 
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,

@@ -550,7 +550,7 @@ def bound_group(n_max: int, maxg: int = BOUND_MAXG) -> int:
 
 def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_CAP,
                 maxg=BOUND_MAXG, bound_bits=16, block=None, chunk=None, num_warps=None,
-                filter_warps=4):
+                filter_warps=2):
     """Three launches (tau, filter, select; see the kernels) plus the multi-pass kernel for
     the rows the select flags."""
     R = x.shape[0]
@@ -575,11 +575,11 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
     _bound_tau_kernel[(R,)](
         x, m, tau, cnt, gl, gcnt, sk, sp, T, K, G, start_pos, rows_per_b, x.stride(0),
         m.stride(0), HAS_M=has_m, MAXG=maxg, CAP=cap, BOUND_BITS=bound_bits,
-        num_warps=(num_warps or 8) if cuda else 4)
+        num_warps=num_warps or 4)
     if stages < 2:
         return out
     if has_m:
-        BG = block or (64 if cuda else 8)  # listed groups per tile
+        BG = block or (128 if cuda else 8)  # listed groups per tile
         chunk = triton.cdiv(max(BG, chunk or (4 * BG)), BG) * BG
         _bound_filter_kernel[(R, triton.cdiv(maxg, chunk))](
             x, tau, cnt, gl, gcnt, sk, sp, T, start_pos, rows_per_b, chunk, x.stride(0),
@@ -588,7 +588,7 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
         return out
     _bound_select_kernel[(R,)](
         cnt, sk, sp, out, flag, T, K, start_pos, rows_per_b, out.stride(0), CAP=cap,
-        BLOCK_K=min(1024, triton.next_power_of_2(K)), num_warps=(num_warps or 8) if cuda else 4)
+        BLOCK_K=min(1024, triton.next_power_of_2(K)), num_warps=num_warps or 4)
     _select(x, K, T, max(T, 1), 1, start_pos, rows_per_b, block=None if cuda else 128,
             num_warps=4, out_idx=out.view(R, 1, K), flag=flag)
     return out
@@ -598,7 +598,7 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
               block=None, num_warps=None, method: str = "radix", hbits: int = 16,
               cap: int | None = None, digit_bits: int = 8, maxima: torch.Tensor | None = None,
               group: int = 1, bound_bits: int = 16, maxg: int = BOUND_MAXG,
-              bound_chunk: int | None = None, filter_warps: int = 4) -> torch.Tensor:
+              bound_chunk: int | None = None, filter_warps: int = 2) -> torch.Tensor:
     """Causal top-k of scores [B, S, T] fp32 -> [B, S, k] int32, -1 padded.
 
     Row s reads only its visible prefix (positions <= start_pos + s): what lies above the
