@@ -61,8 +61,7 @@ TOPK_CFGS = [dict(method="bound"),  # defaults: 128 listed groups per tile, 2 + 
              dict(method="radix", digit_bits=8, block=4096, num_warps=8)]
 ATT_CFGS = [dict(block_k=64, num_warps=8, num_stages=2), dict(block_k=32, num_warps=4, num_stages=3),
             dict(block_k=64, num_warps=4, num_stages=3)]
-ATT8_EXTRA = [dict(block_k=64, num_warps=8, num_stages=2, fp8_grouped=False),
-              dict(block_k=32, num_warps=4, num_stages=3, fp8_grouped=False)]  # per-element scales
+
 BEST: dict = {"indexer": None, "topk": {}}
 ATT_CFG: dict = {}  # kernel defaults (16 heads: one head block of 16, BLOCK_K 64, 8 warps)
 ATT8_CFG: dict = {}  # the same over the FP8 cache; both replaced by the sweep at the first L
@@ -260,7 +259,7 @@ def time_prefill(L, g, res):
         res["att_sweep"] = []
         for name, cfgs, extra in (("bf16", ATT_CFG, {}), ("fp8", ATT8_CFG, {"kv_scale": kvs})):
             bestc = None
-            for c in ATT_CFGS + (ATT8_EXTRA if extra else []):
+            for c in ATT_CFGS:
                 kvx = kv8 if extra else kv
                 try:
                     t = bench(lambda: sparse_mla_fwd(ql, qp, kvx, pe, idx, scale, **c, **extra),

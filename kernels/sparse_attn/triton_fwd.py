@@ -32,25 +32,6 @@ if triton is not None:
             return b * s_b + pos.to(tl.int64) * s_t
 
     @triton.jit
-    def _softmax_step(z, valid, m_i, l_i, scale_log2):
-        """Online-softmax update for one block of scores z [BLOCK_H, BLOCK_K] (natural
-        units): returns the block's probabilities p (relative to the new running max), the
-        rescale factor alpha of the old accumulator, and the new running max and sum."""
-        z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
-        m_new = tl.maximum(m_i, tl.max(z, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(z - m_safe[:, None])
-        return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
-
-    @triton.jit
-    def _finish(m_i, l_i):
-        """(safe divisor, natural-log LSE; -inf for a row that saw no key)."""
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
-        return l_safe, lse
-
-    @triton.jit
     def _sparse_mla_fwd_kernel(
         ql_ptr, qp_ptr, kv_ptr, pe_ptr, kvs_ptr, idx_ptr, bt_ptr, out_ptr, lse_ptr,
         S, H, R, P, K, k_per_split, scale_log2,
@@ -113,82 +94,20 @@ if triton is not None:
                            mask=valid[:, None] & p_ok[None, :], other=0.0)
             z = mma(ql, tl.trans(kv_t), None, IEEE)
             z = mma(qp, tl.trans(pe_t), z, IEEE)
-            p, alpha, m_i, l_i = _softmax_step(z, valid, m_i, l_i, scale_log2)
+            z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
+            m_new = tl.maximum(m_i, tl.max(z, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(z - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
             acc = mma(p.to(kv_t.dtype), kv_t, acc * alpha[:, None], IEEE)
-        l_safe, lse = _finish(m_i, l_i)
+            m_i = m_new
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         o = acc / l_safe[:, None]
+        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
         o_ptrs = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
                   + offs_r[None, :])
         tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & r_ok[None, :])
-        tl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_h, lse, mask=h_ok)
-
-    @triton.jit
-    def _sparse_mla_fwd_fp8_kernel(
-        ql_ptr, qp_ptr, kv_ptr, pe_ptr, kvs_ptr, idx_ptr, bt_ptr, out_ptr, lse_ptr,
-        S, H, P, K, k_per_split, scale_log2,
-        s_ql_b, s_ql_s, s_ql_h, s_qp_b, s_qp_s, s_qp_h,
-        s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_kvs_b, s_kvs_t,
-        s_idx_b, s_idx_s, s_bt,
-        s_o_b, s_o_s, s_o_sp, s_o_h, s_l_b, s_l_s, s_l_sp,
-        PAGED: tl.constexpr, PAGE: tl.constexpr, N_GROUPS: tl.constexpr,
-        BLOCK_G: tl.constexpr, GR: tl.constexpr, IEEE: tl.constexpr,
-        BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        """FP8 latent cache with one scale per group of GR channels (a power of two): the
-        e4m3 rows are widened to the query dtype as they are, and the scales go on the
-        per-group scores and on the probabilities instead of on every element. The latent
-        is handled as [groups, rows, GR] so each group is its own batched tensor-core
-        product: no per-channel scale tensor and no reshuffle of the gathered tile."""
-        pid_s = tl.program_id(0)
-        pid_h = tl.program_id(1)
-        split = tl.program_id(2)
-        b = (pid_s // S).to(tl.int64)
-        s = (pid_s % S).to(tl.int64)
-        offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-        offs_g = tl.arange(0, BLOCK_G)
-        offs_c = tl.arange(0, GR)
-        offs_p = tl.arange(0, BLOCK_P)
-        h_ok = offs_h < H
-        g_ok = offs_g < N_GROUPS
-        p_ok = offs_p < P
-        ch = (offs_g[:, None] * GR + offs_c[None, :])[:, None, :]  # [G, 1, GR] channel
-        m3 = g_ok[:, None, None] & h_ok[None, :, None]
-        ql = tl.load(ql_ptr + b * s_ql_b + s * s_ql_s + offs_h[None, :, None] * s_ql_h + ch,
-                     mask=m3, other=0.0)  # [G, BLOCK_H, GR]
-        qp = tl.load(qp_ptr + b * s_qp_b + s * s_qp_s + offs_h[:, None] * s_qp_h + offs_p[None, :],
-                     mask=h_ok[:, None] & p_ok[None, :], other=0.0)
-        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_H], tl.float32)
-        acc = tl.zeros([BLOCK_G, BLOCK_H, GR], tl.float32)
-        k_lo = split * k_per_split
-        k_hi = tl.minimum(k_lo + k_per_split, K)
-        idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            pos = tl.load(idx_row + offs_k, mask=offs_k < k_hi, other=-1)
-            valid = pos >= 0
-            pos = tl.where(valid, pos, 0)
-            kv_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kv_b, s_kv_t)
-            pe_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_pe_b, s_pe_t)
-            kvs_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kvs_b, s_kvs_t)
-            kv_t = tl.load(kv_ptr + kv_rows[None, :, None] + ch,
-                           mask=g_ok[:, None, None] & valid[None, :, None], other=0.0)
-            kv_t = kv_t.to(ql.dtype)  # [G, BLOCK_K, GR], unscaled
-            sc = tl.load(kvs_ptr + kvs_rows[None, :] + offs_g[:, None],
-                         mask=g_ok[:, None] & valid[None, :], other=0.0)  # [G, BLOCK_K]
-            pe_t = tl.load(pe_ptr + pe_rows[:, None] + offs_p[None, :],
-                           mask=valid[:, None] & p_ok[None, :], other=0.0)
-            zg = mma(ql, tl.permute(kv_t, (0, 2, 1)), None, IEEE)  # [G, BLOCK_H, BLOCK_K]
-            z = tl.sum(zg * sc[:, None, :], 0)
-            z = mma(qp, tl.trans(pe_t), z, IEEE)
-            p, alpha, m_i, l_i = _softmax_step(z, valid, m_i, l_i, scale_log2)
-            pg = (p[None, :, :] * sc[:, None, :]).to(ql.dtype)
-            acc = mma(pg, kv_t, acc * alpha[None, :, None], IEEE)
-        l_safe, lse = _finish(m_i, l_i)
-        o = acc / l_safe[None, :, None]
-        o_ptrs = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[None, :, None] * s_o_h
-                  + ch)
-        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=m3)
         tl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_h, lse, mask=h_ok)
 
     @triton.jit
@@ -213,15 +132,8 @@ if triton is not None:
         tl.store(lse_ptr + row * H + h, tl.where(tot == 0.0, float("-inf"), m_safe + tl.log(tot)))
 
 
-def grouped_fp8(R: int, n_groups: int) -> bool:
-    """Whether an FP8 cache of R channels in n_groups scale groups takes the grouped kernel
-    (groups of a power-of-two width >= 16); other layouts scale every element instead."""
-    gr = R // n_groups
-    return R == gr * n_groups and gr >= 16 and gr & (gr - 1) == 0
-
-
 def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out_dtype,
-            block_h, block_k, num_warps, num_stages, heads_fastest=False, fp8_grouped=None):
+            block_h, block_k, num_warps, num_stages, heads_fastest=False):
     require_triton()
     B, S, H, R = q_lat.shape
     P = q_pe.shape[-1]
@@ -251,40 +163,22 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
     grid = (n_hb, B * S, n_split) if heads_fastest else (B * S, n_hb, n_split)
     bt = block_table.to(torch.int32).contiguous() if paged else idx
     kvs = kv_scale if fp8 else pe
-    if fp8 and grouped_fp8(R, kv_scale.shape[-1]) and fp8_grouped is not False:
-        if kv_scale.stride(-1) != 1:
-            raise ValueError("kv_scale needs a unit last stride")
-        ng = kv_scale.shape[-1]
-        _sparse_mla_fwd_fp8_kernel[(B * S, n_hb, n_split)](
-            q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
-            S, H, P, K, k_per_split, scale * LOG2E,
-            q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
-            q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
-            kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
-            idx.stride(0), idx.stride(1), bt.stride(0),
-            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            lse.stride(0), lse.stride(1), lse.stride(2),
-            PAGED=paged, PAGE=kv.shape[1] if paged else 1, N_GROUPS=ng,
-            BLOCK_G=triton.next_power_of_2(ng), GR=R // ng, IEEE=(q_lat.dtype == torch.float32),
-            BLOCK_H=BH, BLOCK_P=BP, BLOCK_K=BK, num_warps=num_warps, num_stages=num_stages,
-        )
-    else:
-        _sparse_mla_fwd_kernel[grid](
-            q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
-            S, H, R, P, K, k_per_split, scale * LOG2E,
-            q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
-            q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
-            kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
-            idx.stride(0), idx.stride(1), bt.stride(0),
-            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            lse.stride(0), lse.stride(1), lse.stride(2),
-            PAGED=paged, PAGE=kv.shape[1] if paged else 1, FP8KV=fp8, GROUP=group,
-            N_GROUPS=kv_scale.shape[-1] if fp8 else 1,
-            GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
-            IEEE=(q_lat.dtype == torch.float32),
-            BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
-            num_warps=num_warps, num_stages=num_stages,
-        )
+    _sparse_mla_fwd_kernel[grid](
+        q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
+        S, H, R, P, K, k_per_split, scale * LOG2E,
+        q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
+        q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
+        kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
+        idx.stride(0), idx.stride(1), bt.stride(0),
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        PAGED=paged, PAGE=kv.shape[1] if paged else 1, FP8KV=fp8, GROUP=group,
+        N_GROUPS=kv_scale.shape[-1] if fp8 else 1,
+        GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
+        IEEE=(q_lat.dtype == torch.float32),
+        BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
+        num_warps=num_warps, num_stages=num_stages,
+    )
     if n_split == 1:
         return out[:, :, 0], lse[:, :, 0]
     final = torch.empty(B, S, H, R, dtype=out_dtype, device=dev)
@@ -300,14 +194,14 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
 
 
 def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
-                   num_stages=None, kv_scale=None, heads_fastest=False, fp8_grouped=None):
+                   num_stages=None, kv_scale=None, heads_fastest=False):
     """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
     idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
     kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv)."""
     nw = num_warps or (8 if q_lat.is_cuda else 4)
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
-                   block_k, nw, ns, heads_fastest, fp8_grouped)
+                   block_k, nw, ns, heads_fastest)
 
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,

@@ -51,10 +51,10 @@ def test_prefill_forward_many_head_blocks_heads_fastest():
 
 
 @pytest.mark.parametrize("R,groups", [(64, 4), (32, 1), (48, 3)],
-                         ids=["4x16-grouped", "per-token-grouped", "3x16-grouped"])
+                         ids=["4x16", "per-token", "3x16-padded"])
 def test_prefill_forward_fp8_cache(R, groups):
-    """FP8 latent with a scale per group of channels (V3.2: 4 x 128): the grouped kernel
-    scales scores and probabilities per group instead of every element."""
+    """Prefill over an FP8 latent with one scale per group of channels (V3.2: 4 x 128),
+    the groups' scales made to differ so a scale applied to the wrong channels shows."""
     S, H, P, K = 70, 5, 16, 30
     ql, qp, kv, pe, idx = inputs(1, S, S, H, R, P, K, BF)
     kvg = kv.float().unflatten(-1, (groups, R // groups))
