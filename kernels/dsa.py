@@ -9,7 +9,7 @@ import torch
 from .indexer_logits.triton_indexer import indexer_logits, indexer_logits_fp8
 from .sparse_attn.triton_bwd import sparse_mla_bwd
 from .sparse_attn.triton_fwd import sparse_mla_fwd
-from .topk.triton_topk import BOUND_CAP, BOUND_MAXG, bound_group, topk_rows
+from .topk.triton_topk import BOUND_MAXG, bound_group, topk_rows
 
 
 def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
@@ -33,7 +33,6 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     T = k.shape[1]
     cfg = dict(topk_cfg or {})
     method = cfg.setdefault("method", "bound")
-    cap = cfg.get("cap") or BOUND_CAP
     maxg = cfg.get("maxg", BOUND_MAXG)
     if rows_per_block is None:
         rows_per_block = max(1, min(S, max_block_bytes // max(1, 4 * B * T)))
@@ -52,7 +51,7 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
             g = bound_group(start_pos + s0 + 1, maxg)
             s1 = min(s1, max(s0 + 1, maxg * g - start_pos))  # every row keeps this g
             n = s1 - s0
-            if start_pos + s1 > cap and g <= 128:  # rows longer than cap bound from maxima
+            if 1 < g <= 128:  # rows longer than maxg bound from the maxima; shorter: read
                 group = g
                 maxima = torch.empty(B, n, -(-(start_pos + s1) // g), dtype=torch.float32,
                                      device=q.device)

@@ -218,3 +218,19 @@ def test_model_triton_decode_with_caches(kw, monkeypatch):
         step, layer = divmod(i, L)
         rows = slice(0, P) if step == 0 else slice(P + step - 1, P + step)
         _same_sets(ki, ref_sel[layer][:, rows])
+
+
+def test_blocked_selection_bounds_long_rows_from_the_indexer_maxima(monkeypatch):
+    """With a small maxg, rows past it take their bound from the group maxima the indexer
+    writes (blocks cut where the group size changes); none is handed to the radix kernel."""
+    import kernels.topk.triton_topk as tt
+    B, S, H, D, k = 1, 150, 2, 16, 5
+    q, kk = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, S, D, device=DEVICE)
+    w = torch.randn(B, S, H, device=DEVICE)
+    flagged = []
+    orig = tt._select
+    monkeypatch.setattr(tt, "_select", lambda *a, flag=None, **kw: (
+        flagged.append(int(flag.sum())), orig(*a, flag=flag, **kw))[1])
+    got = dsa_select(q, kk, w, k, topk_cfg={"cap": 128, "maxg": 16, "bound_bits": 32})
+    assert torch.equal(canonical(got), topk_ref(indexer_logits(q, kk, w), k).long())
+    assert len(flagged) > 3 and sum(flagged) == 0  # several blocks, all rows bounded

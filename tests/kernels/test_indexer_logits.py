@@ -56,3 +56,26 @@ def test_upper_tiles_left_unwritten_on_request():
     assert not out[0][lower].isnan().any()
     assert rel(out[0][lower], ref[0][lower]) < 1e-5
     assert out[0, :16, 32:].isnan().all()  # a whole tile above the diagonal: skipped
+
+
+@pytest.mark.parametrize("write_upper", [True, False])
+def test_indexer_writes_group_maxima(write_upper):
+    """The max over every G consecutive keys of each row, visible keys only (what the
+    "bound" top-k starts from), next to the logits themselves."""
+    B, S, T0, H, D, G = 2, 70, 9, 3, 16, 8
+    T = T0 + S
+    q, k = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, T, D, device=DEVICE)
+    w = torch.randn(B, S, H, device=DEVICE)
+    out = torch.full((B, S, T), float("nan"), device=DEVICE)
+    m = torch.full((B, S, -(-T // G)), float("nan"), device=DEVICE)
+    indexer_logits(q, k, w, start_pos=T0, out=out, maxima=m, group=G, write_upper=write_upper,
+                   block_m=16, block_n=32)
+    ref = indexer_logits_ref(q, k, w, T0)
+    ref_m = torch.nn.functional.pad(ref, (0, m.shape[-1] * G - T), value=float("-inf"))
+    ref_m = ref_m.view(B, S, -1, G).amax(-1)
+    seen = torch.arange(m.shape[-1], device=DEVICE) * G <= (T0 + torch.arange(S, device=DEVICE))[:, None]
+    if write_upper:
+        seen = torch.ones_like(seen)
+    _check(m[:, seen], ref_m[:, seen], 1e-5)
+    with pytest.raises(ValueError, match="maxima"):
+        indexer_logits(q, k, w, start_pos=T0, maxima=m, group=3)

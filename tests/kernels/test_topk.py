@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="kernels need the triton package")
 
@@ -50,3 +51,51 @@ def test_split_row_selection_for_decode(T):
     scores = torch.randn(3, Sq, T, device=DEVICE).relu()  # half the keys tie at 0
     out = topk_rows(scores, k, start_pos=T - Sq, chunk=32)
     assert torch.equal(out, topk_ref(scores, k, T - Sq))
+
+
+def _group_max(scores, G, start_pos=0):
+    """[B, S, ceil(T / G)]: the max of every G consecutive visible scores (-inf if none)."""
+    B, S, T = scores.shape
+    pos = torch.arange(start_pos, start_pos + S, device=scores.device)
+    vis = torch.arange(T, device=scores.device)[None, :] <= pos[:, None]
+    m = scores.masked_fill(~vis, float("-inf"))
+    m = F.pad(m, (0, -(-T // G) * G - T), value=float("-inf"))
+    return m.view(B, S, -1, G).amax(-1).contiguous()
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_bound_topk_exact(ties):
+    S, T0, k, G = 150, 7, 5, 8
+    scores = torch.randn(2, S, T0 + S, device=DEVICE)
+    if ties:  # a third of the scores equal: survivors overflow the cap, ties go early
+        scores[..., ::3] = scores[..., 1:2]
+    out = topk_rows(scores, k, start_pos=T0, method="bound", maxima=_group_max(scores, G, T0),
+                    group=G, cap=64, maxg=16)
+    assert out.dtype == torch.int32 and out.shape == (2, S, k)
+    assert torch.equal(canonical(out), topk_ref(scores, k, T0).long())
+
+
+def test_bound_topk_hands_over_only_rows_it_cannot_bound(monkeypatch):
+    """Rows of at most maxg keys are read whole; longer rows bound from the group maxima;
+    only rows with more than maxg keys and fewer than k groups go to the radix kernel."""
+    import kernels.topk.triton_topk as tt
+    S, k, G, maxg = 150, 5, 8, 16
+    scores = torch.randn(1, S, S, device=DEVICE)
+    flags = []
+    orig = tt._select
+    monkeypatch.setattr(tt, "_select", lambda *a, flag=None, **kw: (
+        flags.append(flag.clone()), orig(*a, flag=flag, **kw))[1])
+    # exact tau (32 bits): exactly k groups listed, so at most k * G = 40 <= cap survivors
+    out = topk_rows(scores, k, method="bound", maxima=_group_max(scores, G), group=G, cap=64,
+                    maxg=maxg, bound_bits=32)
+    assert torch.equal(canonical(out), topk_ref(scores, k).long())
+    n = torch.arange(1, S + 1, device=DEVICE)
+    ng = (n + G - 1) // G  # 17..32 keys: too long, too few groups; 129..: too many groups
+    expect = (n > maxg) & ((ng < k) | (ng > maxg))
+    assert torch.equal(flags[0].bool(), expect)
+
+
+def test_bound_topk_rejects_bad_maxima():
+    scores = torch.randn(1, 40, 40, device=DEVICE)
+    with pytest.raises(ValueError, match="maxima"):
+        topk_rows(scores, 5, method="bound", maxima=torch.zeros(1, 40, 2, device=DEVICE), group=8)
