@@ -1,17 +1,29 @@
-"""Exact top-k per row by radix selection in Triton, streaming over the row.
+"""Exact top-k per row in Triton, without the L x L score matrix.
 
-Each program walks its row in tiles, never holding more than one tile: four passes build
-256-bin histograms of successive 8-bit digits of an order-preserving uint32 image of the
-fp32 scores, which pins the k-th largest key exactly; a last pass writes the positions of
-every key above it plus the earliest ties (stable-sort semantics), in ascending position
-order, and pads the rest with -1.
+"bound" (the default for prefill, three launches):
+1. per row, a lower bound tau of its k-th largest score: the k-th largest of the row's
+   group maxima (the max of every G consecutive visible scores, which the indexer kernel
+   writes next to the logits), since k groups whose max reaches tau hold k scores >= tau;
+   the groups that reach tau (k to 2k of the row's MAXG/2..MAXG groups) are listed. A row
+   of at most MAXG scores is read whole instead and tau is exact;
+2. per (row, chunk of listed groups), one read of only those groups, appending the scores
+   >= tau and their positions to the row's survivor list (about k of them);
+3. per row, bisection over the survivors' order-preserving uint32 keys for the exact k-th
+   largest, then the keys above it plus the earliest ties.
+A row the bound cannot serve (no usable maxima, more survivors than the cap) is flagged and
+redone by the radix kernel below.
+
+"radix" (and the flagged rows): each program walks its row in tiles, four passes build
+256-bin histograms of successive 8-bit digits of the keys, which pins the k-th largest key
+exactly; a last pass writes the positions of every key above it plus the earliest ties
+(stable-sort semantics), in ascending position order, and pads the rest with -1.
 
 Rows that see no more than k keys skip the search. Few long rows (decode) are split into
 chunks selected by many programs at once: the digit histograms are summed across chunks
 with atomic adds, then per-chunk counts give every chunk its output offsets. (The kernel
 also takes candidate lists with positions, -1 = empty, for a select over merged chunks.)
-The prefill driver (`causal_topk`) never needs the full L x L matrix: it asks the indexer
-for a block of query rows at a time and selects on that block.
+The prefill driver (`kernels.dsa.dsa_select`) asks the indexer for a block of query rows
+at a time and selects on that block.
 """
 
 from __future__ import annotations
