@@ -111,6 +111,107 @@ if triton is not None:
         tl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_h, lse, mask=h_ok)
 
     @triton.jit
+    def _fp8_group(kv_ptr, kv_rows, kvs_ptr, kvs_rows, valid, offs_c, g: tl.constexpr,
+                   GR: tl.constexpr, dtype: tl.constexpr):
+        """Channels [g*GR, (g+1)*GR) of the gathered FP8 rows, widened to `dtype` unscaled,
+        and their scales [BLOCK_K]."""
+        kv = tl.load(kv_ptr + kv_rows[:, None] + g * GR + offs_c[None, :], mask=valid[:, None],
+                     other=0.0).to(dtype)
+        return kv, tl.load(kvs_ptr + kvs_rows + g, mask=valid, other=0.0)
+
+    @triton.jit
+    def _sparse_mla_fwd_fp8_kernel(
+        ql_ptr, qp_ptr, kv_ptr, pe_ptr, kvs_ptr, idx_ptr, bt_ptr, out_ptr, lse_ptr,
+        S, H, P, K, k_per_split, scale_log2,
+        s_ql_b, s_ql_s, s_ql_h, s_qp_b, s_qp_s, s_qp_h,
+        s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_kvs_b, s_kvs_t,
+        s_idx_b, s_idx_s, s_bt,
+        s_o_b, s_o_s, s_o_sp, s_o_h, s_l_b, s_l_s, s_l_sp,
+        PAGED: tl.constexpr, PAGE: tl.constexpr, NG: tl.constexpr, GR: tl.constexpr,
+        IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        """FP8 latent in NG (1, 2 or 4) groups of GR channels, one fp32 scale per group and
+        token (V3.2: 4 x 128). Each group is its own pair of 2-D products with its own
+        accumulator; a group's scales multiply its score columns and, for P.V, the
+        probabilities, so the e4m3 tile is only widened, never rescaled element-wise."""
+        pid_s = tl.program_id(0)
+        pid_h = tl.program_id(1)
+        split = tl.program_id(2)
+        b = (pid_s // S).to(tl.int64)
+        s = (pid_s % S).to(tl.int64)
+        offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+        offs_c = tl.arange(0, GR)
+        offs_p = tl.arange(0, BLOCK_P)
+        h_ok = offs_h < H
+        p_ok = offs_p < P
+        q_base = ql_ptr + b * s_ql_b + s * s_ql_s + offs_h[:, None] * s_ql_h + offs_c[None, :]
+        q0 = tl.load(q_base, mask=h_ok[:, None], other=0.0)
+        acc0 = tl.zeros([BLOCK_H, GR], tl.float32)
+        if NG >= 2:
+            q1 = tl.load(q_base + GR, mask=h_ok[:, None], other=0.0)
+            acc1 = tl.zeros([BLOCK_H, GR], tl.float32)
+        if NG == 4:
+            q2 = tl.load(q_base + 2 * GR, mask=h_ok[:, None], other=0.0)
+            q3 = tl.load(q_base + 3 * GR, mask=h_ok[:, None], other=0.0)
+            acc2 = tl.zeros([BLOCK_H, GR], tl.float32)
+            acc3 = tl.zeros([BLOCK_H, GR], tl.float32)
+        qp = tl.load(qp_ptr + b * s_qp_b + s * s_qp_s + offs_h[:, None] * s_qp_h + offs_p[None, :],
+                     mask=h_ok[:, None] & p_ok[None, :], other=0.0)
+        m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_H], tl.float32)
+        k_lo = split * k_per_split
+        k_hi = tl.minimum(k_lo + k_per_split, K)
+        idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
+        dt = q0.dtype
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            pos = tl.load(idx_row + offs_k, mask=offs_k < k_hi, other=-1)
+            valid = pos >= 0
+            pos = tl.where(valid, pos, 0)
+            kv_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kv_b, s_kv_t)
+            kvs_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kvs_b, s_kvs_t)
+            pe_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_pe_b, s_pe_t)
+            pe_t = tl.load(pe_ptr + pe_rows[:, None] + offs_p[None, :],
+                           mask=valid[:, None] & p_ok[None, :], other=0.0)
+            z = mma(qp, tl.trans(pe_t), None, IEEE)
+            k0_t, s0_t = _fp8_group(kv_ptr, kv_rows, kvs_ptr, kvs_rows, valid, offs_c, 0, GR, dt)
+            z += mma(q0, tl.trans(k0_t), None, IEEE) * s0_t[None, :]
+            if NG >= 2:
+                k1_t, s1_t = _fp8_group(kv_ptr, kv_rows, kvs_ptr, kvs_rows, valid, offs_c, 1, GR, dt)
+                z += mma(q1, tl.trans(k1_t), None, IEEE) * s1_t[None, :]
+            if NG == 4:
+                k2_t, s2_t = _fp8_group(kv_ptr, kv_rows, kvs_ptr, kvs_rows, valid, offs_c, 2, GR, dt)
+                k3_t, s3_t = _fp8_group(kv_ptr, kv_rows, kvs_ptr, kvs_rows, valid, offs_c, 3, GR, dt)
+                z += mma(q2, tl.trans(k2_t), None, IEEE) * s2_t[None, :]
+                z += mma(q3, tl.trans(k3_t), None, IEEE) * s3_t[None, :]
+            z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
+            m_new = tl.maximum(m_i, tl.max(z, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(z - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i = m_new
+            acc0 = mma((p * s0_t[None, :]).to(dt), k0_t, acc0 * alpha[:, None], IEEE)
+            if NG >= 2:
+                acc1 = mma((p * s1_t[None, :]).to(dt), k1_t, acc1 * alpha[:, None], IEEE)
+            if NG == 4:
+                acc2 = mma((p * s2_t[None, :]).to(dt), k2_t, acc2 * alpha[:, None], IEEE)
+                acc3 = mma((p * s3_t[None, :]).to(dt), k3_t, acc3 * alpha[:, None], IEEE)
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
+        o_base = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
+                  + offs_c[None, :])
+        ty = out_ptr.dtype.element_ty
+        tl.store(o_base, (acc0 / l_safe[:, None]).to(ty), mask=h_ok[:, None])
+        if NG >= 2:
+            tl.store(o_base + GR, (acc1 / l_safe[:, None]).to(ty), mask=h_ok[:, None])
+        if NG == 4:
+            tl.store(o_base + 2 * GR, (acc2 / l_safe[:, None]).to(ty), mask=h_ok[:, None])
+            tl.store(o_base + 3 * GR, (acc3 / l_safe[:, None]).to(ty), mask=h_ok[:, None])
+        tl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_h, lse, mask=h_ok)
+
+    @triton.jit
     def _combine_kernel(po_ptr, pl_ptr, out_ptr, lse_ptr, H, R, N_SPLIT,
                         s_po_row, s_po_sp, s_po_h, s_pl_row, s_pl_sp, s_o_row, s_o_h,
                         BLOCK_SP: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -130,6 +231,14 @@ if triton is not None:
         tl.store(out_ptr + row * s_o_row + h * s_o_h + offs_r, o.to(out_ptr.dtype.element_ty),
                  mask=offs_r < R)
         tl.store(lse_ptr + row * H + h, tl.where(tot == 0.0, float("-inf"), m_safe + tl.log(tot)))
+
+
+def split_scale_fp8(R: int, n_groups: int) -> bool:
+    """Whether an FP8 cache of R channels in n_groups scale groups takes the split-scale
+    kernel (1, 2 or 4 groups of a power-of-two width >= 16); other layouts go through the
+    kernel that rescales every element."""
+    gr = R // max(n_groups, 1)
+    return n_groups in (1, 2, 4) and gr * n_groups == R and gr >= 16 and gr & (gr - 1) == 0
 
 
 def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out_dtype,
@@ -163,6 +272,22 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
     grid = (n_hb, B * S, n_split) if heads_fastest else (B * S, n_hb, n_split)
     bt = block_table.to(torch.int32).contiguous() if paged else idx
     kvs = kv_scale if fp8 else pe
+    ng = kv_scale.shape[-1] if fp8 else 0
+    if fp8 and split_scale_fp8(R, ng) and kv_scale.stride(-1) == 1:
+        _sparse_mla_fwd_fp8_kernel[(B * S, n_hb, n_split)](
+            q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
+            S, H, P, K, k_per_split, scale * LOG2E,
+            q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
+            q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
+            kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
+            idx.stride(0), idx.stride(1), bt.stride(0),
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            lse.stride(0), lse.stride(1), lse.stride(2),
+            PAGED=paged, PAGE=kv.shape[1] if paged else 1, NG=ng, GR=R // ng,
+            IEEE=(q_lat.dtype == torch.float32), BLOCK_H=BH, BLOCK_P=BP, BLOCK_K=BK,
+            num_warps=num_warps, num_stages=num_stages,
+        )
+        return _finish(out, lse, n_split, B, S, H, R, BR, out_dtype, dev)
     _sparse_mla_fwd_kernel[grid](
         q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
         S, H, R, P, K, k_per_split, scale * LOG2E,
@@ -179,6 +304,11 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
         BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
         num_warps=num_warps, num_stages=num_stages,
     )
+    return _finish(out, lse, n_split, B, S, H, R, BR, out_dtype, dev)
+
+
+def _finish(out, lse, n_split, B, S, H, R, BR, out_dtype, dev):
+    """The per-split partial outputs merged (decode), or the single split as it is."""
     if n_split == 1:
         return out[:, :, 0], lse[:, :, 0]
     final = torch.empty(B, S, H, R, dtype=out_dtype, device=dev)

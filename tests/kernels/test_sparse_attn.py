@@ -51,7 +51,7 @@ def test_prefill_forward_many_head_blocks_heads_fastest():
 
 
 @pytest.mark.parametrize("R,groups", [(64, 4), (32, 1), (48, 3)],
-                         ids=["4x16", "per-token", "3x16-padded"])
+                         ids=["4x16-split-scale", "per-token-split-scale", "3x16-per-element"])
 def test_prefill_forward_fp8_cache(R, groups):
     """Prefill over an FP8 latent with one scale per group of channels (V3.2: 4 x 128),
     the groups' scales made to differ so a scale applied to the wrong channels shows."""
@@ -123,6 +123,27 @@ def test_decode(mode):
         out, lse = sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n_split, **kw)
         assert rel(out, ref) < 2e-2
         assert rel(lse, ref_lse) < 2e-3
+
+
+@pytest.mark.parametrize("groups", [4, 2])
+def test_decode_paged_fp8_split_scale(groups):
+    """Paged FP8 cache in 2 or 4 power-of-two groups (the split-scale kernel), split-K."""
+    B, Sq, T, H, R, P, K = 2, 2, 100, 3, 64, 16, 30
+    ql, qp, kv, pe, idx = inputs(B, Sq, T, H, R, P, K, BF)
+    page, n = 16, math.ceil(T / 16)
+    perm = torch.randperm(B * n, device=DEVICE).view(B, n).int()
+    kvg = kv.float().unflatten(-1, (groups, R // groups))
+    sc = kvg.abs().amax(-1) / 448 + 1e-6
+    kv8 = (kvg / sc[..., None]).flatten(-2).to(torch.float8_e4m3fn)
+    sc = sc * torch.linspace(0.5, 2.0, groups, device=DEVICE)
+    kv8 = _paged(kv8.view(torch.uint8), page, perm).view(torch.float8_e4m3fn)
+    kw = dict(block_table=perm, kv_scale=_paged(sc, page, perm).nan_to_num(1.0))
+    pe = _paged(pe, page, perm)
+    scale = (R + P) ** -0.5
+    ref, ref_lse = sparse_mla_decode_ref(ql, qp, kv8, pe, idx, scale, **kw)
+    for n_split in (1, 3):
+        out, lse = sparse_mla_decode(ql, qp, kv8, pe, idx, scale, n_split=n_split, **kw)
+        assert rel(out, ref) < 2e-2 and rel(lse, ref_lse) < 2e-3
 
 
 def test_target_is_head_mean_of_probabilities():
