@@ -48,8 +48,13 @@ def act_dequant(x8: torch.Tensor, scale: torch.Tensor, dtype=torch.float32) -> t
 
 
 def fake_quant(x: torch.Tensor, block: int = 128, scale_fmt: str | None = None) -> torch.Tensor:
-    """Round-trip through e4m3 (forward precision of an FP8 cache), in x's dtype."""
-    return act_dequant(*act_quant(x, block, scale_fmt), dtype=x.dtype)
+    """Round-trip through e4m3 (forward precision of an FP8 cache), in x's dtype.
+
+    The backward is the identity (straight-through): differentiating the casts would round
+    the incoming gradient itself to unscaled e4m3, which flushes most small gradients to 0.
+    """
+    q = act_dequant(*act_quant(x.detach(), block, scale_fmt), dtype=x.dtype)
+    return x + (q - x).detach() if x.requires_grad else q
 
 
 def weight_quant(w: torch.Tensor, block: int = 128, scale_fmt: str | None = None):

@@ -10,6 +10,7 @@ from model.fp8 import (
     E4M3,
     act_dequant,
     act_quant,
+    fake_quant,
     fp8_index,
     weight_dequant,
     weight_quant,
@@ -95,6 +96,18 @@ def test_act_quant_scales_and_error(fmt):
     big = x.abs() > s.repeat_interleave(128, -1) * 2**-6
     assert ((back - x).abs()[big] <= x.abs()[big] * 2**-4 + 1e-12).all()
     assert rel_err(back, x) < 0.05
+
+
+def test_fake_quant_rounds_forward_and_passes_gradients_through():
+    """Forward: the e4m3 round trip. Backward: the identity; differentiating the casts
+    would round small gradients to e4m3 and flush most of them to zero."""
+    x = (torch.randn(4, 256) * 3).requires_grad_()
+    y = fake_quant(x, 128)
+    assert torch.equal(y.detach(), act_dequant(*act_quant(x.detach(), 128)))
+    assert not torch.equal(y.detach(), x.detach())
+    g = torch.randn(4, 256) * 1e-3
+    y.backward(g)
+    assert torch.equal(x.grad, g)
 
 
 def test_weight_quant_blocks_and_round_trip():
