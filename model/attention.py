@@ -98,7 +98,13 @@ class MLA(nn.Module):
         q_lat = lse = None
         if fused:
             q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query
-            o_lat, lse = _kernels().sparse_mla_with_lse(q_lat, q_pe, kv, k_pe, idx, c.softmax_scale)
+            if cache is not None and S <= 4 and not (torch.is_grad_enabled() and q_lat.requires_grad):
+                # decode: each token's top-k split over many programs (split-K), merged by LSE
+                o_lat, lse = _kernels().sparse_mla_decode(q_lat.contiguous(), q_pe.contiguous(),
+                                                          kv, k_pe, idx, c.softmax_scale)
+            else:
+                o_lat, lse = _kernels().sparse_mla_with_lse(q_lat, q_pe, kv, k_pe, idx,
+                                                            c.softmax_scale)
             o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
         elif sparse and c.attn_impl != "dense":
             q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query

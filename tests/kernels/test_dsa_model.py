@@ -203,6 +203,11 @@ def test_model_triton_decode_with_caches(kw, monkeypatch):
     B, S, P = 2, 19, 5
     tokens = torch.randint(0, 512, (B, S), device=DEVICE)
     got = _record(monkeypatch)
+    kern = importlib.import_module("kernels")
+    decode_calls = []
+    real_decode = kern.sparse_mla_decode
+    monkeypatch.setattr(kern, "sparse_mla_decode",
+                        lambda *a, **k: (decode_calls.append(a[0].shape), real_decode(*a, **k))[1])
     with torch.no_grad():
         full, _ = dense(tokens)
         ref_sel = list(got["torch"])  # one [B, S, K] per layer
@@ -210,6 +215,10 @@ def test_model_triton_decode_with_caches(kw, monkeypatch):
         parts = [tri(tokens[:, :P], 0, caches)[0]]
         parts += [tri(tokens[:, t:t + 1], t, caches)[0] for t in range(P, S)]
     assert rel(torch.cat(parts, 1), full) < 1e-5
+    # the prefill (5 tokens) attends through the prefill kernel, each decode step through
+    # the split-K decode kernel
+    assert len(decode_calls) == cfg.n_layers * (S - P)
+    assert all(shape[1] == 1 for shape in decode_calls)
     sel = got["kernel"]
     L = cfg.n_layers
     assert len(sel) == L * (1 + S - P)
