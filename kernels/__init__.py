@@ -1,8 +1,10 @@
 """Triton kernels for DeepSeek Sparse Attention (issue 6), one folder per op, each with a
 plain-PyTorch `naive.py` reference beside the Triton file:
 
-- `indexer_logits/`: fused causal lightning-indexer logits, bf16/fp32 and FP8 e4m3.
-- `topk/`: exact streaming top-k per row (radix select), -1 for empty slots.
+- `indexer_logits/`: fused causal lightning-indexer logits, bf16/fp32 and FP8 e4m3, with
+  optional per-row group maxima (the top-k's bound).
+- `topk/`: exact top-k per row, -1 for empty slots: "bound" (from the group maxima, one read
+  of the groups that can hold a winner) with a multi-pass radix select behind it.
 - `sparse_attn/`: sparse MLA forward (prefill; decode split-K over contiguous or paged,
   optionally FP8, caches) returning out and LSE; backward; the KL target on the support.
 - `indexer_kl/`: the indexer's KL loss on the top-k support, forward + backward fused.
