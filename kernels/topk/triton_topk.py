@@ -570,8 +570,9 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
     has_m = maxima is not None
     if has_m and (maxima.dtype != torch.float32 or maxima.stride(-1) != 1):
         raise ValueError("maxima must be fp32 with a unit last stride")
-    cap = triton.next_power_of_2(max(cap, K))
-    maxg = triton.next_power_of_2(maxg)
+    # no row holds more than T keys: short rows need neither a CAP- nor a MAXG-wide pass
+    cap = triton.next_power_of_2(max(K, min(cap, T)))
+    maxg = triton.next_power_of_2(max(16, min(maxg, T)))
     out = torch.empty(R, K, dtype=torch.int32, device=dev)
     flag = torch.empty(R, dtype=torch.int32, device=dev)
     tau = torch.empty(R, dtype=torch.float32, device=dev)
