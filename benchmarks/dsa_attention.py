@@ -56,6 +56,7 @@ H_IDX, D_IDX = 8, 128
 FAILS: list[str] = []
 IDX_CFGS = [(128, 128, 8, 3), (64, 128, 4, 3), (64, 128, 4, 4)]  # best of earlier sweeps
 TOPK_CFGS = [dict(method="bound"),  # defaults: 128 listed groups per tile, 2 + 4 warps
+             dict(method="bound", kth="radix"),  # 8-bit histogram steps instead of bisection
              dict(method="bound", block=64, filter_warps=4),
              dict(method="bound", num_warps=8),
              dict(method="radix", digit_bits=8, block=4096, num_warps=8)]

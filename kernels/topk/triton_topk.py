@@ -349,15 +349,23 @@ if triton is not None:
 
 
     @triton.jit
-    def _kth_key(key, ok, K, BITS: tl.constexpr):
+    def _kth_key(key, ok, K, BITS: tl.constexpr, RADIX: tl.constexpr):
         """Largest t (its top BITS bits, the rest zero) with #{ok & key >= t} >= K: with
-        BITS=32 exactly the K-th largest key, with fewer a lower bound of it. Bit-by-bit
-        bisection over the keys held in registers: no histogram, one count per bit."""
+        BITS=32 exactly the K-th largest key, with fewer a lower bound of it, over the keys
+        held in registers. Bit-by-bit bisection (one count per bit), or with RADIX one
+        256-bin histogram per 8 bits (BITS a multiple of 8): fewer sequential steps."""
         t = tl.zeros([], tl.uint32)
-        for i in tl.static_range(BITS):
-            trial = t | (tl.full([], 1, tl.uint32) << (31 - i))
-            c = tl.sum((ok & (key >= trial)).to(tl.int32), 0)
-            t = tl.where(c >= K, trial, t)
+        if RADIX:
+            pmask = tl.zeros([], tl.uint32)
+            k_rem = K + tl.zeros([], tl.int32)
+            b256 = tl.arange(0, 256)
+            for i in tl.static_range(BITS // 8):
+                t, pmask, k_rem = _refine(key, ok, t, pmask, k_rem, b256, 24 - 8 * i)
+        else:
+            for i in tl.static_range(BITS):
+                trial = t | (tl.full([], 1, tl.uint32) << (31 - i))
+                c = tl.sum((ok & (key >= trial)).to(tl.int32), 0)
+                t = tl.where(c >= K, trial, t)
         return t
 
     @triton.jit
@@ -372,7 +380,7 @@ if triton is not None:
         x_ptr, m_ptr, tau_ptr, cnt_ptr, gl_ptr, gcnt_ptr, sk_ptr, sp_ptr,
         n_cols, K, G, start_pos, rows_per_b, sx_r, sm_r,
         HAS_M: tl.constexpr, MAXG: tl.constexpr, CAP: tl.constexpr,
-        BOUND_BITS: tl.constexpr,
+        BOUND_BITS: tl.constexpr, KTH_RADIX: tl.constexpr,
     ):
         """Stage 1 of "bound", one program per row: a bound tau with at least k scores of
         the row at or above it, and few more.
@@ -394,7 +402,7 @@ if triton is not None:
         elif HAS_M & (ng <= MAXG) & (ng >= K):
             ok = gi < ng
             mv = tl.load(m_ptr + row * sm_r + gi, mask=ok, other=0.0)
-            tau = _kth_key(_key(mv), ok, K, BOUND_BITS)
+            tau = _kth_key(_key(mv), ok, K, BOUND_BITS, KTH_RADIX)
             tauf = _unkey(tau)
             tl.store(tau_ptr + row, tauf)
             gsel = ok & (mv >= tauf)
@@ -403,7 +411,7 @@ if triton is not None:
         elif n <= MAXG:
             ok = gi < n
             xv = tl.load(x_ptr + row * sx_r + gi, mask=ok, other=0.0)
-            tau = _kth_key(_key(xv), ok, K, 32)
+            tau = _kth_key(_key(xv), ok, K, 32, KTH_RADIX)
             sel = ok & (xv >= _unkey(tau))
             slot = tl.cumsum(sel.to(tl.int32), 0) - 1
             keep = sel & (slot < CAP)
@@ -453,7 +461,7 @@ if triton is not None:
     @triton.jit
     def _bound_select_kernel(
         cnt_ptr, sk_ptr, sp_ptr, out_ptr, flag_ptr, n_cols, K, start_pos, rows_per_b, so_r,
-        CAP: tl.constexpr, BLOCK_K: tl.constexpr,
+        CAP: tl.constexpr, BLOCK_K: tl.constexpr, KTH_RADIX: tl.constexpr,
     ):
         """Stage 3, one program per row: the exact k largest among the survivors (ties to
         the earlier position), in survivor order. Rows of at most k keys take them all; a
@@ -474,7 +482,7 @@ if triton is not None:
             ok = co < cnt
             key = _key(tl.load(sk_ptr + row * CAP + co, mask=ok, other=0.0))
             pos = tl.load(sp_ptr + row * CAP + co, mask=ok, other=0)
-            thr = _kth_key(key, ok, K, 32)
+            thr = _kth_key(key, ok, K, 32, KTH_RADIX)
             gt = ok & (key > thr)
             tie = ok & (key == thr)
             need = K - tl.sum(gt.to(tl.int32), 0)
@@ -562,9 +570,12 @@ def bound_group(n_max: int, maxg: int = BOUND_MAXG) -> int:
 
 def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_CAP,
                 maxg=BOUND_MAXG, bound_bits=16, block=None, chunk=None, num_warps=None,
-                filter_warps=2):
+                filter_warps=2, kth="bisect"):
     """Three launches (tau, filter, select; see the kernels) plus the multi-pass kernel for
-    the rows the select flags."""
+    the rows the select flags. `kth`: how tau and the select find a k-th largest key,
+    "bisect" (one count per bit) or "radix" (one 256-bin histogram per 8 bits)."""
+    if kth not in ("bisect", "radix") or (kth == "radix" and bound_bits % 8):
+        raise ValueError("kth: 'bisect', or 'radix' with bound_bits a multiple of 8")
     R = x.shape[0]
     dev = x.device
     has_m = maxima is not None
@@ -588,6 +599,7 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
     _bound_tau_kernel[(R,)](
         x, m, tau, cnt, gl, gcnt, sk, sp, T, K, G, start_pos, rows_per_b, x.stride(0),
         m.stride(0), HAS_M=has_m, MAXG=maxg, CAP=cap, BOUND_BITS=bound_bits,
+        KTH_RADIX=kth == "radix",
         num_warps=num_warps or 4)
     if stages < 2:
         return out
@@ -601,7 +613,8 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
         return out
     _bound_select_kernel[(R,)](
         cnt, sk, sp, out, flag, T, K, start_pos, rows_per_b, out.stride(0), CAP=cap,
-        BLOCK_K=min(1024, triton.next_power_of_2(K)), num_warps=num_warps or 4)
+        BLOCK_K=min(1024, triton.next_power_of_2(K)), KTH_RADIX=kth == "radix",
+        num_warps=num_warps or 4)
     _select(x, K, T, max(T, 1), 1, start_pos, rows_per_b, block=None if cuda else 128,
             num_warps=4, out_idx=out.view(R, 1, K), flag=flag)
     return out
@@ -611,7 +624,8 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
               block=None, num_warps=None, method: str = "radix", hbits: int = 16,
               cap: int | None = None, digit_bits: int = 8, maxima: torch.Tensor | None = None,
               group: int = 1, bound_bits: int = 16, maxg: int = BOUND_MAXG,
-              bound_chunk: int | None = None, filter_warps: int = 2) -> torch.Tensor:
+              bound_chunk: int | None = None, filter_warps: int = 2,
+              kth: str = "bisect") -> torch.Tensor:
     """Causal top-k of scores [B, S, T] fp32 -> [B, S, k] int32, -1 padded.
 
     Row s reads only its visible prefix (positions <= start_pos + s): what lies above the
@@ -640,7 +654,8 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
                     raise ValueError("maxima must be contiguous")
             return _topk_bound(x, k, T, start_pos, S, m, group, cap or BOUND_CAP, maxg,
                                bound_bits=bound_bits, block=block, chunk=bound_chunk,
-                               num_warps=num_warps, filter_warps=filter_warps).view(B, S, k)
+                               num_warps=num_warps, filter_warps=filter_warps,
+                               kth=kth).view(B, S, k)
         if method == "compact":
             return _topk_compact(x, k, T, start_pos, S, hbits, cap or 4096, block,
                                  num_warps or 8).view(B, S, k)

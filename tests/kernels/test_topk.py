@@ -63,14 +63,15 @@ def _group_max(scores, G, start_pos=0):
     return m.view(B, S, -1, G).amax(-1).contiguous()
 
 
-@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
-def test_bound_topk_exact(ties):
+@pytest.mark.parametrize("ties,kth", [(False, "bisect"), (True, "bisect"), (False, "radix")],
+                         ids=["distinct", "ties", "distinct-radix-kth"])
+def test_bound_topk_exact(ties, kth):
     S, T0, k, G = 150, 7, 5, 8
     scores = torch.randn(2, S, T0 + S, device=DEVICE)
     if ties:  # a third of the scores equal: survivors overflow the cap, ties go early
         scores[..., ::3] = scores[..., 1:2]
     out = topk_rows(scores, k, start_pos=T0, method="bound", maxima=_group_max(scores, G, T0),
-                    group=G, cap=64, maxg=16)
+                    group=G, cap=64, maxg=16, kth=kth)
     assert out.dtype == torch.int32 and out.shape == (2, S, k)
     assert torch.equal(canonical(out), topk_ref(scores, k, T0).long())
 
