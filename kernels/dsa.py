@@ -19,7 +19,7 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     """Indexer logits + causal top-k without an L x L score matrix.
 
     q [B,S,H,D] (bf16/fp32, or e4m3 with q_s [B,S,H]), k [B,T,D] (or e4m3 with k_s [B,T]),
-    w [B,S,H] fp32 -> idx [B,S,topk] int32 (-1 = empty; ascending positions).
+    w [B,S,H] fp32 -> idx [B,S,topk] int32 (-1 = empty; a row's order is not fixed).
     `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel.
     Query rows go through in blocks whose [B, rows, T] fp32 logits stay under
     `max_block_bytes`; within a block only the causal part is written and read. Rows are
@@ -70,11 +70,9 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
         if split:
             chunk = max(1024, min(decode_chunk, t_end // 128))
             out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, chunk=chunk)
-        elif method == "bound":
-            out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0,
-                                      **dict(cfg, maxima=maxima, group=max(group, 1)))
         else:
-            out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, **cfg)
+            kw = dict(cfg, maxima=maxima, group=max(group, 1)) if method == "bound" else cfg
+            out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, **kw)
         s0 = s1
     return out
 

@@ -20,8 +20,9 @@ Paths, picked per call:
   weights (or their FP8 forms) to `kernels.dsa_select` (indexer logits in row blocks + a
   streaming top-k, never the [B, S, T] score matrix), `kernels.sparse_mla_with_lse` attends,
   and the sparse stage's indexer KL comes from `kernels.sparse_attn_target` (on that LSE) and
-  the fused `kernels.indexer_kl`. Its selection is the same set as `select_topk`'s, held in
-  ascending position order; nothing downstream depends on the order.
+  the fused `kernels.indexer_kl`; decode steps attend through `kernels.sparse_mla_decode`.
+  Its selection is the same set as `select_topk`'s, in no fixed order within a row; nothing
+  downstream depends on the order.
 Prefill uses the MHA form; a one-token step over a cache uses the absorbed MQA form.
 """
 
@@ -82,7 +83,7 @@ class MLA(nn.Module):
         fused = sparse and c.attn_impl == "triton"  # kernels select, attend and give the KL
         if fused:  # indexer + blocked top-k: no [B, S, T] score matrix, no mask
             ind = self.indexer.project(x, qr, cos, sin, start_pos, cache.index if cache else None)
-            idx = _dsa_select(ind, c.index_topk, start_pos)  # (B, S, topk) int32, ascending, -1
+            idx = _dsa_select(ind, c.index_topk, start_pos)  # (B, S, topk) int32, -1 = empty
             mask = None
         else:
             if sparse or index_loss:
@@ -182,8 +183,7 @@ def _kernels():
 @torch.no_grad()
 def _dsa_select(ind, topk: int, start_pos: int) -> torch.Tensor:
     """Top-k keys per query from the indexer operands by the fused indexer + blocked top-k
-    kernels -> [B, S, topk] int32, each row's selection in ascending position order, -1 in
-    unused slots. The same set as `select_topk` on the full scores (ties to the earlier
+    kernels -> [B, S, topk] int32 (a row's order is not fixed), -1 in unused slots. The same set as `select_topk` on the full scores (ties to the earlier
     token); every consumer (sparse attention, its KL target, the KL) is order-free."""
     dsa_select = _kernels().dsa_select
     with torch.autocast(ind.w.device.type, enabled=False):

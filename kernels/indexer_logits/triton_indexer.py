@@ -34,16 +34,18 @@ if triton is not None:
         out_ptrs = out_ptr + b * so_b + offs_m[:, None].to(tl.int64) * so_s + offs_n[None, :]
         out_mask = (offs_m[:, None] < S) & (offs_n[None, :] < T)
         last_pos = start_pos + tl.minimum(pid_m * BLOCK_M + BLOCK_M, S) - 1
+        if G > 0:  # this tile's group maxima: the max of every G consecutive visible keys
+            NG: tl.constexpr = BLOCK_N // G
+            offs_g = pid_n * NG + tl.arange(0, NG)
+            m_ptrs = m_ptr + b * sm_b + offs_m[:, None].to(tl.int64) * sm_s + offs_g[None, :]
+            m_mask = (offs_m[:, None] < S) & (offs_g[None, :] < n_groups)
         if pid_n * BLOCK_N > last_pos:  # tile above the diagonal
             if WRITE_UPPER:
                 tl.store(out_ptrs, tl.full([BLOCK_M, BLOCK_N], float("-inf"), tl.float32),
                          mask=out_mask)
                 if G > 0:
-                    offs_g = pid_n * (BLOCK_N // G) + tl.arange(0, BLOCK_N // G)
-                    tl.store(m_ptr + b * sm_b + offs_m[:, None].to(tl.int64) * sm_s
-                             + offs_g[None, :],
-                             tl.full([BLOCK_M, BLOCK_N // G], float("-inf"), tl.float32),
-                             mask=(offs_m[:, None] < S) & (offs_g[None, :] < n_groups))
+                    tl.store(m_ptrs, tl.full([BLOCK_M, NG], float("-inf"), tl.float32),
+                             mask=m_mask)
             return
         m_ok = offs_m < S
         k_tile = tl.load(k_ptr + b * sk_b + offs_n[:, None].to(tl.int64) * sk_t + offs_d[None, :],
@@ -66,13 +68,10 @@ if triton is not None:
         visible = offs_n[None, :] <= pos_m[:, None]
         acc = tl.where(visible, acc, float("-inf"))
         tl.store(out_ptrs, acc, mask=out_mask)
-        if G > 0:  # the max of every G consecutive visible keys (what top-k bounds from)
-            NG: tl.constexpr = BLOCK_N // G
+        if G > 0:  # what the "bound" top-k starts from
             gm = tl.max(tl.reshape(tl.where(offs_n[None, :] < T, acc, float("-inf")),
                                    [BLOCK_M, NG, G]), 2)
-            offs_g = pid_n * NG + tl.arange(0, NG)
-            tl.store(m_ptr + b * sm_b + offs_m[:, None].to(tl.int64) * sm_s + offs_g[None, :],
-                     gm, mask=m_ok[:, None] & (offs_g[None, :] < n_groups))
+            tl.store(m_ptrs, gm, mask=m_mask)
 
 
     @triton.jit

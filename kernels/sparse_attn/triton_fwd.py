@@ -36,6 +36,25 @@ if triton is not None:
             return b * s_b + pos.to(tl.int64) * s_t
 
     @triton.jit
+    def _softmax_step(z, valid, m_i, l_i, scale_log2):
+        """Online-softmax update for one block of natural-unit scores z [BLOCK_H, BLOCK_K]:
+        the block's probabilities (against the new running max), the rescale factor of the
+        old accumulator, and the new running max and sum."""
+        z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
+        m_new = tl.maximum(m_i, tl.max(z, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(z - m_safe[:, None])
+        return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+    @triton.jit
+    def _lse_of(m_i, l_i):
+        """(safe divisor, natural-log LSE; -inf for a row that saw no key)."""
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
+        return l_safe, lse
+
+    @triton.jit
     def _sparse_mla_fwd_kernel(
         ql_ptr, qp_ptr, kv_ptr, pe_ptr, kvs_ptr, idx_ptr, bt_ptr, out_ptr, lse_ptr,
         S, H, R, P, K, k_per_split, scale_log2,
@@ -98,17 +117,10 @@ if triton is not None:
                            mask=valid[:, None] & p_ok[None, :], other=0.0)
             z = mma(ql, tl.trans(kv_t), None, IEEE)
             z = mma(qp, tl.trans(pe_t), z, IEEE)
-            z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
-            m_new = tl.maximum(m_i, tl.max(z, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(z - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p, alpha, m_i, l_i = _softmax_step(z, valid, m_i, l_i, scale_log2)
             acc = mma(p.to(kv_t.dtype), kv_t, acc * alpha[:, None], IEEE)
-            m_i = m_new
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        l_safe, lse = _lse_of(m_i, l_i)
         o = acc / l_safe[:, None]
-        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
         o_ptrs = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
                   + offs_r[None, :])
         tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & r_ok[None, :])
@@ -126,7 +138,7 @@ if triton is not None:
     @triton.jit
     def _sparse_mla_fwd_fp8_kernel(
         ql_ptr, qp_ptr, kv_ptr, pe_ptr, kvs_ptr, idx_ptr, bt_ptr, out_ptr, lse_ptr,
-        S, H, P, K, k_per_split, scale_log2,
+        S, H, R, P, K, k_per_split, scale_log2,
         s_ql_b, s_ql_s, s_ql_h, s_qp_b, s_qp_s, s_qp_h,
         s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_kvs_b, s_kvs_t,
         s_idx_b, s_idx_s, s_bt,
@@ -135,8 +147,8 @@ if triton is not None:
         IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
         BLOCK_K: tl.constexpr,
     ):
-        """FP8 latent in NG (1, 2 or 4) groups of GR channels, one fp32 scale per group and
-        token (V3.2: 4 x 128). Each group is its own pair of 2-D products with its own
+        """FP8 latent in NG (1, 2 or 4) groups of GR channels (R = NG * GR), one fp32 scale
+        per group and token (V3.2: 4 x 128). Each group is its own pair of 2-D products with its own
         accumulator; a group's scales multiply its score columns and, for P.V, the
         probabilities, so the e4m3 tile is only widened, never rescaled element-wise."""
         pid_s = tl.program_id(0)
@@ -189,21 +201,14 @@ if triton is not None:
                 k3_t, s3_t = _fp8_group(kv_ptr, kv_rows, kvs_ptr, kvs_rows, valid, offs_c, 3, GR, dt)
                 z += mma(q2, tl.trans(k2_t), None, IEEE) * s2_t[None, :]
                 z += mma(q3, tl.trans(k3_t), None, IEEE) * s3_t[None, :]
-            z = tl.where(valid[None, :], z * scale_log2, float("-inf"))  # base-2 logits
-            m_new = tl.maximum(m_i, tl.max(z, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_safe)
-            p = tl.exp2(z - m_safe[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            p, alpha, m_i, l_i = _softmax_step(z, valid, m_i, l_i, scale_log2)
             acc0 = mma((p * s0_t[None, :]).to(dt), k0_t, acc0 * alpha[:, None], IEEE)
             if NG >= 2:
                 acc1 = mma((p * s1_t[None, :]).to(dt), k1_t, acc1 * alpha[:, None], IEEE)
             if NG == 4:
                 acc2 = mma((p * s2_t[None, :]).to(dt), k2_t, acc2 * alpha[:, None], IEEE)
                 acc3 = mma((p * s3_t[None, :]).to(dt), k3_t, acc3 * alpha[:, None], IEEE)
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        lse = tl.where(l_i == 0.0, float("-inf"), (m_i + tl.log2(l_safe)) / 1.4426950408889634)
+        l_safe, lse = _lse_of(m_i, l_i)
         o_base = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
                   + offs_c[None, :])
         ty = out_ptr.dtype.element_ty
@@ -276,43 +281,30 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
     grid = (n_hb, B * S, n_split) if heads_fastest else (B * S, n_hb, n_split)
     bt = block_table.to(torch.int32).contiguous() if paged else idx
     kvs = kv_scale if fp8 else pe
-    ng = kv_scale.shape[-1] if fp8 else 0
-    if fp8 and split_scale_fp8(R, ng) and kv_scale.stride(-1) == 1:
-        _sparse_mla_fwd_fp8_kernel[(B * S, n_hb, n_split)](
-            q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
-            S, H, P, K, k_per_split, scale * LOG2E,
+    args = (q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
+            S, H, R, P, K, k_per_split, scale * LOG2E,
             q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
             q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
             kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
             idx.stride(0), idx.stride(1), bt.stride(0),
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            lse.stride(0), lse.stride(1), lse.stride(2),
-            PAGED=paged, PAGE=kv.shape[1] if paged else 1, NG=ng, GR=R // ng,
+            lse.stride(0), lse.stride(1), lse.stride(2))
+    page = kv.shape[1] if paged else 1
+    ng = kv_scale.shape[-1] if fp8 else 0
+    if fp8 and split_scale_fp8(R, ng) and kv_scale.stride(-1) == 1:
+        _sparse_mla_fwd_fp8_kernel[(B * S, n_hb, n_split)](
+            *args, PAGED=paged, PAGE=page, NG=ng, GR=R // ng,
             IEEE=(q_lat.dtype == torch.float32), BLOCK_H=BH, BLOCK_P=BP, BLOCK_K=BK,
             num_warps=num_warps, num_stages=num_stages,
         )
-        return _finish(out, lse, n_split, B, S, H, R, BR, out_dtype, dev)
-    _sparse_mla_fwd_kernel[grid](
-        q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
-        S, H, R, P, K, k_per_split, scale * LOG2E,
-        q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
-        q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
-        kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), kvs.stride(0), kvs.stride(1),
-        idx.stride(0), idx.stride(1), bt.stride(0),
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        lse.stride(0), lse.stride(1), lse.stride(2),
-        PAGED=paged, PAGE=kv.shape[1] if paged else 1, FP8KV=fp8, GROUP=group,
-        N_GROUPS=kv_scale.shape[-1] if fp8 else 1,
-        GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
-        IEEE=(q_lat.dtype == torch.float32),
-        BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
-        num_warps=num_warps, num_stages=num_stages,
-    )
-    return _finish(out, lse, n_split, B, S, H, R, BR, out_dtype, dev)
-
-
-def _finish(out, lse, n_split, B, S, H, R, BR, out_dtype, dev):
-    """The per-split partial outputs merged (decode), or the single split as it is."""
+    else:
+        _sparse_mla_fwd_kernel[grid](
+            *args, PAGED=paged, PAGE=page, FP8KV=fp8, GROUP=group,
+            N_GROUPS=max(ng, 1), GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
+            IEEE=(q_lat.dtype == torch.float32),
+            BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
+            num_warps=num_warps, num_stages=num_stages,
+        )
     if n_split == 1:
         return out[:, :, 0], lse[:, :, 0]
     final = torch.empty(B, S, H, R, dtype=out_dtype, device=dev)

@@ -28,8 +28,6 @@ at a time and selects on that block.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .._common import require_triton, tl, triton
@@ -595,22 +593,17 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
     m = maxima if has_m else x
     cuda = x.is_cuda
     G = max(group, 1) if has_m else 1
-    stages = int(os.environ.get("ENVFACTORY_TOPK_STAGES", "3"))  # benchmarks: time a prefix
     _bound_tau_kernel[(R,)](
         x, m, tau, cnt, gl, gcnt, sk, sp, T, K, G, start_pos, rows_per_b, x.stride(0),
         m.stride(0), HAS_M=has_m, MAXG=maxg, CAP=cap, BOUND_BITS=bound_bits,
         KTH_RADIX=kth == "radix",
         num_warps=num_warps or 4)
-    if stages < 2:
-        return out
     if has_m:
         BG = block or (128 if cuda else 8)  # listed groups per tile
         chunk = triton.cdiv(max(BG, chunk or (4 * BG)), BG) * BG
         _bound_filter_kernel[(R, triton.cdiv(maxg, chunk))](
             x, tau, cnt, gl, gcnt, sk, sp, T, start_pos, rows_per_b, chunk, x.stride(0),
             G=G, MAXG=maxg, CAP=cap, BG=BG, num_warps=filter_warps)
-    if stages < 3:
-        return out
     _bound_select_kernel[(R,)](
         cnt, sk, sp, out, flag, T, K, start_pos, rows_per_b, out.stride(0), CAP=cap,
         BLOCK_K=min(1024, triton.next_power_of_2(K)), KTH_RADIX=kth == "radix",
@@ -647,11 +640,10 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
         if method == "bound":
             m = None
             if maxima is not None:
-                if maxima.shape[:2] != (B, S) or maxima.shape[2] < -(-T // group):
-                    raise ValueError("maxima must be [B, S, >= ceil(T / group)]")
-                m = maxima.reshape(B * S, maxima.shape[2]) if maxima.is_contiguous() else None
-                if m is None:
-                    raise ValueError("maxima must be contiguous")
+                if (maxima.shape[:2] != (B, S) or maxima.shape[2] < -(-T // group)
+                        or not maxima.is_contiguous()):
+                    raise ValueError("maxima must be contiguous [B, S, >= ceil(T / group)]")
+                m = maxima.view(B * S, maxima.shape[2])
             return _topk_bound(x, k, T, start_pos, S, m, group, cap or BOUND_CAP, maxg,
                                bound_bits=bound_bits, block=block, chunk=bound_chunk,
                                num_warps=num_warps, filter_warps=filter_warps,
