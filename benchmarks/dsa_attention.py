@@ -54,14 +54,15 @@ E4M3 = torch.float8_e4m3fn
 H_ATT, D_DENSE, R, P, TOPK = 16, 128, 512, 64, 2048
 H_IDX, D_IDX = 8, 128
 FAILS: list[str] = []
-IDX_CFGS = [(128, 128, 8, 3), (64, 128, 4, 3), (64, 128, 4, 4)]  # best of earlier sweeps
+IDX_CFGS = [(128, 128, 8, 3), (64, 128, 4, 3), (64, 128, 4, 4),  # best of earlier sweeps
+            (64, 256, 8, 3), (64, 256, 4, 3)]  # wider key tiles: each q tile feeds 2x the keys
 TOPK_CFGS = [dict(method="bound"),  # defaults: 128 listed groups per tile, 2 + 4 warps
              dict(method="bound", kth="radix"),  # 8-bit histogram steps instead of bisection
              dict(method="bound", block=64, filter_warps=4),
              dict(method="bound", num_warps=8),
              dict(method="radix", digit_bits=8, block=4096, num_warps=8)]
 ATT_CFGS = [dict(block_k=64, num_warps=8, num_stages=2), dict(block_k=32, num_warps=4, num_stages=3),
-            dict(block_k=64, num_warps=4, num_stages=3)]
+            dict(block_k=64, num_warps=4, num_stages=3), dict(block_k=64, num_warps=4, num_stages=2)]
 
 BEST: dict = {"indexer": None, "topk": {}}
 ATT_CFG: dict = {}  # kernel defaults (16 heads: one head block of 16, BLOCK_K 64, 8 warps)
