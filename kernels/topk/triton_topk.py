@@ -1,15 +1,17 @@
 """Exact top-k per row in Triton, without the L x L score matrix.
 
 "bound" (the default for prefill, three launches):
-1. per row, a lower bound tau of its k-th largest score: the k-th largest of the row's
-   group maxima (the max of every G consecutive visible scores, which the indexer kernel
-   writes next to the logits), since k groups whose max reaches tau hold k scores >= tau;
-   the groups that reach tau (k to 2k of the row's MAXG/2..MAXG groups) are listed. A row
-   of at most MAXG scores is read whole instead and tau is exact;
+1. per row, a lower bound tau of its k-th largest score: a value that at least k of the
+   row's group maxima reach (the max of every G consecutive visible scores, which the
+   indexer kernel writes next to the logits), since k groups whose max reaches tau hold k
+   scores >= tau; the bisection for it stops once at most k + k/8 maxima reach it. The
+   groups that reach tau (k to 2k of the row's MAXG/2..MAXG groups) are listed. A row of
+   at most MAXG scores is read whole instead and tau is exact;
 2. per (row, chunk of listed groups), one read of only those groups, appending the scores
    >= tau and their positions to the row's survivor list (about k of them);
-3. per row, bisection over the survivors' order-preserving uint32 keys for the exact k-th
-   largest, then the keys above it plus the earliest ties.
+3. per row, bisection over the survivors' order-preserving uint32 keys until exactly k
+   reach the threshold (or to the exact k-th largest when ties prevent it), then the keys
+   above it plus the earliest ties.
 A row the bound cannot serve (no usable maxima, more survivors than the cap) is flagged and
 redone by the radix kernel below.
 
@@ -347,11 +349,14 @@ if triton is not None:
 
 
     @triton.jit
-    def _kth_key(key, ok, K, BITS: tl.constexpr, RADIX: tl.constexpr):
-        """Largest t (its top BITS bits, the rest zero) with #{ok & key >= t} >= K: with
-        BITS=32 exactly the K-th largest key, with fewer a lower bound of it, over the keys
-        held in registers. Bit-by-bit bisection (one count per bit), or with RADIX one
-        256-bin histogram per 8 bits (BITS a multiple of 8): fewer sequential steps."""
+    def _kth_key(key, ok, K, K_HI, BITS: tl.constexpr, RADIX: tl.constexpr):
+        """A lower bound t of the K-th largest key over the keys held in registers, with
+        K <= #{ok & key >= t}; needs #{ok} >= K. Bit-by-bit bisection (one count per bit)
+        that stops as soon as that count is at most K_HI, else after BITS bits: then t is
+        the largest such value with only its top BITS bits set (BITS=32: exactly the K-th
+        largest key). With RADIX: one 256-bin histogram per 8 bits (BITS a multiple of 8),
+        no early stop. The early stop is what makes the bisection cheap: distinct keys
+        are separated after about log2(#keys) + the exponent's bits, not 32."""
         t = tl.zeros([], tl.uint32)
         if RADIX:
             pmask = tl.zeros([], tl.uint32)
@@ -360,11 +365,16 @@ if triton is not None:
             for i in tl.static_range(BITS // 8):
                 t, pmask, k_rem = _refine(key, ok, t, pmask, k_rem, b256, 24 - 8 * i)
         else:
-            for i in tl.static_range(BITS):
-                trial = t | (tl.full([], 1, tl.uint32) << (31 - i))
-                c = tl.sum((ok & (key >= trial)).to(tl.int32), 0)
-                t = tl.where(c >= K, trial, t)
-        return t
+            c = tl.sum(ok.to(tl.int32), 0)  # #{key >= t}, kept >= K
+            i = tl.zeros([], tl.int32)
+            while (i < BITS) & (c > K_HI):
+                trial = t | (tl.full([], 1, tl.uint32) << (31 - i).to(tl.uint32))
+                ct = tl.sum((ok & (key >= trial)).to(tl.int32), 0)
+                t = tl.where(ct >= K, trial, t)
+                c = tl.where(ct >= K, ct, c)
+                i += 1
+        # no lower than the key of -inf: below it lie NaNs, which no comparison reaches
+        return tl.maximum(t, tl.full([], 0x007FFFFF, tl.uint32))
 
     @triton.jit
     def _unkey(k):
@@ -383,8 +393,9 @@ if triton is not None:
         """Stage 1 of "bound", one program per row: a bound tau with at least k scores of
         the row at or above it, and few more.
         - From the group maxima (m: the max of every G consecutive visible scores, written
-          by the indexer), tau is the k-th largest maximum (its top BOUND_BITS bits): k
-          groups each hold a score >= tau. The groups whose maximum reaches tau (k to 2k of
+          by the indexer), tau is a value at least k maxima reach (bisection on the top
+          BOUND_BITS bits, stopped once at most k + k/8 reach it): k groups each hold a
+          score >= tau. The groups whose maximum reaches tau (k to 2k of
           them) are listed for stage 2; no other group can hold a survivor.
         - A row of at most MAXG scores without usable maxima is read whole: tau is its
           exact k-th largest and its survivors are written here (stage 2 skips the row).
@@ -400,7 +411,7 @@ if triton is not None:
         elif HAS_M & (ng <= MAXG) & (ng >= K):
             ok = gi < ng
             mv = tl.load(m_ptr + row * sm_r + gi, mask=ok, other=0.0)
-            tau = _kth_key(_key(mv), ok, K, BOUND_BITS, KTH_RADIX)
+            tau = _kth_key(_key(mv), ok, K, K + K // 8, BOUND_BITS, KTH_RADIX)
             tauf = _unkey(tau)
             tl.store(tau_ptr + row, tauf)
             gsel = ok & (mv >= tauf)
@@ -409,7 +420,7 @@ if triton is not None:
         elif n <= MAXG:
             ok = gi < n
             xv = tl.load(x_ptr + row * sx_r + gi, mask=ok, other=0.0)
-            tau = _kth_key(_key(xv), ok, K, 32, KTH_RADIX)
+            tau = _kth_key(_key(xv), ok, K, K, 32, KTH_RADIX)
             sel = ok & (xv >= _unkey(tau))
             slot = tl.cumsum(sel.to(tl.int32), 0) - 1
             keep = sel & (slot < CAP)
@@ -480,7 +491,7 @@ if triton is not None:
             ok = co < cnt
             key = _key(tl.load(sk_ptr + row * CAP + co, mask=ok, other=0.0))
             pos = tl.load(sp_ptr + row * CAP + co, mask=ok, other=0)
-            thr = _kth_key(key, ok, K, 32, KTH_RADIX)
+            thr = _kth_key(key, ok, K, K, 32, KTH_RADIX)
             gt = ok & (key > thr)
             tie = ok & (key == thr)
             need = K - tl.sum(gt.to(tl.int32), 0)
