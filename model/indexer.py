@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .fp8 import act_quant, fp8_index
+from .fp8 import act_dequant, act_quant, fp8_index
 from .hadamard import hadamard_transform
 from .rope import apply_rope
 
@@ -79,11 +79,17 @@ class Indexer(nn.Module):
         w = w * self.head_dim**-0.5  # fold the q·k scale into the head weights, as the reference
         if self.cfg.index_fp8:
             fmt = self.cfg.fp8_scale_fmt
-            q8, q_s = act_quant(q, self.head_dim, fmt)  # (B, S, H, D) e4m3, (B, S, H, 1)
-            k8, k_s = act_quant(k, self.head_dim, fmt)  # (B, S, D) e4m3, (B, S, 1)
+            q8, q_s = act_quant(q.detach(), self.head_dim, fmt)  # (B, S, H, D) e4m3, (B, S, H, 1)
+            k8, k_s = act_quant(k.detach(), self.head_dim, fmt)  # (B, S, D) e4m3, (B, S, 1)
             if cache is not None:
                 k8, k_s = cache.update(start_pos, k8, k_s)
-            return IndexerInputs(q, None, w, q8, q_s.squeeze(-1), k8, k_s.squeeze(-1))
+            ops = IndexerInputs(q, None, w, q8, q_s.squeeze(-1), k8, k_s.squeeze(-1))
+            if cache is None and (q.requires_grad or k.requires_grad):
+                # training: the dequantised values forward, the identity backward
+                # (differentiating the casts would round the gradients to unscaled e4m3)
+                ops.q_st = _straight_through(q, act_dequant(q8, q_s))
+                ops.k_st = _straight_through(k, act_dequant(k8, k_s))
+            return ops
         if cache is not None:
             k, _ = cache.update(start_pos, k)
         return IndexerInputs(q, k, w)
@@ -92,6 +98,8 @@ class Indexer(nn.Module):
     def scores(ops: IndexerInputs) -> torch.Tensor:
         """The full [B, S, T] fp32 logits (unmasked) from `project`'s operands."""
         with torch.autocast(ops.w.device.type, enabled=False):
+            if ops.q_st is not None:  # training through FP8: same values, usable gradients
+                return index_scores(ops.q_st, ops.k_st, ops.w)
             if ops.q8 is not None:
                 return fp8_index(ops.q8, ops.q_s, ops.k8, ops.k_s, ops.w)
             return index_scores(ops.q, ops.k, ops.w)
@@ -113,6 +121,8 @@ class IndexerInputs:
     q_s: torch.Tensor | None = None
     k8: torch.Tensor | None = None
     k_s: torch.Tensor | None = None
+    q_st: torch.Tensor | None = None  # training with FP8: dequantised q8 / k8 (fp32) whose
+    k_st: torch.Tensor | None = None  # gradient passes straight through to q / k
 
     def dequantised(self):
         """(q, k, w) whose plain logits Σ_j w·ReLU(q·k) equal the scores: the FP8 values
@@ -120,8 +130,15 @@ class IndexerInputs:
         through the same autograd graph as `fp8_index`, so gradients match it."""
         if self.q8 is None:
             return self.q, self.k, self.w
+        if self.q_st is not None:
+            return self.q_st, self.k_st, self.w
         return (self.q8.float() * self.q_s.unsqueeze(-1), self.k8.float() * self.k_s.unsqueeze(-1),
                 self.w)
+
+
+def _straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`value` (fp32) forward, the identity to x backward."""
+    return x.float() + (value - x.float()).detach()
 
 
 def index_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
