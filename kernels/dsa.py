@@ -1,13 +1,15 @@
-"""DSA pipelines built from the kernels: blocked indexer + top-k, decode top-k, and the
-autograd-capable sparse MLA attention that `model.attention` plugs in for attn_impl="triton".
+"""DSA pipelines built from the kernels: blocked indexer + top-k, decode top-k, the
+autograd-capable sparse MLA attention that `model.attention` plugs in for attn_impl="triton",
+and the dense warm-up's indexer KL in blocks of query rows.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .indexer_kl.triton_kl import indexer_kl
 from .indexer_logits.triton_indexer import indexer_logits, indexer_logits_fp8
-from .sparse_attn.triton_bwd import sparse_mla_bwd
+from .sparse_attn.triton_bwd import sparse_attn_target, sparse_mla_bwd
 from .sparse_attn.triton_fwd import sparse_mla_fwd
 from .topk.triton_topk import BOUND_MAXG, bound_group, topk_rows
 
@@ -107,3 +109,41 @@ def sparse_mla(q_lat, q_pe, kv, pe, idx, scale):
     """Drop-in for `model.attention_ops.sparse_attention` (attn_impl="triton"): same
     arguments, returns the latent output [B,S,H,R] in q_lat's dtype, differentiable."""
     return SparseMLA.apply(q_lat, q_pe, kv, pe, idx, scale)[0]
+
+
+def dense_indexer_kl(q, k, w, q_lat, q_pe, kv, pe, scale, start_pos: int = 0,
+                     max_block_bytes: int = 1 << 28) -> torch.Tensor:
+    """The dense warm-up's indexer loss: mean over query tokens of KL(p || softmax(I)) over
+    every visible key, p the head-mean attention distribution (detached), I the indexer
+    logits; differentiable in q, k and w.
+
+    Indexer operands q [B,S,H,D], k [B,T,D], w [B,S,H] fp32 (what `indexer_kl` takes);
+    attention operands q_lat [B,S,Ha,R], q_pe [B,S,Ha,P], kv [B,T,R], pe [B,T,P] (latent
+    form), query s at position start_pos + s. Query rows go in blocks whose [B, rows, T]
+    support (int32 positions and fp32 target) stays under `max_block_bytes`: per block the
+    attention's LSE over all visible keys (sparse forward over the full support), the
+    target from it, and the fused KL with its backward. Nothing of size S x T x heads is
+    ever held; the PyTorch path builds [B, S, Ha, T] scores.
+    """
+    B, S = q.shape[:2]
+    T = k.shape[1]
+    if kv.shape[1] != T or start_pos + S > T:
+        raise ValueError("kv must have k's T keys, and T >= start_pos + S")
+    rows = max(1, min(S, max_block_bytes // max(1, 8 * B * T)))
+    keys = torch.arange(T, device=k.device, dtype=torch.int32)
+    total = None
+    for s0 in range(0, S, rows):
+        s1 = min(S, s0 + rows)
+        t1 = start_pos + s1  # the block's last row sees keys 0 .. t1 - 1
+        qpos = start_pos + torch.arange(s0, s1, device=k.device, dtype=torch.int32)
+        idx = torch.where(keys[None, :t1] <= qpos[:, None], keys[None, :t1], -1)
+        idx = idx.unsqueeze(0).expand(B, -1, -1).contiguous()
+        with torch.no_grad():
+            ql = q_lat[:, s0:s1].detach().contiguous()
+            qp = q_pe[:, s0:s1].detach().contiguous()
+            kvd, ped = kv.detach()[:, :t1], pe.detach()[:, :t1]
+            _, lse = sparse_mla_fwd(ql, qp, kvd, ped, idx, scale)
+            target = sparse_attn_target(ql, qp, kvd, ped, idx, lse, scale)
+        part = indexer_kl(q[:, s0:s1], k[:, :t1], w[:, s0:s1], idx, target) * ((s1 - s0) / S)
+        total = part if total is None else total + part
+    return total

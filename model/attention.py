@@ -21,6 +21,8 @@ Paths, picked per call:
   streaming top-k, never the [B, S, T] score matrix), `kernels.sparse_mla_with_lse` attends,
   and the sparse stage's indexer KL comes from `kernels.sparse_attn_target` (on that LSE) and
   the fused `kernels.indexer_kl`; decode steps attend through `kernels.sparse_mla_decode`.
+  With "triton" the dense warm-up's KL (every visible key) also runs through the kernels,
+  `kernels.dense_indexer_kl`, in blocks of query rows.
   Its selection is the same set as `select_topk`'s, in no fixed order within a row; nothing
   downstream depends on the order.
 Prefill uses the MHA form; a one-token step over a cache uses the absorbed MQA form.
@@ -86,8 +88,11 @@ class MLA(nn.Module):
             idx = _dsa_select(ind, c.index_topk, start_pos)  # (B, S, topk) int32, -1 = empty
             mask = None
         else:
-            if sparse or index_loss:
+            if sparse or (index_loss and c.attn_impl != "triton"):
                 scores = self.indexer(x, qr, cos, sin, start_pos, cache.index if cache else None)
+            elif index_loss:  # dense warm-up through the kernels: operands, no [B, S, T] scores
+                ind = self.indexer.project(x, qr, cos, sin, start_pos,
+                                           cache.index if cache else None)
             if sparse:
                 idx = select_topk(scores, c.index_topk, start_pos)  # (B, S, K)
                 # the gather path needs no [B, S, T] mask unless the KL target is wanted
@@ -125,6 +130,10 @@ class MLA(nn.Module):
         kl = None
         if index_loss and fused:
             kl = _fused_index_kl(ind, q_lat, q_pe, kv, k_pe, idx, lse, c.softmax_scale)
+        elif index_loss and ind is not None:
+            if q_lat is None:
+                q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
+            kl = _fused_dense_index_kl(ind, q_lat, q_pe, kv, k_pe, start_pos, c.softmax_scale)
         elif index_loss:
             if q_lat is None:
                 q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
@@ -208,6 +217,17 @@ def _fused_index_kl(ind, q_lat, q_pe, kv, k_pe, idx, lse, scale) -> torch.Tensor
         q, k, w = ind.dequantised()
         dt = torch.promote_types(q.dtype, k.dtype)
         return kern.indexer_kl(q.to(dt), k.to(dt), w, idx, target)
+
+
+def _fused_dense_index_kl(ind, q_lat, q_pe, kv, k_pe, start_pos, scale) -> torch.Tensor:
+    """The dense warm-up's indexer KL by the kernels (`kernels.dense_indexer_kl`): over every
+    visible key, in blocks of query rows, never the [B, S, H, T] scores of the PyTorch path."""
+    with torch.autocast(kv.device.type, enabled=False):
+        q, k, w = ind.dequantised()
+        dt = torch.promote_types(q.dtype, k.dtype)
+        return _kernels().dense_indexer_kl(q.to(dt), k.to(dt), w, q_lat.detach(), q_pe.detach(),
+                                           kv.detach(), k_pe.detach(), scale, start_pos,
+                                           INDEX_BLOCK_BYTES)
 
 
 def _sparse_core(attn_impl: str):

@@ -193,6 +193,36 @@ def test_model_triton_kl_gradient_is_the_kl_only(monkeypatch):
         assert ga.norm() > 0 and rel(gb, ga) < 2e-5
 
 
+@pytest.mark.parametrize("kw", [{}, FP8], ids=["plain", "fp8"])
+def test_model_triton_dense_warmup_kl_matches_torch(kw, monkeypatch):
+    """The dense warm-up (full attention, KL over every visible key): with attn_impl="triton"
+    the KL comes from `kernels.dense_indexer_kl` (called once per layer, never the [B, S, T]
+    indexer scores), and its value and indexer gradients match the PyTorch path's."""
+    import kernels
+
+    dense, tri = _pair(**kw)
+    tokens = torch.randint(0, 512, (2, 29), device=DEVICE)
+    calls = []
+    real = kernels.dense_indexer_kl
+    monkeypatch.setattr(kernels, "dense_indexer_kl",
+                        lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    scored = []  # which models built the full [B, S, T] indexer scores
+    real_fwd = Indexer.forward
+    monkeypatch.setattr(Indexer, "forward", lambda self, *a, **k: (
+        scored.append(self.cfg.attn_impl), real_fwd(self, *a, **k))[1])
+    out = []
+    for m in (dense, tri):
+        logits, kl = m(tokens, sparse=False, index_loss=True)
+        params = [p for n, p in m.named_parameters() if ".indexer." in n]
+        out.append((logits, kl, torch.autograd.grad(kl, params)))
+    assert len(calls) == tri.cfg.n_layers and "triton" not in scored and "dense" in scored
+    (la, ka, ga), (lb, kb, gb) = out
+    assert torch.equal(la, lb)  # the warm-up's attention itself is the same dense path
+    assert kb > 0.01 and rel(kb, ka) < 2e-5
+    for a, b in zip(ga, gb):
+        assert a.norm() > 0 and rel(b, a) < 2e-4
+
+
 @CASES
 def test_model_triton_decode_with_caches(kw, monkeypatch):
     """Prefill 5 tokens (fewer than top-k 8), then decode one token at a time: the cached
