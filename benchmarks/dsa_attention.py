@@ -21,6 +21,8 @@ Sections, in order (each prints its own lines; the tables come last):
 - prefill: dense SDPA vs DSA = FP8 indexer + blocked top-k + sparse attention (bf16 latent
   cache; and over an FP8 latent cache), each stage alone and end to end; the masked-dense
   oracle is timed where it fits (4K) and checked on the last 64 rows elsewhere.
+- warmup: the dense warm-up's indexer KL with its gradients, `kernels.dense_indexer_kl`
+  against the model's PyTorch path, time and peak memory (the PyTorch one until it runs out).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from kernels import (dsa_select, indexer_kl, indexer_logits, indexer_logits_fp8,  # noqa: E402
+from kernels import (dense_indexer_kl, dsa_select, indexer_kl, indexer_logits, indexer_logits_fp8,  # noqa: E402
                      sparse_mla_bwd, sparse_mla_decode, sparse_mla_fwd, topk_rows)
 from kernels.indexer_kl import indexer_kl_ref  # noqa: E402
 from kernels.indexer_logits import indexer_logits_fp8_ref, indexer_logits_ref  # noqa: E402
@@ -398,6 +400,53 @@ def time_v32(g, res):
     return res["v32"]
 
 
+def time_warmup_kl(L, g, res):
+    """The dense warm-up's indexer KL, loss + gradients: kernels (`dense_indexer_kl`, row
+    blocks of at most 256 MB of support) against the PyTorch path of the model
+    (attention_target + index_scores + index_kl, [B, S, heads, T] intermediates)."""
+    from model.attention_ops import attention_target
+    from model.indexer import causal_mask, index_kl, index_scores
+    scale = (R + P) ** -0.5
+    q = torch.randn(1, L, H_IDX, D_IDX, device=DEV, generator=g).to(BF).requires_grad_()
+    k = torch.randn(1, L, D_IDX, device=DEV, generator=g).to(BF).requires_grad_()
+    w = (torch.randn(1, L, H_IDX, device=DEV, generator=g) * H_IDX**-0.5).requires_grad_()
+    ql = (torch.randn(1, L, H_ATT, R, device=DEV, generator=g) * 0.1).to(BF)
+    qp = (torch.randn(1, L, H_ATT, P, device=DEV, generator=g) * 0.1).to(BF)
+    kv = torch.randn(1, L, R, device=DEV, generator=g).to(BF)
+    pe = torch.randn(1, L, P, device=DEV, generator=g).to(BF)
+
+    def kern():
+        loss = dense_indexer_kl(q, k, w, ql, qp, kv, pe, scale, max_block_bytes=1 << 28)
+        return loss, torch.autograd.grad(loss, (q, k, w))
+
+    def torch_path():
+        mask = causal_mask(L, L, 0, DEV)
+        target = attention_target(ql.float(), qp.float(), kv.float(), pe.float(), mask, scale)
+        loss = index_kl(index_scores(q, k, w), mask, target)
+        return loss, torch.autograd.grad(loss, (q, k, w))
+
+    row = {"L": L}
+    for name, fn in (("kernels", kern), ("torch", torch_path)):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        try:
+            loss, _ = fn()
+            row[name + "_loss"] = loss.item()
+            row[name + "_ms"] = bench(fn, rep=50)
+            row[name + "_peak_gb"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+        except torch.OutOfMemoryError:
+            row[name + "_ms"] = row[name + "_peak_gb"] = None
+            print(f"  warm-up KL L={L} {name}: out of memory")
+    if row.get("torch_ms") is not None:
+        d = abs(row["kernels_loss"] - row["torch_loss"]) / abs(row["torch_loss"])
+        check(f"warm-up KL L={L} kernels vs torch loss", d < 2e-2, f"rel {d:.1e}")
+    print(f"  warm-up KL L={L}: {row}", flush=True)
+    res.setdefault("warmup_kl", []).append(row)
+    del q, k, w, ql, qp, kv, pe
+    torch.cuda.empty_cache()
+
+
 def time_indexer(g, res):
     out = {}
     for H, D, L in ((H_IDX, D_IDX, 16384), (64, 128, 8192)):
@@ -470,7 +519,9 @@ def main():
     ap.add_argument("--lengths", default="4096,16384,65536,131072")
     ap.add_argument("--decode-lengths", default="4096,8192,16384,65536,131072")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--skip", default="", help="comma list of: prefill,decode,v32,indexer")
+    ap.add_argument("--warmup-lengths", default="4096,16384,32768")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: indexer,topk,v32,decode,prefill,warmup")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -509,6 +560,9 @@ def main():
                       f"(idx {r['indexer_ms']:.2f}, topk {r['topk_ms']:.2f}, attn {r['sparse_attn_ms']:.2f}, "
                       f"attn over FP8 KV {r['sparse_attn_fp8kv_ms']:.2f})",
                       flush=True)
+    if "warmup" not in skip:
+        for L in map(int, a.warmup_lengths.split(",")):
+            guarded(f"warm-up KL {L}", time_warmup_kl, L, g, res)
     print(f"\n(total {time.time() - t0:.0f} s)\n")
     res["best"] = {k: v for k, v in BEST.items()}
     res["best"]["attn"], res["best"]["attn_fp8kv"] = dict(ATT_CFG), dict(ATT8_CFG)
@@ -541,6 +595,13 @@ def print_tables(res):
         print(f"sparse attn V3.2 shape (h128, 576/512, k2048, S4096, T32K): fwd {v['fwd_ms']:.2f} ms "
               f"= {v['fwd_tflops']:.0f} TFLOP/s (cfg {v['cfg']}); bwd {v['bwd_ms']:.2f} ms "
               f"= {v['bwd_tflops']:.0f} TFLOP/s (2.5x fwd FLOPs)")
+    if res.get("warmup_kl"):
+        print("dense warm-up indexer KL (loss + grads), 16 heads, 8 index heads: kernels vs torch")
+        for r in res["warmup_kl"]:
+            f = lambda v, u: "OOM" if v is None else f"{v:.{u}f}"  # noqa: E731
+            print(f"  L={r['L']:>6}  kernels {f(r.get('kernels_ms'), 1)} ms, "
+                  f"{f(r.get('kernels_peak_gb'), 2)} GB | torch {f(r.get('torch_ms'), 1)} ms, "
+                  f"{f(r.get('torch_peak_gb'), 2)} GB")
     if "indexer" in res:
         for name, r in res["indexer"].items():
             print(f"indexer {name}: bf16 {r['bf16_ms']:.2f} ms ({r['bf16_tflops']:.0f} TFLOP/s), "
