@@ -598,10 +598,10 @@ def print_tables(res):
     if res.get("warmup_kl"):
         print("dense warm-up indexer KL (loss + grads), 16 heads, 8 index heads: kernels vs torch")
         for r in res["warmup_kl"]:
-            f = lambda v, u: "OOM" if v is None else f"{v:.{u}f}"  # noqa: E731
-            print(f"  L={r['L']:>6}  kernels {f(r.get('kernels_ms'), 1)} ms, "
-                  f"{f(r.get('kernels_peak_gb'), 2)} GB | torch {f(r.get('torch_ms'), 1)} ms, "
-                  f"{f(r.get('torch_peak_gb'), 2)} GB")
+            f = lambda ms, gb: ("out of memory" if ms is None  # noqa: E731
+                                else f"{ms:.1f} ms, {gb:.2f} GB peak")
+            print(f"  L={r['L']:>6}  kernels {f(r.get('kernels_ms'), r.get('kernels_peak_gb'))} | "
+                  f"torch {f(r.get('torch_ms'), r.get('torch_peak_gb'))}")
     if "indexer" in res:
         for name, r in res["indexer"].items():
             print(f"indexer {name}: bf16 {r['bf16_ms']:.2f} ms ({r['bf16_tflops']:.0f} TFLOP/s), "
