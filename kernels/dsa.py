@@ -10,7 +10,7 @@ import torch
 from .indexer_kl.triton_kl import indexer_kl
 from .indexer_logits.triton_indexer import indexer_logits, indexer_logits_fp8
 from .sparse_attn.triton_bwd import sparse_attn_target, sparse_mla_bwd
-from .sparse_attn.triton_fwd import sparse_mla_fwd
+from .sparse_attn.triton_fwd import sparse_mla_fwd, sparse_mla_lse
 from .topk.triton_topk import BOUND_MAXG, bound_group, topk_rows
 
 
@@ -121,8 +121,8 @@ def dense_indexer_kl(q, k, w, q_lat, q_pe, kv, pe, scale, start_pos: int = 0,
     attention operands q_lat [B,S,Ha,R], q_pe [B,S,Ha,P], kv [B,T,R], pe [B,T,P] (latent
     form), query s at position start_pos + s. Query rows go in blocks whose [B, rows, T]
     support (int32 positions and fp32 target) stays under `max_block_bytes`: per block the
-    attention's LSE over all visible keys (sparse forward over the full support), the
-    target from it, and the fused KL with its backward. Nothing of size S x T x heads is
+    attention's LSE over all visible keys (the sparse forward's scores over the full
+    support, without P·V), the target from it, and the fused KL with its backward. Nothing of size S x T x heads is
     ever held; the PyTorch path builds [B, S, Ha, T] scores.
     """
     B, S = q.shape[:2]
@@ -142,7 +142,7 @@ def dense_indexer_kl(q, k, w, q_lat, q_pe, kv, pe, scale, start_pos: int = 0,
             ql = q_lat[:, s0:s1].detach().contiguous()
             qp = q_pe[:, s0:s1].detach().contiguous()
             kvd, ped = kv.detach()[:, :t1], pe.detach()[:, :t1]
-            _, lse = sparse_mla_fwd(ql, qp, kvd, ped, idx, scale)
+            lse = sparse_mla_lse(ql, qp, kvd, ped, idx, scale)
             target = sparse_attn_target(ql, qp, kvd, ped, idx, lse, scale)
         part = indexer_kl(q[:, s0:s1], k[:, :t1], w[:, s0:s1], idx, target) * ((s1 - s0) / S)
         total = part if total is None else total + part

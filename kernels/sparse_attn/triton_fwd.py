@@ -69,7 +69,7 @@ if triton is not None:
         PAGED: tl.constexpr, PAGE: tl.constexpr, FP8KV: tl.constexpr, GROUP: tl.constexpr,
         N_GROUPS: tl.constexpr, GROUP_POW2: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-        BLOCK_K: tl.constexpr, HEADS_FASTEST: tl.constexpr,
+        BLOCK_K: tl.constexpr, HEADS_FASTEST: tl.constexpr, LSE_ONLY: tl.constexpr,
     ):
         if HEADS_FASTEST:  # a token's head blocks run side by side and share its gathers in L2
             pid_h = tl.program_id(0)
@@ -122,12 +122,14 @@ if triton is not None:
             z = mma(ql, tl.trans(kv_t), None, IEEE)
             z = mma(qp, tl.trans(pe_t), z, IEEE)
             p, alpha, m_i, l_i = _softmax_step(z, valid, m_i, l_i, scale_log2)
-            acc = mma(p.to(kv_t.dtype), kv_t, acc * alpha[:, None], IEEE)
+            if not LSE_ONLY:  # (the LSE alone needs no P·V)
+                acc = mma(p.to(kv_t.dtype), kv_t, acc * alpha[:, None], IEEE)
         l_safe, lse = _lse_of(m_i, l_i)
-        o = acc / l_safe[:, None]
-        o_ptrs = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
-                  + offs_r[None, :])
-        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & r_ok[None, :])
+        if not LSE_ONLY:
+            o = acc / l_safe[:, None]
+            o_ptrs = (out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp + offs_h[:, None] * s_o_h
+                      + offs_r[None, :])
+            tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & r_ok[None, :])
         tl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_h, lse, mask=h_ok)
 
     @triton.jit
@@ -266,7 +268,7 @@ def split_scale_fp8(R: int, n_groups: int) -> bool:
 
 
 def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out_dtype,
-            block_h, block_k, num_warps, num_stages, heads_fastest=False):
+            block_h, block_k, num_warps, num_stages, heads_fastest=False, lse_only=False):
     require_triton()
     B, S, H, R = q_lat.shape
     P = q_pe.shape[-1]
@@ -285,7 +287,11 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
     BH = block_h or min(64, block(H))
     BK = block_k or (64 if q_lat.is_cuda else 16)
     dev = q_lat.device
-    if n_split == 1:
+    if lse_only:  # no output: a placeholder for the pointer and strides
+        if n_split != 1 or kv_scale is not None:
+            raise ValueError("lse_only takes one split over a bf16/fp32 latent")
+        out = torch.empty(1, 1, 1, 1, 1, dtype=out_dtype, device=dev)
+    elif n_split == 1:
         out = torch.empty(B, S, 1, H, R, dtype=out_dtype, device=dev)
     else:
         out = torch.empty(B, S, n_split, H, R, dtype=torch.float32, device=dev)
@@ -318,6 +324,7 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
             N_GROUPS=max(ng, 1), GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
             IEEE=(q_lat.dtype == torch.float32),
             BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
+            LSE_ONLY=lse_only,
             num_warps=num_warps, num_stages=num_stages,
         )
     if n_split == 1:
@@ -349,6 +356,14 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
                    block_k, nw, ns, heads_fastest)
+
+
+def sparse_mla_lse(q_lat, q_pe, kv, pe, idx, scale):
+    """Only the log-sum-exp [B,S,H] of `sparse_mla_fwd` (the scores, no P·V): what the
+    indexer's KL targets are normalised by."""
+    nw = 8 if q_lat.is_cuda and min(64, block(q_lat.shape[2])) >= 64 else 4
+    return _launch(q_lat, q_pe, kv, pe, idx, scale, None, None, 1, q_lat.dtype, None, None, nw,
+                   2 if q_lat.is_cuda else 1, lse_only=True)[1]
 
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
