@@ -42,8 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from kernels import (dense_indexer_kl, dsa_select, indexer_kl, indexer_logits, indexer_logits_fp8,  # noqa: E402
-                     sparse_mla_bwd, sparse_mla_decode, sparse_mla_fwd, topk_rows)
+from kernels import (dense_indexer_kl, dsa_select, indexer_kl, indexer_logits,  # noqa: E402
+                     indexer_logits_fp8, sparse_mla_bwd, sparse_mla_decode, sparse_mla_fwd,
+                     topk_rows)
 from kernels.indexer_kl import indexer_kl_ref  # noqa: E402
 from kernels.indexer_logits import indexer_logits_fp8_ref, indexer_logits_ref  # noqa: E402
 from kernels.sparse_attn import sparse_mla_decode_ref, sparse_mla_ref  # noqa: E402
@@ -64,7 +65,8 @@ TOPK_CFGS = [dict(method="bound"),  # defaults: 128 listed groups per tile, 2 + 
              dict(method="bound", num_warps=8),
              dict(method="radix", digit_bits=8, block=4096, num_warps=8)]
 ATT_CFGS = [dict(block_k=64, num_warps=8, num_stages=2), dict(block_k=32, num_warps=4, num_stages=3),
-            dict(block_k=64, num_warps=4, num_stages=3), dict(block_k=64, num_warps=4, num_stages=2)]
+            dict(block_k=64, num_warps=4, num_stages=3),
+            dict(block_k=64, num_warps=4, num_stages=2)]
 
 BEST: dict = {"indexer": None, "topk": {}}
 ATT_CFG: dict = {}  # kernel defaults (16 heads: one head block of 16, BLOCK_K 64, 8 warps)

@@ -122,8 +122,8 @@ def dense_indexer_kl(q, k, w, q_lat, q_pe, kv, pe, scale, start_pos: int = 0,
     form), query s at position start_pos + s. Query rows go in blocks whose [B, rows, T]
     support (int32 positions and fp32 target) stays under `max_block_bytes`: per block the
     attention's LSE over all visible keys (the sparse forward's scores over the full
-    support, without P·V), the target from it, and the fused KL with its backward. Nothing of size S x T x heads is
-    ever held; the PyTorch path builds [B, S, Ha, T] scores.
+    support, without P·V), the target from it, and the fused KL with its backward.
+    Nothing of size S x T x heads is ever held; the PyTorch path builds [B, S, Ha, T].
     """
     B, S = q.shape[:2]
     T = k.shape[1]

@@ -53,8 +53,13 @@ def fake_quant(x: torch.Tensor, block: int = 128, scale_fmt: str | None = None) 
     The backward is the identity (straight-through): differentiating the casts would round
     the incoming gradient itself to unscaled e4m3, which flushes most small gradients to 0.
     """
-    q = act_dequant(*act_quant(x.detach(), block, scale_fmt), dtype=x.dtype)
-    return x + (q - x).detach() if x.requires_grad else q
+    return straight_through(x, act_dequant(*act_quant(x.detach(), block, scale_fmt),
+                                           dtype=x.dtype))
+
+
+def straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`value` forward, the identity to x backward (`value` itself when x needs no grad)."""
+    return x + (value - x).detach() if x.requires_grad else value
 
 
 def weight_quant(w: torch.Tensor, block: int = 128, scale_fmt: str | None = None):

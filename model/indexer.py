@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .fp8 import act_dequant, act_quant, fp8_index
+from .fp8 import act_dequant, act_quant, fp8_index, straight_through
 from .hadamard import hadamard_transform
 from .rope import apply_rope
 
@@ -87,8 +87,8 @@ class Indexer(nn.Module):
             if cache is None and (q.requires_grad or k.requires_grad):
                 # training: the dequantised values forward, the identity backward
                 # (differentiating the casts would round the gradients to unscaled e4m3)
-                ops.q_st = _straight_through(q, act_dequant(q8, q_s))
-                ops.k_st = _straight_through(k, act_dequant(k8, k_s))
+                ops.q_st = straight_through(q.float(), act_dequant(q8, q_s))
+                ops.k_st = straight_through(k.float(), act_dequant(k8, k_s))
             return ops
         if cache is not None:
             k, _ = cache.update(start_pos, k)
@@ -134,11 +134,6 @@ class IndexerInputs:
             return self.q_st, self.k_st, self.w
         return (self.q8.float() * self.q_s.unsqueeze(-1), self.k8.float() * self.k_s.unsqueeze(-1),
                 self.w)
-
-
-def _straight_through(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """`value` (fp32) forward, the identity to x backward."""
-    return x.float() + (value - x.float()).detach()
 
 
 def index_scores(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

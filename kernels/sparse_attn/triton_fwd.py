@@ -342,12 +342,13 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
 
 
 def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
-                   num_stages=None, kv_scale=None, heads_fastest=False):
+                   num_stages=None, kv_scale=None, heads_fastest=False, lse_only=False):
     """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
     idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
     kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv).
     Over an e4m3 latent in 1, 2 or 4 power-of-two groups the latent products run in fp16,
-    so a bf16 q_lat must lie within fp16's range (|q| < 65504)."""
+    so a bf16 q_lat must lie within fp16's range (|q| < 65504). `lse_only` (bf16/fp32
+    latent): skip P·V; out is then a placeholder (see `sparse_mla_lse`)."""
     # H200: 8 warps for head blocks of 64 over a bf16 latent (V3.2 shape: 247 against 139
     # TFLOP/s with 4); 4 for smaller head blocks (16 heads: 69 against 75 ms at 128K) and
     # over an FP8 latent
@@ -355,15 +356,13 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     nw = num_warps or (8 if wide else 4)
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
-                   block_k, nw, ns, heads_fastest)
+                   block_k, nw, ns, heads_fastest, lse_only)
 
 
 def sparse_mla_lse(q_lat, q_pe, kv, pe, idx, scale):
     """Only the log-sum-exp [B,S,H] of `sparse_mla_fwd` (the scores, no P·V): what the
     indexer's KL targets are normalised by."""
-    nw = 8 if q_lat.is_cuda and min(64, block(q_lat.shape[2])) >= 64 else 4
-    return _launch(q_lat, q_pe, kv, pe, idx, scale, None, None, 1, q_lat.dtype, None, None, nw,
-                   2 if q_lat.is_cuda else 1, lse_only=True)[1]
+    return sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, lse_only=True)[1]
 
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
