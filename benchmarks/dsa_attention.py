@@ -42,14 +42,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import triton  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
-from kernels import (dense_indexer_kl, dsa_select, indexer_kl, indexer_logits,  # noqa: E402
+from envfactory.kernels import (dense_indexer_kl, dsa_select, indexer_kl, indexer_logits,  # noqa: E402
                      indexer_logits_fp8, sparse_mla_bwd, sparse_mla_decode, sparse_mla_fwd,
                      topk_rows)
-from kernels.indexer_kl import indexer_kl_ref  # noqa: E402
-from kernels.indexer_logits import indexer_logits_fp8_ref, indexer_logits_ref  # noqa: E402
-from kernels.sparse_attn import sparse_mla_decode_ref, sparse_mla_ref  # noqa: E402
-from kernels.topk import canonical, topk_ref  # noqa: E402
-from kernels.topk.triton_topk import bound_group  # noqa: E402
+from envfactory.kernels.indexer_kl import indexer_kl_ref  # noqa: E402
+from envfactory.kernels.indexer_logits import indexer_logits_fp8_ref, indexer_logits_ref  # noqa: E402
+from envfactory.kernels.sparse_attn import sparse_mla_decode_ref, sparse_mla_ref  # noqa: E402
+from envfactory.kernels.topk import canonical, topk_ref  # noqa: E402
+from envfactory.kernels.topk.triton_topk import bound_group  # noqa: E402
 
 DEV = "cuda"
 BF = torch.bfloat16
@@ -163,8 +163,8 @@ def correctness():
     ro, rl = sparse_mla_ref(ql, qp, kv, pe, idx, scale)
     check("sparse fwd", rel(o, ro) < 1e-2 and rel(lse, rl) < 1e-4, f"rel {rel(o, ro):.2e}")
     # masked-dense oracle (absorbed form with an additive top-k mask)
-    from model.attention_ops import absorbed_attention
-    from model.indexer import index_mask
+    from envfactory.model.attention_ops import absorbed_attention
+    from envfactory.model.indexer import index_mask
     od = absorbed_attention(ql, qp, kv, pe, index_mask(idx.long(), T), scale)
     check("sparse fwd vs masked-dense oracle", rel(o, od) < 1e-2, f"rel {rel(o, od):.2e}")
     do = torch.randn_like(o)
@@ -300,16 +300,16 @@ def time_prefill(L, g, res):
            "dsa_fp8kv_ms": t_full8, "speedup": t_dense / t_full,
            "speedup_fp8kv": t_dense / t_full8}
     if L <= 4096:  # masked-dense oracle: [1, L, 16, L] fp32 scores
-        from model.attention_ops import absorbed_attention
-        from model.indexer import index_mask
+        from envfactory.model.attention_ops import absorbed_attention
+        from envfactory.model.indexer import index_mask
         mask = index_mask(idx.long(), L)
         row["oracle_ms"] = bench(lambda: absorbed_attention(ql, qp, kv, pe, mask, scale), rep=200)
         o, _ = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
         od = absorbed_attention(ql, qp, kv, pe, mask, scale)
         check(f"L={L} DSA prefill vs masked-dense oracle", rel(o, od) < 1e-2, f"rel {rel(o, od):.2e}")
     else:  # oracle on the last 64 rows only (fits), correctness only
-        from model.attention_ops import absorbed_attention
-        from model.indexer import index_mask
+        from envfactory.model.attention_ops import absorbed_attention
+        from envfactory.model.indexer import index_mask
         o, _ = sparse_mla_fwd(ql[:, -64:], qp[:, -64:], kv, pe, idx[:, -64:], scale)
         mask = index_mask(idx[:, -64:].long(), L)
         od = absorbed_attention(ql[:, -64:], qp[:, -64:], kv, pe, mask, scale)
@@ -406,8 +406,8 @@ def time_warmup_kl(L, g, res):
     """The dense warm-up's indexer KL, loss + gradients: kernels (`dense_indexer_kl`, row
     blocks of at most 256 MB of support) against the PyTorch path of the model
     (attention_target + index_scores + index_kl, [B, S, heads, T] intermediates)."""
-    from model.attention_ops import attention_target
-    from model.indexer import causal_mask, index_kl, index_scores
+    from envfactory.model.attention_ops import attention_target
+    from envfactory.model.indexer import causal_mask, index_kl, index_scores
     scale = (R + P) ** -0.5
     q = torch.randn(1, L, H_IDX, D_IDX, device=DEV, generator=g).to(BF).requires_grad_()
     k = torch.randn(1, L, D_IDX, device=DEV, generator=g).to(BF).requires_grad_()

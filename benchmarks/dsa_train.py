@@ -41,19 +41,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import get_config
-from model.data import (
+from envfactory.model.config import get_config
+from envfactory.model.data import (
     TokenBatches,
     corpus_files,
     read_texts,
     split_files,
     tokenize_texts,
 )
-from model.evaluate import indexer_recall, val_loss, val_windows
-from model.fp8 import act_quant, fp8_index
-from model.tokenizer import train_bpe
-from model.train import TrainConfig, train
-from model.transformer import Transformer
+from envfactory.model.evaluate import indexer_recall, val_loss, val_windows
+from envfactory.model.fp8 import act_quant, fp8_index
+from envfactory.model.tokenizer import train_bpe
+from envfactory.model.train import TrainConfig, train
+from envfactory.model.transformer import Transformer
 
 
 # ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import statistics
 import tempfile
 import time
 
-from factory.generate import generate
+from envfactory.factory.generate import generate
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from factory.generate import generate
-from verifiers.validate import find_envs, validate
-from sandboxes.isolate import SandboxPool
-from verifiers.codegen import load_verifier
+from envfactory.factory.generate import generate
+from envfactory.verifiers.validate import find_envs, validate
+from envfactory.sandboxes.isolate import SandboxPool
+from envfactory.verifiers.codegen import load_verifier
 
 CALLS_PER_REQUEST = 50
 

@@ -10,7 +10,7 @@ __all__ = ["generate"]
 
 def __getattr__(name):  # lazy: importing the package does no work
     if name == "generate":
-        from factory.generate import generate
+        from envfactory.factory.generate import generate
 
         return generate
     raise AttributeError(name)

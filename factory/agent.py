@@ -12,11 +12,11 @@ from __future__ import annotations
 import random
 from typing import Iterator, Protocol
 
-from factory.seed import Seed, parse_pool_item
-from verifiers.constraints import Constraint, get_kind
-from verifiers.problem import Plan, Problem
-from verifiers.count import CountResult, count_plans
-from verifiers.solver import min_total_cost
+from envfactory.factory.seed import Seed, parse_pool_item
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.problem import Plan, Problem
+from envfactory.verifiers.count import CountResult, count_plans
+from envfactory.verifiers.solver import min_total_cost
 
 __all__ = ["Agent", "SpecialistAgent", "AgentError"]
 

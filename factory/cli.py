@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["main"]
 
 
-from factory.errors import UsageError
+from envfactory.factory.errors import UsageError
 
 
 def _fail(msg: str, code: int = 2):
@@ -26,9 +26,9 @@ def cmd_generate(a) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from factory.generate import generate
+    from envfactory.factory.generate import generate
 
-    from factory.seed import load_seed, resolve_seed
+    from envfactory.factory.seed import load_seed, resolve_seed
 
     if a.envs < 1:
         raise UsageError("--envs must be at least 1")
@@ -50,30 +50,51 @@ def cmd_generate(a) -> int:
     return 0
 
 
+class _Unscorable(Exception):
+    """An answer that is read but cannot be scored (too big, too deep, not UTF-8): it scores 0."""
+
+
 def _read_answer(text: str):
+    from envfactory.factory.export.runtime.envfactory_runtime import MAX_RESPONSE_CHARS, answer_problem
+
     if text == "-":
-        raw = sys.stdin.read()
+        raw = sys.stdin.buffer.read(4 * MAX_RESPONSE_CHARS + 1)
     else:
         p = Path(text)
         try:
             is_file = p.is_file()
-        except OSError:  # JSON text too long to be a file name
+        except (OSError, ValueError):  # JSON text too long to be a file name, or with a NUL
             is_file = False
         if is_file:
             try:
-                raw = p.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
+                with p.open("rb") as f:
+                    raw = f.read(4 * MAX_RESPONSE_CHARS + 1)
+            except OSError as e:
                 raise UsageError(f"cannot read {text}: {e}") from None
         else:
-            raw = text
+            raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) > 4 * MAX_RESPONSE_CHARS:
+        raise _Unscorable(f"answer too long (over {4 * MAX_RESPONSE_CHARS} bytes)")
     try:
-        return json.loads(raw)
+        raw = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _Unscorable(f"answer is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if len(raw) > MAX_RESPONSE_CHARS:
+        raise _Unscorable(f"answer too long ({len(raw)} characters, limit {MAX_RESPONSE_CHARS})")
+    try:
+        answer = json.loads(raw)
+    except RecursionError:
+        raise _Unscorable("answer nests too deep to parse") from None
     except ValueError as e:
         raise UsageError(f"answer is not valid JSON ({e}); pass a JSON file, JSON text or - for stdin") from None
+    why = answer_problem(answer)
+    if why:
+        raise _Unscorable(why)
+    return answer
 
 
 def cmd_verify(a) -> int:
-    from sandboxes.isolate import SandboxError, SandboxPool
+    from envfactory.sandboxes.isolate import SandboxError, SandboxPool
 
     env = Path(a.env_dir)
     if not (env / "tasks" / "tasks.jsonl").is_file():
@@ -82,7 +103,12 @@ def cmd_verify(a) -> int:
     if "/" in a.task_id or not vpath.is_file():
         known = [json.loads(l)["task_id"] for l in (env / "tasks" / "tasks.jsonl").read_text().splitlines() if l]
         raise UsageError(f"no task {a.task_id!r} in {env} (tasks: {', '.join(known)})")
-    answer = _read_answer(a.answer)
+    try:
+        answer = _read_answer(a.answer)
+    except _Unscorable as e:
+        print(json.dumps({"score": 0.0, "checks": [{"name": "format", "passed": False, "reason": str(e)}]},
+                         indent=2))
+        return 1
     try:
         with SandboxPool(env, size=1, backend=a.backend) as pool:
             resp = pool.run([{"op": "verify", "verifier": f"verifiers/{a.task_id}.py", "db": "db/sandbox.duckdb",
@@ -93,12 +119,12 @@ def cmd_verify(a) -> int:
     if "error" in res:
         raise UsageError(f"the verifier failed in the {pool.backend} sandbox: {res['error']}")
     result = res["ok"]
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2, ensure_ascii=True))
     return 0 if result["score"] == 1.0 else 1
 
 
 def cmd_seeds(a) -> int:
-    from factory.seed import builtin_seeds, load_seed
+    from envfactory.factory.seed import builtin_seeds, load_seed
 
     for name, path in builtin_seeds().items():
         print(f"{name}\t{load_seed(path).seed.description}")
@@ -108,8 +134,8 @@ def cmd_seeds(a) -> int:
 def cmd_validate(a) -> int:
     import warnings
 
-    from verifiers.validate import format_table, validate
-    from sandboxes.isolate import SandboxWarning
+    from envfactory.verifiers.validate import format_table, validate
+    from envfactory.sandboxes.isolate import SandboxWarning
 
     def progress(done, total, env):
         if not a.quiet:
@@ -176,18 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--max-failures", type=int, default=20, help="failures to print (all are in the report)")
     va.add_argument("--quiet", action="store_true", help="no per-environment progress")
     va.set_defaults(fn=cmd_validate)
-    from factory.export.cli import register as register_export
+    from envfactory.factory.export.cli import register as register_export
 
     register_export(sub)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    from factory.generate import GenerateError
-    from factory.region import RegionError
-    from factory.seed import SeedError
-    from verifiers.validate import ValidateError
-    from sandboxes.duck import SandboxError
+    from envfactory.factory.generate import GenerateError
+    from envfactory.factory.region import RegionError
+    from envfactory.factory.seed import SeedError
+    from envfactory.verifiers.validate import ValidateError
+    from envfactory.sandboxes.duck import SandboxError
 
     args = build_parser().parse_args(argv)
     try:

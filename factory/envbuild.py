@@ -16,15 +16,15 @@ from pathlib import Path
 
 import duckdb
 
-from factory.agent import SpecialistAgent
-from factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
-from factory.ladder import Level, build_ladder
-from factory.prompt import SYSTEM_PROMPT, task_prompt
-from factory.region import Region
-from sandboxes.duck import build_sandbox
-from toolgen import check_tools, from_seed, load_tools, render_tools, tool_schemas
-from verifiers.codegen import load_verifier, render_verifier
-from verifiers.problem import Problem, load_problem
+from envfactory.factory.agent import SpecialistAgent
+from envfactory.factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
+from envfactory.factory.ladder import Level, build_ladder
+from envfactory.factory.prompt import SYSTEM_PROMPT, task_prompt
+from envfactory.factory.region import Region
+from envfactory.sandboxes.duck import build_sandbox
+from envfactory.toolgen import check_tools, from_seed, load_tools, render_tools, tool_schemas
+from envfactory.verifiers.codegen import load_verifier, render_verifier
+from envfactory.verifiers.problem import Problem, load_problem
 
 __all__ = ["build_env", "EnvSummary", "env_id_for", "EnvBuildError"]
 

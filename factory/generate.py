@@ -16,10 +16,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from factory.bundle import write_json
-from factory.envbuild import EnvSummary, build_env
-from factory.region import choose_regions
-from factory.seed import load_seed, resolve_seed
+from envfactory.factory.bundle import write_json
+from envfactory.factory.envbuild import EnvSummary, build_env
+from envfactory.factory.region import choose_regions
+from envfactory.factory.seed import load_seed, resolve_seed
 
 __all__ = ["generate", "BatchResult", "GenerateError"]
 
@@ -43,16 +43,16 @@ _CTX = None  # the worker's fetch context
 
 def _worker_init() -> None:
     global _CTX
-    from sandboxes.sources import FetchContext
+    from envfactory.sandboxes.sources import FetchContext
 
     _CTX = FetchContext()
 
 
 def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_dir: str, force: bool):
-    from factory.envbuild import EnvBuildError
-    from factory.ladder import LadderError
-    from sandboxes.duck import SandboxError
-    from toolgen import ToolCheckError
+    from envfactory.factory.envbuild import EnvBuildError
+    from envfactory.factory.ladder import LadderError
+    from envfactory.sandboxes.duck import SandboxError
+    from envfactory.toolgen import ToolCheckError
 
     seed = load_seed(seed_path)
     try:
@@ -67,7 +67,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
              force: bool = False, progress=None) -> BatchResult:
     """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
     called after each environment."""
-    from sandboxes.web import OfflineWeb
+    from envfactory.sandboxes.web import OfflineWeb
 
     t0 = time.perf_counter()
     seed_path = resolve_seed(seed_ref)

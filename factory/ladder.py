@@ -12,12 +12,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from factory.agent import Agent, AgentError
-from toolgen import ToolDef, covers, details_tool, distance_tool
-from verifiers.constraints import Constraint, get_kind
-from verifiers.problem import Plan, Problem
-from verifiers.count import CountResult, count_plans
-from verifiers.solver import confirm, pick_reference
+from envfactory.factory.agent import Agent, AgentError
+from envfactory.toolgen import ToolDef, covers, details_tool, distance_tool
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.problem import Plan, Problem
+from envfactory.verifiers.count import CountResult, count_plans
+from envfactory.verifiers.solver import confirm, pick_reference
 
 __all__ = ["Level", "build_ladder", "LadderError", "reference_calls"]
 

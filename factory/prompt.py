@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from factory.region import Region
-from verifiers.constraints import Constraint, get_kind
-from verifiers.problem import Problem
+from envfactory.factory.region import Region
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.problem import Problem
 
 __all__ = ["task_prompt", "SYSTEM_PROMPT"]
 

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sandboxes import world
+from envfactory.sandboxes import world
 
 __all__ = ["Region", "choose_regions", "RegionError"]
 

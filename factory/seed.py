@@ -128,7 +128,7 @@ class Seed(_Strict):
         """Column name -> DuckDB type for a web table or a package dataset's table."""
         if table in self.tables:
             return dict(self.tables[table].columns)
-        from sandboxes.package import PACKAGE_TABLES
+        from envfactory.sandboxes.package import PACKAGE_TABLES
 
         src = next(s for s in self.sources if s.table == table)
         return dict(PACKAGE_TABLES[src.dataset].columns)
@@ -136,7 +136,7 @@ class Seed(_Strict):
     def table_key(self, table: str) -> str:
         if table in self.tables:
             return self.tables[table].key
-        from sandboxes.package import PACKAGE_TABLES
+        from envfactory.sandboxes.package import PACKAGE_TABLES
 
         src = next(s for s in self.sources if s.table == table)
         return PACKAGE_TABLES[src.dataset].key
@@ -259,7 +259,7 @@ def load_seed(path: str | Path) -> Seed:
         elif err["type"] == "missing":
             msg = "required field missing"
         raise _error(path, text, loc, msg) from None
-    from factory.seedcheck import check_seed
+    from envfactory.factory.seedcheck import check_seed
 
     problem = check_seed(seed)
     if problem:

@@ -6,7 +6,7 @@ Each returns the path of the offending field and one message; `load_seed` turns 
 
 from __future__ import annotations
 
-from factory.seed import Seed, parse_pool_item
+from envfactory.factory.seed import Seed, parse_pool_item
 
 __all__ = ["check_seed"]
 
@@ -15,7 +15,7 @@ SLOT_KINDS = {"all_different", "distance"}
 
 
 def _sources(seed: Seed):
-    from sandboxes.package import PACKAGE_TABLES
+    from envfactory.sandboxes.package import PACKAGE_TABLES
 
     for i, s in enumerate(seed.sources):
         if s.kind == "package":
@@ -82,7 +82,7 @@ def _tools(seed: Seed, known: set[str]):
 
 
 def _ladder(seed: Seed):
-    from verifiers.constraints import KINDS
+    from envfactory.verifiers.constraints import KINDS
 
     slots = {s.name: s for s in seed.plan.slots}
     for field in ("base", "prefer", "pool"):

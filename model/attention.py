@@ -181,7 +181,7 @@ INDEX_BLOCK_BYTES = 1 << 28
 
 def _kernels():
     try:
-        import kernels
+        from envfactory import kernels
     except ImportError as e:  # pragma: no cover
         raise NotImplementedError("attn_impl='triton' needs the kernels/ package") from e
     if not kernels.HAS_TRITON:
@@ -235,7 +235,7 @@ def _sparse_core(attn_impl: str):
         return sparse_attention
     if attn_impl == "triton":
         try:
-            from kernels import sparse_mla  # provided by the kernels/ package
+            from envfactory.kernels import sparse_mla  # provided by the kernels/ package
         except ImportError as e:
             raise NotImplementedError("attn_impl='triton' needs kernels.sparse_mla") from e
         return sparse_mla

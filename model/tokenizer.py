@@ -6,7 +6,7 @@ and decode(encode(s)) == s. The special tokens are the DeepSeek-V3.2 chat tokens
 
 Train one on the local Python standard library sources:
 
-    python -m model.tokenizer train --corpus stdlib --vocab-size 8192 --out out/tokenizer.json
+    python -m envfactory.model.tokenizer train --corpus stdlib --vocab-size 8192 --out out/tokenizer.json
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
 def main(argv: list[str] | None = None) -> int:
     from .data import corpus_files, read_texts  # local import: keeps the module light
 
-    ap = argparse.ArgumentParser(prog="python -m model.tokenizer", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m envfactory.model.tokenizer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     tr = sub.add_parser("train", help="train a byte-level BPE on a local corpus")

@@ -1,8 +1,8 @@
 """Training stages of a DSA model (DeepSeek-V3.2 report §2.1, dsa.md §2).
 
-    python -m model.train pretrain --config small --tokenizer out/tok.json --out out/pre
-    python -m model.train warmup   --config small --tokenizer out/tok.json --init out/pre --out out/warm
-    python -m model.train sparse   --config small --tokenizer out/tok.json --init out/warm --out out/dsa
+    python -m envfactory.model.train pretrain --config small --tokenizer out/tok.json --out out/pre
+    python -m envfactory.model.train warmup   --config small --tokenizer out/tok.json --init out/pre --out out/warm
+    python -m envfactory.model.train sparse   --config small --tokenizer out/tok.json --init out/warm --out out/dsa
 
 - `pretrain`: a dense-attention LM (no indexer involved) trained on next-token loss.
 - `warmup`: only the indexer trains, everything else frozen; loss = KL(p ‖ softmax(I)) with
@@ -163,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .tokenizer import Tokenizer
 
-    ap = argparse.ArgumentParser(prog="python -m model.train", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m envfactory.model.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=STAGES)
     ap.add_argument("--config", default="small", help="preset: tiny, small, small-moe")
     ap.add_argument("--attn-impl", default=None, choices=("dense", "sparse", "triton"))
-    ap.add_argument("--tokenizer", required=True, help="tokenizer.json (python -m model.tokenizer train)")
+    ap.add_argument("--tokenizer", required=True, help="tokenizer.json (python -m envfactory.model.tokenizer train)")
     ap.add_argument("--corpus", default="stdlib")
     ap.add_argument("--max-bytes", type=int, default=None, help="read at most this much text")
     ap.add_argument("--init", default=None, help="checkpoint directory to start from")

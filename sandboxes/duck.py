@@ -21,9 +21,9 @@ from pathlib import Path
 
 import duckdb
 
-from sandboxes import world
-from sandboxes.package import PACKAGE_TABLES, package_records
-from sandboxes.sources import FetchContext, SourceError, fetch
+from envfactory.sandboxes import world
+from envfactory.sandboxes.package import PACKAGE_TABLES, package_records
+from envfactory.sandboxes.sources import FetchContext, SourceError, fetch
 
 __all__ = ["build_sandbox", "SandboxError", "Provenance"]
 

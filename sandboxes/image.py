@@ -7,8 +7,8 @@ import`. The tag is a hash of the recipe, so a changed recipe builds a new image
 unchanged one is reused. The worker script is not baked in: it is mounted read-only
 at run time (`sandboxes/runner`).
 
-    python -m sandboxes.image          # build if missing, print the tag
-    python -m sandboxes.image --check  # exit 0 if the image exists
+    python -m envfactory.sandboxes.image          # build if missing, print the tag
+    python -m envfactory.sandboxes.image --check  # exit 0 if the image exists
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def build_image(progress=lambda msg: None) -> str:
     """Build the image (about a minute: debootstrap dominates) and return its tag."""
     tag = image_tag()
     if os.geteuid() != 0:
-        raise ImageError("building the sandbox image needs root (debootstrap); run `sudo python -m sandboxes.image`")
+        raise ImageError("building the sandbox image needs root (debootstrap); run `sudo python -m envfactory.sandboxes.image`")
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed (apt-get install -y debootstrap)")
     t0 = time.monotonic()
@@ -143,7 +143,7 @@ def ensure_image(progress=lambda msg: None) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sandboxes.image", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m envfactory.sandboxes.image", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 0 if the image exists, 1 if not; build nothing")
     a = ap.parse_args(argv)
     try:

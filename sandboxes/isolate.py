@@ -68,7 +68,7 @@ class Limits:
 
 def choose_backend(requested: str = "auto") -> tuple[str, str | None]:
     """("docker" | "local", reason for falling back or None)."""
-    from sandboxes.image import docker_ready
+    from envfactory.sandboxes.image import docker_ready
 
     requested = requested or "auto"
     if requested not in ("auto", "docker", "local"):
@@ -240,7 +240,7 @@ class SandboxPool:
             warnings.warn(f"no Docker sandbox ({why}); generated code runs in local subprocesses with rlimits "
                           "only, which do not isolate the file system", SandboxWarning, stacklevel=2)
         if self.backend == "docker":
-            from sandboxes.image import ImageError, ensure_image
+            from envfactory.sandboxes.image import ImageError, ensure_image
 
             try:
                 self.image = ensure_image(progress)

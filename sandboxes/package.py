@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from sandboxes import world
+from envfactory.sandboxes import world
 
 __all__ = ["PackageTable", "PACKAGE_TABLES", "package_records", "AIRPORT_RADIUS_KM"]
 

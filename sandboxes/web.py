@@ -32,7 +32,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
-from sandboxes import world
+from envfactory.sandboxes import world
 
 __all__ = ["OfflineWeb"]
 

@@ -54,8 +54,8 @@ if [ "${FACTORY_NO_DOCKER:-0}" != 1 ] && command -v docker >/dev/null; then
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
   fi
   if docker info >/dev/null 2>&1; then
-    .venv/bin/python -m sandboxes.image --check >/dev/null 2>&1 || .venv/bin/python -m sandboxes.image >/dev/null
-    docker_state="Docker sandbox image $(.venv/bin/python -m sandboxes.image --check | cut -d' ' -f1)"
+    .venv/bin/python -m envfactory.sandboxes.image --check >/dev/null 2>&1 || .venv/bin/python -m envfactory.sandboxes.image >/dev/null
+    docker_state="Docker sandbox image $(.venv/bin/python -m envfactory.sandboxes.image --check | cut -d' ' -f1)"
   else
     echo "setup: warning: no Docker daemon answers; validation will use the local sandbox" >&2
   fi

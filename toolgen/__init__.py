@@ -5,9 +5,9 @@ Contract: ToolDefs (from the seed and the difficulty ladder's needs) in; a gener
 functions themselves. Every generated tool is executed before it is accepted.
 """
 
-from toolgen.generate import MAX_RESULT_CHARS, ToolCheckError, check_tools, load_tools, render_tools, tool_schemas
-from toolgen.schema import function_schema, openai_tool
-from toolgen.spec import ToolDef, covers, details_tool, distance_tool, from_seed
+from envfactory.toolgen.generate import MAX_RESULT_CHARS, ToolCheckError, check_tools, load_tools, render_tools, tool_schemas
+from envfactory.toolgen.schema import function_schema, openai_tool
+from envfactory.toolgen.spec import ToolDef, covers, details_tool, distance_tool, from_seed
 
 __all__ = ["ToolDef", "covers", "details_tool", "distance_tool", "from_seed", "render_tools", "load_tools",
            "tool_schemas", "check_tools", "ToolCheckError", "MAX_RESULT_CHARS", "function_schema", "openai_tool"]

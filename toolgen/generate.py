@@ -13,8 +13,8 @@ from pathlib import Path
 
 import jinja2
 
-from toolgen.schema import openai_tool
-from toolgen.spec import DUCK_TO_PY, ToolDef, singular
+from envfactory.toolgen.schema import openai_tool
+from envfactory.toolgen.spec import DUCK_TO_PY, ToolDef, singular
 
 __all__ = ["render_tools", "load_tools", "tool_schemas", "check_tools", "ToolCheckError", "MAX_RESULT_CHARS"]
 
@@ -67,7 +67,7 @@ def render_tools(tools: list[ToolDef], env_id: str, seed_name: str) -> str:
 
 def load_tools(path: str | Path, db_path: str | Path):
     """Import a generated tools module bound to `db_path` (trusted, in-process)."""
-    from sandboxes.loader import import_file
+    from envfactory.sandboxes.loader import import_file
 
     mod = import_file(path, "_tools")
     mod.DB_PATH = str(db_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from verifiers.constraints.base import plural
+from envfactory.verifiers.constraints.base import plural
 
 __all__ = ["ToolDef", "from_seed", "details_tool", "distance_tool", "singular", "covers"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import jinja2
 
-from verifiers.constraints import Constraint, check_source
-from verifiers.problem import Problem, scaled
+from envfactory.verifiers.constraints import Constraint, check_source
+from envfactory.verifiers.problem import Problem, scaled
 
 __all__ = ["render_verifier", "load_verifier"]
 
@@ -44,6 +44,6 @@ def render_verifier(task_id: str, seed_name: str, level: int, p: Problem, constr
 
 def load_verifier(path: str | Path):
     """Import a generated verifier module from its file (trusted, in-process)."""
-    from sandboxes.loader import import_file
+    from envfactory.sandboxes.loader import import_file
 
     return import_file(path, "_verifier")

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import product
 
-from verifiers.constraints import Constraint, get_kind
-from verifiers.problem import Plan, Problem
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.problem import Plan, Problem
 
 __all__ = ["count_plans", "CountResult"]
 

@@ -24,10 +24,10 @@ import json
 import random
 from dataclasses import dataclass
 
-from verifiers.constraints import Constraint, get_kind
-from verifiers.count import count_plans
-from verifiers.problem import Plan, Problem, scaled
-from verifiers.solver import confirm
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.count import count_plans
+from envfactory.verifiers.problem import Plan, Problem, scaled
+from envfactory.verifiers.solver import confirm
 
 __all__ = ["Case", "Verdict", "judge", "cases", "plan_of"]
 

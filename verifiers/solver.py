@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from verifiers.constraints import Constraint, get_kind
-from verifiers.constraints.base import Vars
-from verifiers.problem import Plan, Problem
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.constraints.base import Vars
+from envfactory.verifiers.problem import Plan, Problem
 
 __all__ = ["SolveResult", "count_solutions", "min_total_cost", "build_model", "pick_reference", "confirm"]
 

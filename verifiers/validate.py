@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from factory.bundle import verify_manifest, write_json
+from envfactory.factory.bundle import verify_manifest, write_json
 
 __all__ = ["validate", "ValidateError", "ValidationReport", "EnvReport", "TaskReport", "find_envs"]
 
@@ -128,10 +128,10 @@ def _prepare(env_dir: str) -> dict:
     """Cases for every task of one environment, built from trusted code only."""
     import duckdb
 
-    from verifiers.mutants import cases
-    from factory.seed import SeedError, load_seed
-    from verifiers.constraints import Constraint
-    from verifiers.problem import load_problem
+    from envfactory.verifiers.mutants import cases
+    from envfactory.factory.seed import SeedError, load_seed
+    from envfactory.verifiers.constraints import Constraint
+    from envfactory.verifiers.problem import load_problem
 
     env = Path(env_dir)
     try:
@@ -267,8 +267,8 @@ def _judge_tools(rep: TaskReport, t: dict, tresp: dict, max_chars: int) -> None:
 
 def validate(path, backend: str = "auto", workers: int | None = None, report_path=None,
              progress=lambda done, total, env: None, log=lambda msg: None) -> ValidationReport:
-    from sandboxes.isolate import Limits, SandboxError, SandboxPool
-    from toolgen.generate import MAX_RESULT_CHARS
+    from envfactory.sandboxes.isolate import Limits, SandboxError, SandboxPool
+    from envfactory.toolgen.generate import MAX_RESULT_CHARS
 
     t0 = time.monotonic()
     path = Path(path).resolve()

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.errors import UsageError
+from envfactory.factory.errors import UsageError
 
-__all__ = ["ExportResult", "Exporter", "export", "register", "targets"]
+__all__ = ["TARGETS", "ExportResult", "Exporter", "export", "register", "targets"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,9 @@ class ExportResult:
 
 
 _REGISTRY: dict[str, Exporter] = {}
-_MODULES = ("verl", "trl", "verifiers_env", "mcp_server", "openenv", "jsonl")
+# target name -> the module that registers it (the one list of targets; the CLI and the tests read it)
+TARGETS = {"verl": "verl", "trl": "trl", "verifiers": "verifiers_env", "mcp": "mcp_server", "openenv": "openenv",
+           "jsonl": "jsonl"}
 
 
 def register(name: str, write: Callable, description: str) -> None:
@@ -48,13 +50,13 @@ def register(name: str, write: Callable, description: str) -> None:
 
 
 def targets() -> dict[str, Exporter]:
-    for m in _MODULES:
-        importlib.import_module(f"factory.export.{m}")
+    for m in TARGETS.values():
+        importlib.import_module(f"envfactory.factory.export.{m}")
     return dict(_REGISTRY)
 
 
 def export(path: str | Path, target: str, out: str | Path | None = None, test_fraction: float = 0.2) -> ExportResult:
-    from factory.export.common import load_source, new_tmp, place, split_envs
+    from envfactory.factory.export.common import load_source, new_tmp, place, split_envs
 
     known = targets()
     if target not in known:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from factory.errors import UsageError
-
-TARGETS = ("verl", "trl", "verifiers", "mcp", "openenv", "jsonl")
+from envfactory.factory.errors import UsageError
+from envfactory.factory.export import TARGETS
 
 
 def cmd_export(a) -> int:
-    from factory.export import export
+    from envfactory.factory.export import export
 
     res = export(a.path, a.to, a.out, a.test_fraction)
     counts = ", ".join(f"{k}: {len(v)} env(s)" for k, v in res.splits.items())
@@ -21,7 +20,7 @@ def cmd_export(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from factory.export.mcp_server import serve
+    from envfactory.factory.export.mcp_server import serve
 
     if a.transport not in ("stdio", "http"):
         raise UsageError(f"--transport must be stdio or http, got {a.transport!r}")

@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from factory.bundle import finalize, sha256_file, verify_manifest, write_json, write_manifest
-from factory.errors import UsageError
+from envfactory.factory.bundle import finalize, sha256_file, verify_manifest, write_json, write_manifest
+from envfactory.factory.errors import UsageError
 
 __all__ = [
     "EXPORT_FORMAT_VERSION",
@@ -30,6 +30,7 @@ __all__ = [
     "json_text",
     "load_source",
     "place",
+    "render",
     "split_envs",
     "task_rows",
     "write_card",
@@ -37,6 +38,7 @@ __all__ = [
 
 EXPORT_FORMAT_VERSION = 1
 RUNTIME_DIR = Path(__file__).parent / "runtime"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
 ENV_FILES = ("db/sandbox.duckdb", "tools/tools.py", "tools/tool_schemas.json", "tasks/tasks.jsonl")
 
 
@@ -179,8 +181,23 @@ def copy_envs(src: Source, dest: Path) -> None:
 
 
 def copy_runtime(dest: Path, *names: str) -> None:
+    """Ship the runtime and the named modules into `dest`: `runtime/<name>` verbatim, or
+    `templates/<name>.j2` rendered (the shipped modules that load the runtime share one
+    loader, `templates/runtime_loader.py.j2`, included where they need it)."""
     for name in ("envfactory_runtime.py", *names):
-        shutil.copyfile(RUNTIME_DIR / name, dest / name)
+        if (TEMPLATE_DIR / f"{name}.j2").is_file():
+            render(f"{name}.j2", dest / name)
+        else:
+            shutil.copyfile(RUNTIME_DIR / name, dest / name)
+
+
+def render(template: str, dest: Path, **context) -> None:
+    """Render `templates/<template>` (jinja2, strict about undefined names) to `dest`."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    dest.write_text(env.get_template(template).render(**context), encoding="utf-8")
 
 
 def max_tool_chars(src: Source) -> int:

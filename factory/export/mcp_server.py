@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.errors import UsageError
-from factory.export import register
-from factory.export.common import (
+from envfactory.factory.errors import UsageError
+from envfactory.factory.export import register
+from envfactory.factory.export.common import (
     RUNTIME_DIR,
     Source,
     copy_envs,

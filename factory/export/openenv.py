@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from factory.export import register
-from factory.export.common import (
+from envfactory.factory.export import register
+from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.export import register
-from factory.export.common import (
+from envfactory.factory.export import register
+from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from factory.export import register
-from factory.export.common import (
+from envfactory.factory.export import register
+from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,

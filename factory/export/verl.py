@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from factory.errors import UsageError
-from factory.export import register
-from factory.export.common import (
+from envfactory.factory.errors import UsageError
+from envfactory.factory.export import register
+from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,

@@ -13,9 +13,9 @@ line naming the source and the URL. A FetchContext (one httpx client, one lazily
 browser, retry policy) is shared across fetches and must be closed; use it from one thread.
 """
 
-from sandboxes.sources import api as _api  # noqa: F401  (imported to register "api")
-from sandboxes.sources import html as _html  # noqa: F401  (registers "html")
-from sandboxes.sources import js as _js  # noqa: F401  (registers "js")
-from sandboxes.sources.base import SOURCE_KINDS, FetchContext, FetchResult, SourceError, fetch
+from envfactory.sandboxes.sources import api as _api  # noqa: F401  (imported to register "api")
+from envfactory.sandboxes.sources import html as _html  # noqa: F401  (registers "html")
+from envfactory.sandboxes.sources import js as _js  # noqa: F401  (registers "js")
+from envfactory.sandboxes.sources.base import SOURCE_KINDS, FetchContext, FetchResult, SourceError, fetch
 
 __all__ = ["FetchResult", "SourceError", "FetchContext", "fetch", "SOURCE_KINDS"]

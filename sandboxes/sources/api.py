@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from urllib.parse import urljoin
 
-from sandboxes.sources.base import FetchContext, FetchResult, SourceError, register, sha256_of
+from envfactory.sandboxes.sources.base import FetchContext, FetchResult, SourceError, register, sha256_of
 
 __all__ = ["MAX_PAGES", "fetch_api"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 from urllib.parse import urljoin
 
-from sandboxes.sources.base import FetchContext, FetchResult, SourceError, register, sha256_of
+from envfactory.sandboxes.sources.base import FetchContext, FetchResult, SourceError, register, sha256_of
 
 __all__ = ["MAX_PAGES", "ListingParser", "fetch_html"]
 

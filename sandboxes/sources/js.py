@@ -12,7 +12,7 @@ and never from inside a running asyncio loop.
 
 from __future__ import annotations
 
-from sandboxes.sources.base import (FetchContext, FetchResult, SourceError, TransientError,
+from envfactory.sandboxes.sources.base import (FetchContext, FetchResult, SourceError, TransientError,
                                     register, sha256_of)
 
 __all__ = ["LISTING_SELECTOR", "fetch_js"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.bundle import sha256_file, verify_manifest
-from factory.errors import UsageError
-from factory.export import export, targets
-from factory.export.common import split_envs
+from envfactory.factory.bundle import sha256_file, verify_manifest
+from envfactory.factory.errors import UsageError
+from envfactory.factory.export import export, targets
+from envfactory.factory.export.common import split_envs
 
 from .conftest import TARGETS, env_dirs, tasks_of
 
@@ -129,7 +129,7 @@ def test_runtime_caps_tool_output_at_the_declared_length(bundle):
 
 
 def _cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, check=False,
+    return subprocess.run([sys.executable, "-m", "envfactory.factory.cli", *args], capture_output=True, text=True, check=False,
                           timeout=timeout, cwd=Path(__file__).resolve().parents[2])
 
 

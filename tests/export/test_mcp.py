@@ -155,7 +155,7 @@ def test_factory_serve_http_and_stdio(bundle):
     env = env_dirs(bundle)[2]
     task = tasks_of(env)[0]
     port = free_port()
-    factory = [sys.executable, "-m", "factory.cli", "serve"]
+    factory = [sys.executable, "-m", "envfactory.factory.cli", "serve"]
     root = Path(__file__).resolve().parents[2]
 
     async def over(client_target, **kw):
@@ -167,5 +167,5 @@ def test_factory_serve_http_and_stdio(bundle):
 
     with http_server(factory + [str(env), "--transport", "http", "--port", str(port)], port, cwd=root) as url:
         assert anyio.run(lambda: over(url, mode="legacy"))["score"] == 1.0
-    params = StdioServerParameters(command=sys.executable, args=["-m", "factory.cli", "serve", str(env)], cwd=str(root))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "envfactory.factory.cli", "serve", str(env)], cwd=str(root))
     assert anyio.run(lambda: over(params))["score"] == 1.0

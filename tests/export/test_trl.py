@@ -79,7 +79,7 @@ def test_environment_class_tools_and_reward(exports, bundle):
 
 
 def test_generated_methods_keep_enums_and_types(tmp_path):
-    from factory.export.trl import render_env_module
+    from envfactory.factory.export.trl import render_env_module
 
     schema = {"type": "function", "function": {"name": "find_rooms", "description": "Find rooms.", "parameters": {
         "type": "object", "additionalProperties": False, "required": ["kind", "beds", "max_price", "pets"],

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from factory.errors import UsageError
-from factory.export.verl import narrow_schema
+from envfactory.factory.errors import UsageError
+from envfactory.factory.export.verl import narrow_schema
 
 from .conftest import all_tasks, as_response, env_dirs, mutant
 

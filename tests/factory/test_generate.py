@@ -16,9 +16,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from factory.bundle import verify_manifest
-from factory.generate import generate
-from verifiers.count import count_plans
+from envfactory.factory.bundle import verify_manifest
+from envfactory.factory.generate import generate
+from envfactory.verifiers.count import count_plans
 
 N = 2
 
@@ -104,7 +104,7 @@ def test_bundle_layout_manifest_and_provenance(runs):
 
 
 def _verify(env: Path, task_id: str, answer: str):
-    return subprocess.run([sys.executable, "-m", "factory.cli", "verify", str(env), task_id, answer],
+    return subprocess.run([sys.executable, "-m", "envfactory.factory.cli", "verify", str(env), task_id, answer],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -130,9 +130,9 @@ def test_factory_verify_scores_references_and_rejects_wrong_answers(runs):
 
 def test_ladder_filtered_counts_equal_full_counts(runs):
     """The ladder counts moves by filtering the previous level's plans; recount from scratch."""
-    from factory.seed import load_seed, resolve_seed
-    from verifiers.constraints import Constraint
-    from verifiers.problem import load_problem
+    from envfactory.factory.seed import load_seed, resolve_seed
+    from envfactory.verifiers.constraints import Constraint
+    from envfactory.verifiers.problem import load_problem
 
     ra, _ = runs
     env = Path(ra.envs[0].path)
@@ -155,7 +155,7 @@ def test_cli_bad_arguments_one_line(tmp_path):
     for argv in (["generate", "no_such_seed", "--out", str(tmp_path)],
                  ["generate", "trip_planning", "--envs", "0", "--out", str(tmp_path)],
                  ["verify", str(tmp_path), "x", "{}"]):
-        r = subprocess.run([sys.executable, "-m", "factory.cli", *argv], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-m", "envfactory.factory.cli", *argv], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and r.stderr.startswith("factory: error: ") and r.stderr.count("\n") == 1, r.stderr
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.seed import SeedError, builtin_seeds, load_seed
+from envfactory.factory.seed import SeedError, builtin_seeds, load_seed
 
 TRIP = builtin_seeds()["trip_planning"].read_text()
 

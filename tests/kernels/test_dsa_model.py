@@ -16,16 +16,16 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="kernels need the triton package")
 
-from kernels import dsa_select, indexer_logits
-from kernels.topk import canonical, topk_ref
-from model import attention
-from model.cache import make_caches
-from model.config import get_config
-from model.indexer import Indexer, select_topk
-from model.transformer import Transformer
+from envfactory.kernels import dsa_select, indexer_logits
+from envfactory.kernels.topk import canonical, topk_ref
+from envfactory.model import attention
+from envfactory.model.cache import make_caches
+from envfactory.model.config import get_config
+from envfactory.model.indexer import Indexer, select_topk
+from envfactory.model.transformer import Transformer
 from tests.kernels.conftest import DEVICE, rel
 
-kdsa = importlib.import_module("kernels.dsa")  # the module (kernels.dsa_select is a function)
+kdsa = importlib.import_module("envfactory.kernels.dsa")  # the module (kernels.dsa_select is a function)
 
 
 def test_blocked_selection_never_needs_the_full_matrix():
@@ -198,7 +198,7 @@ def test_model_triton_dense_warmup_kl_matches_torch(kw, monkeypatch):
     """The dense warm-up (full attention, KL over every visible key): with attn_impl="triton"
     the KL comes from `kernels.dense_indexer_kl` (called once per layer, never the [B, S, T]
     indexer scores), and its value and indexer gradients match the PyTorch path's."""
-    import kernels
+    from envfactory import kernels
 
     dense, tri = _pair(**kw)
     tokens = torch.randint(0, 512, (2, 29), device=DEVICE)
@@ -266,7 +266,7 @@ def test_model_triton_decode_with_caches(kw, monkeypatch):
 def test_blocked_selection_bounds_long_rows_from_the_indexer_maxima(monkeypatch):
     """With a small maxg, rows past it take their bound from the group maxima the indexer
     writes (blocks cut where the group size changes); none is handed to the radix kernel."""
-    import kernels.topk.triton_topk as tt
+    import envfactory.kernels.topk.triton_topk as tt
     B, S, H, D, k = 1, 150, 2, 16, 5
     q, kk = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, S, D, device=DEVICE)
     w = torch.randn(B, S, H, device=DEVICE)

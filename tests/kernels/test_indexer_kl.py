@@ -5,8 +5,8 @@ import torch
 
 pytest.importorskip("triton", reason="kernels need the triton package")
 
-from kernels.indexer_kl import indexer_kl, indexer_kl_ref  # noqa: E402
-from kernels.topk import topk_ref  # noqa: E402
+from envfactory.kernels.indexer_kl import indexer_kl, indexer_kl_ref  # noqa: E402
+from envfactory.kernels.topk import topk_ref  # noqa: E402
 from tests.kernels.conftest import DEVICE, rel  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def test_dense_indexer_kl_matches_pytorch(rows_per_block):
     """The dense warm-up's KL (every visible key; the target is the head-mean attention
     distribution) in blocks of query rows, against a plain PyTorch computation of the
     whole [B, S, T] problem, loss and gradients, with queries starting at position 5."""
-    from kernels import dense_indexer_kl
+    from envfactory.kernels import dense_indexer_kl
 
     B, S, sp, H, D, Ha, R, P = 2, 37, 5, 3, 24, 4, 20, 8
     T = sp + S

@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("triton", reason="kernels need the triton package")
 
-from kernels.indexer_logits import (indexer_logits, indexer_logits_fp8,  # noqa: E402
+from envfactory.kernels.indexer_logits import (indexer_logits, indexer_logits_fp8,  # noqa: E402
                                     indexer_logits_fp8_ref, indexer_logits_ref)
 from tests.kernels.conftest import DEVICE, rel  # noqa: E402
 

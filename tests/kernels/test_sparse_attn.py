@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("triton", reason="kernels need the triton package")
 
-from kernels.sparse_attn import (sparse_attn_target, sparse_mla_bwd,  # noqa: E402
+from envfactory.kernels.sparse_attn import (sparse_attn_target, sparse_mla_bwd,  # noqa: E402
                                  sparse_mla_decode, sparse_mla_decode_ref, sparse_mla_fwd,
                                  sparse_mla_lse, sparse_mla_ref, sparse_target_ref)
-from kernels.topk import topk_ref  # noqa: E402
+from envfactory.kernels.topk import topk_ref  # noqa: E402
 from tests.kernels.conftest import DEVICE, rel  # noqa: E402
 
 BF = torch.bfloat16

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton", reason="kernels need the triton package")
 
-from kernels.topk import canonical, topk_ref, topk_rows  # noqa: E402
-from model.indexer import select_topk  # noqa: E402
+from envfactory.kernels.topk import canonical, topk_ref, topk_rows  # noqa: E402
+from envfactory.model.indexer import select_topk  # noqa: E402
 from tests.kernels.conftest import DEVICE  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def test_bound_topk_exact(ties, kth):
 def test_bound_topk_hands_over_only_rows_it_cannot_bound(monkeypatch):
     """Rows of at most maxg keys are read whole; longer rows bound from the group maxima;
     only rows with more than maxg keys and fewer than k groups go to the radix kernel."""
-    import kernels.topk.triton_topk as tt
+    import envfactory.kernels.topk.triton_topk as tt
     S, k, G, maxg = 150, 5, 8, 16
     scores = torch.randn(1, S, S, device=DEVICE)
     flags = []

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from model.attention_ops import absorbed_attention, mha_attention, sparse_attention
-from model.cache import make_caches
-from model.config import get_config
-from model.indexer import index_mask, select_topk
-from model.rope import rope_tables
-from model.transformer import Transformer
+from envfactory.model.attention_ops import absorbed_attention, mha_attention, sparse_attention
+from envfactory.model.cache import make_caches
+from envfactory.model.config import get_config
+from envfactory.model.indexer import index_mask, select_topk
+from envfactory.model.rope import rope_tables
+from envfactory.model.transformer import Transformer
 from tests.model.conftest import rel_err
 
 MOE = {"n_routed_experts": 4, "n_expert_groups": 2, "n_limited_groups": 1, "n_activated_experts": 2}

@@ -7,16 +7,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model.checkpoint import (
+from envfactory.model.checkpoint import (
     config_from_hf,
     config_to_hf,
     is_fp8_weight,
     load_checkpoint,
     save_checkpoint,
 )
-from model.config import get_config
-from model.fp8 import E4M3, weight_dequant, weight_quant
-from model.transformer import Transformer
+from envfactory.model.config import get_config
+from envfactory.model.fp8 import E4M3, weight_dequant, weight_quant
+from envfactory.model.transformer import Transformer
 from tests.model.conftest import rel_err
 
 MOE = {"n_routed_experts": 4, "n_expert_groups": 2, "n_limited_groups": 1, "n_activated_experts": 2}

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import get_config
-from model.data import TokenBatches
-from model.evaluate import indexer_recall, recall_terms, val_loss, val_windows
-from model.indexer import causal_mask, index_kl
-from model.train import TrainConfig, planned_steps, train
-from model.transformer import Transformer
+from envfactory.model.config import get_config
+from envfactory.model.data import TokenBatches
+from envfactory.model.evaluate import indexer_recall, recall_terms, val_loss, val_windows
+from envfactory.model.indexer import causal_mask, index_kl
+from envfactory.model.train import TrainConfig, planned_steps, train
+from envfactory.model.transformer import Transformer
 
 CFG = get_config("tiny")
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model.config import get_config
-from model.generate import GenerationConfig, generate, logits_to_probs, sample
-from model.transformer import Transformer
+from envfactory.model.config import get_config
+from envfactory.model.generate import GenerationConfig, generate, logits_to_probs, sample
+from envfactory.model.transformer import Transformer
 
 
 def naive_greedy(model, prompt, n, stop=()):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from model.config import get_config
-from model.indexer import Indexer, index_kl, index_mask, select_topk
-from model.rope import rope_tables
+from envfactory.model.config import get_config
+from envfactory.model.indexer import Indexer, index_kl, index_mask, select_topk
+from envfactory.model.rope import rope_tables
 from tests.model.conftest import rel_err
 
 
@@ -77,7 +77,7 @@ def test_hadamard_on_both_sides_leaves_scores_unchanged():
     with_h, without_h = ind(x, qr, cos, sin), plain(x, qr, cos, sin)
     assert rel_err(with_h, without_h) < 1e-5
     # rotating only q (the ROCm/ATOM #1507 bug) changes them: the check can fail
-    from model import indexer as mod
+    from envfactory.model import indexer as mod
     real = mod.hadamard_transform
     calls = []
     mod.hadamard_transform = lambda v: (calls.append(1), real(v) if len(calls) == 1 else v)[1]

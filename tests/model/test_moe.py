@@ -2,8 +2,8 @@
 
 import torch
 
-from model.config import get_config
-from model.moe import MoE
+from envfactory.model.config import get_config
+from envfactory.model.moe import MoE
 from tests.model.conftest import rel_err
 
 CFG = get_config("tiny", n_routed_experts=12, n_expert_groups=4, n_limited_groups=2,

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from model.config import get_config
-from model.fp8 import (
+from envfactory.model.config import get_config
+from envfactory.model.fp8 import (
     E4M3,
     act_dequant,
     act_quant,
@@ -15,8 +15,8 @@ from model.fp8 import (
     weight_dequant,
     weight_quant,
 )
-from model.hadamard import hadamard_matrix, hadamard_transform
-from model.rope import apply_rope, rope_tables, yarn_inv_freq
+from envfactory.model.hadamard import hadamard_matrix, hadamard_transform
+from envfactory.model.rope import apply_rope, rope_tables, yarn_inv_freq
 from tests.model.conftest import rel_err
 
 

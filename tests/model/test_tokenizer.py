@@ -1,7 +1,7 @@
 """Byte-level BPE trained with `tokenizers`, saved and loaded as tokenizer.json."""
 
-from model.data import corpus_files, read_texts
-from model.tokenizer import BOS, EOS, SPECIAL_TOKENS, Tokenizer, main, train_bpe
+from envfactory.model.data import corpus_files, read_texts
+from envfactory.model.tokenizer import BOS, EOS, SPECIAL_TOKENS, Tokenizer, main, train_bpe
 
 TEXT = ["def add(a, b):\n    return a + b\n" * 20, "class Point:\n    x: int = 0\n" * 20]
 

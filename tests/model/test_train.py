@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.config import get_config
-from model.data import TokenBatches, corpus_files, read_texts, tokenize_texts
-from model.tokenizer import train_bpe
-from model.train import TrainConfig, main, set_trainable, train
-from model.transformer import Transformer
+from envfactory.model.config import get_config
+from envfactory.model.data import TokenBatches, corpus_files, read_texts, tokenize_texts
+from envfactory.model.tokenizer import train_bpe
+from envfactory.model.train import TrainConfig, main, set_trainable, train
+from envfactory.model.transformer import Transformer
 
 CFG = get_config("tiny", index_topk=6)
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from sandboxes.image import docker_ready
-from sandboxes.isolate import Limits, SandboxError, SandboxPool, SandboxWarning
+from envfactory.sandboxes.image import docker_ready
+from envfactory.sandboxes.isolate import Limits, SandboxError, SandboxPool, SandboxWarning
 
 HEADER = '''"""Verifier for task adv-L0 (trip_planning, level 0).
 
@@ -318,9 +318,9 @@ def test_many_databases_cycle_through_one_worker(tmp_path):
 
 
 def test_without_docker_auto_falls_back_with_a_warning(root, monkeypatch):
-    import sandboxes.image
+    import envfactory.sandboxes.image as image
 
-    monkeypatch.setattr(sandboxes.image, "docker_ready", lambda: "no Docker daemon answers (test)")
+    monkeypatch.setattr(image, "docker_ready", lambda: "no Docker daemon answers (test)")
     with pytest.warns(SandboxWarning, match="no Docker sandbox .*do not isolate the file system"):
         pool = SandboxPool(root, size=1, backend="auto")
     with pool:
@@ -333,7 +333,7 @@ def test_without_docker_auto_falls_back_with_a_warning(root, monkeypatch):
 def test_stopped_leftover_containers_are_swept(root):
     import subprocess
 
-    from sandboxes.image import image_tag
+    from envfactory.sandboxes.image import image_tag
 
     _require_docker()
     cid = subprocess.run(["docker", "run", "-d", "--label", "envfactory.sandbox=1", image_tag(), "true"],

@@ -9,10 +9,10 @@ import time
 import httpx
 import pytest
 
-from sandboxes import world
-from sandboxes.sources import SOURCE_KINDS, FetchContext, SourceError, fetch
-from sandboxes.sources.html import ListingParser
-from sandboxes.web import OfflineWeb
+from envfactory.sandboxes import world
+from envfactory.sandboxes.sources import SOURCE_KINDS, FetchContext, SourceError, fetch
+from envfactory.sandboxes.sources.html import ListingParser
+from envfactory.sandboxes.web import OfflineWeb
 
 PAGE_SIZE = 3
 

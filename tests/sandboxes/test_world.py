@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxes import world
+from envfactory.sandboxes import world
 
 ROOT = Path(__file__).resolve().parents[2]
 

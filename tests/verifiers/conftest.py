@@ -7,7 +7,7 @@ import random
 import duckdb
 import pytest
 
-from verifiers.problem import Problem, SlotView
+from envfactory.verifiers.problem import Problem, SlotView
 
 CUISINES = ["thai", "italian", "sichuan", "seafood"]
 
@@ -47,7 +47,7 @@ TYPES = {
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """(problem, db_path) for a 3-unit trip over 4 candidate cities and an origin."""
-    from sandboxes.world import haversine_km
+    from envfactory.sandboxes.world import haversine_km
 
     rng = random.Random(1234)
     cities, hotels, rests, attrs = _world(rng)

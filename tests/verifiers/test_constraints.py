@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from factory.seed import PoolItem
-from verifiers.codegen import load_verifier, render_verifier
-from verifiers.constraints import KINDS, Constraint, get_kind
-from verifiers.count import count_plans
-from verifiers.solver import confirm, count_solutions
+from envfactory.factory.seed import PoolItem
+from envfactory.verifiers.codegen import load_verifier, render_verifier
+from envfactory.verifiers.constraints import KINDS, Constraint, get_kind
+from envfactory.verifiers.count import count_plans
+from envfactory.verifiers.solver import confirm, count_solutions
 
 COSTS = {"hotel": "price_per_night", "restaurant": "avg_cost", "attraction": "ticket_price"}
 

@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import duckdb
 import pytest
 
-from factory.generate import generate
-from verifiers.mutants import cases, judge
-from factory.seed import load_seed
-from verifiers.validate import find_envs, validate
-from sandboxes.image import docker_ready
-from verifiers.constraints import Constraint, get_kind
-from verifiers.problem import load_problem, scaled
+from envfactory.factory.generate import generate
+from envfactory.verifiers.mutants import cases, judge
+from envfactory.factory.seed import load_seed
+from envfactory.verifiers.validate import find_envs, validate
+from envfactory.sandboxes.image import docker_ready
+from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.problem import load_problem, scaled
 
 BACKEND = "docker" if (docker_ready() is None or os.environ.get("FACTORY_REQUIRE_DOCKER") == "1") else "local"
 
@@ -133,7 +133,7 @@ def test_tampered_file_is_reported(bundle, tmp_path):
 
 
 def _factory(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "factory.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "envfactory.factory.cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_cli_exit_codes(bundle, tmp_path):

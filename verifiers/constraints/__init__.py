@@ -1,6 +1,6 @@
 """Constraint kinds; importing this package registers every one of them."""
 
-from verifiers.constraints import (  # noqa: F401  (imported to register)
+from envfactory.verifiers.constraints import (  # noqa: F401  (imported to register)
     aggregate,
     all_different,
     attribute,
@@ -10,6 +10,6 @@ from verifiers.constraints import (  # noqa: F401  (imported to register)
     total_budget,
     unit_budget,
 )
-from verifiers.constraints.base import KINDS, Constraint, Need, check_source, get_kind
+from envfactory.verifiers.constraints.base import KINDS, Constraint, Need, check_source, get_kind
 
 __all__ = ["KINDS", "Constraint", "Need", "check_source", "get_kind"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, plural, register
-from verifiers.problem import scaled as _scaled
+from envfactory.verifiers.constraints.base import Constraint, Need, plural, register
+from envfactory.verifiers.problem import scaled as _scaled
 
 
 def check(units, params, ctx):

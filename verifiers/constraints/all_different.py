@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, register
+from envfactory.verifiers.constraints.base import Constraint, register
 
 
 def check(units, params, ctx):

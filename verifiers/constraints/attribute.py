@@ -7,8 +7,8 @@ has an airport".
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, register
-from verifiers.problem import scaled as _scaled
+from envfactory.verifiers.constraints.base import Constraint, Need, register
+from envfactory.verifiers.problem import scaled as _scaled
 
 OPS = {">=": "at least", "<=": "at most", "==": "exactly", "!=": "other than"}
 

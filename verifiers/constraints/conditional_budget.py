@@ -7,8 +7,8 @@ The report's example: "if the day-2 hotel costs more than X, day-2 meals cost at
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, register
-from verifiers.problem import scaled as _scaled
+from envfactory.verifiers.constraints.base import Constraint, Need, register
+from envfactory.verifiers.problem import scaled as _scaled
 
 
 def check(units, params, ctx):

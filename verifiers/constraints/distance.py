@@ -6,7 +6,7 @@ sandbox's `distances` table and exposed to agents through a tool.
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, register
+from envfactory.verifiers.constraints.base import Constraint, Need, register
 
 
 def check(units, params, ctx):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, plural, register
+from envfactory.verifiers.constraints.base import Constraint, Need, plural, register
 
 
 def check(units, params, ctx):

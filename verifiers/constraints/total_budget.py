@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from verifiers.constraints.base import Constraint, Need, plural, register
-from verifiers.problem import scaled as _scaled
+from envfactory.verifiers.constraints.base import Constraint, Need, plural, register
+from envfactory.verifiers.problem import scaled as _scaled
 
 
 def check(units, params, ctx):
@@ -40,7 +40,7 @@ def costs(p) -> dict[str, str]:
 
 def propose(item, p, current, reference, rng, opts):
     """Tighten an existing budget to a point between the cheapest plan and the current cap."""
-    from verifiers.solver import min_total_cost
+    from envfactory.verifiers.solver import min_total_cost
 
     old = next((k for k in current if k.kind == "total_budget"), None)
     if old is None:

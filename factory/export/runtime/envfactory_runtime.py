@@ -21,18 +21,26 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
 
-__all__ = ["DEFAULT_MAX_TOOL_RESPONSE_CHARS", "Env", "Episode", "Runtime", "extract_answer"]
+__all__ = ["DEFAULT_MAX_TOOL_RESPONSE_CHARS", "MAX_ANSWER_DEPTH", "MAX_RESPONSE_CHARS", "Env", "Episode",
+           "Runtime", "answer_problem", "extract_answer", "final_text"]
 
 DEFAULT_MAX_TOOL_RESPONSE_CHARS = 4000
 MAX_EPISODES = 10000  # oldest episodes are dropped past this many (trainers never say when one ends)
+# Hostile completions are scored 0 with a reason, never an exception, in bounded time. A whole
+# multi-turn transcript with every tool output is far below 1M characters (a reference
+# trajectory: 3-6K); a plan is a few levels deep (answer -> days -> day -> fields).
+MAX_RESPONSE_CHARS = 1_000_000
+MAX_ANSWER_DEPTH = 32
+MAX_DECODE_ATTEMPTS = 20_000  # JSON parse attempts at "{" positions before giving up on a response
+EXTRACT_BUDGET_S = 2.0
 
-_BLOCKS = re.compile(r"<think>.*?</think>|<tool_call>.*?</tool_call>|<tool_response>.*?</tool_response>", re.DOTALL)
+_TAGS = (("<think>", "</think>"), ("<tool_call>", "</tool_call>"), ("<tool_response>", "</tool_response>"))
 
 
 def _load_module(path: Path, prefix: str):
@@ -49,30 +57,135 @@ def _is_tool_traffic(obj: dict) -> bool:
     return keys == {"name", "arguments"} or keys == {"results"} or keys == {"error"}
 
 
+def _strip_blocks(text: str) -> str:
+    """Remove <think>, <tool_call> and <tool_response> blocks in one linear pass (a regex with
+    lazy DOTALL groups is quadratic on many unclosed tags)."""
+    out, i, n = [], 0, len(text)
+    open_at = {o: text.find(o) for o, _ in _TAGS}
+    while i < n:
+        live = [(p, o) for o, p in open_at.items() if p >= 0]
+        if not live:
+            break
+        p, o = min(live)
+        close = dict(_TAGS)[o]
+        end = text.find(close, p + len(o))
+        if end < 0:  # unclosed: no later block of this kind closes either
+            open_at[o] = -1
+            continue
+        out.append(text[i:p])
+        out.append(" ")
+        i = end + len(close)
+        for o2 in open_at:
+            if 0 <= open_at[o2] < i:
+                open_at[o2] = text.find(o2, i)
+    out.append(text[i:])
+    return "".join(out)
+
+
+def _depth_exceeds(obj, limit: int) -> bool:
+    """Whether a parsed JSON value nests deeper than `limit` (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            if d > limit:
+                return True
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def answer_problem(answer) -> str | None:
+    """Why a parsed answer cannot be scored at all (too deep), or None."""
+    if _depth_exceeds(answer, MAX_ANSWER_DEPTH):
+        return f"answer nests deeper than {MAX_ANSWER_DEPTH} levels"
+    return None
+
+
+def _as_text(response) -> tuple[str | None, str | None]:
+    """(text, None) or (None, why the response is not scorable text)."""
+    if isinstance(response, (bytes, bytearray, memoryview)):
+        if len(response) > 4 * MAX_RESPONSE_CHARS:
+            return None, f"response too long ({len(response)} bytes, limit {MAX_RESPONSE_CHARS} characters)"
+        try:
+            response = bytes(response).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"response is not valid UTF-8 ({e.reason} at byte {e.start})"
+    if not isinstance(response, str):
+        return None, f"response is {type(response).__name__}, not text"
+    if len(response) > MAX_RESPONSE_CHARS:
+        return None, f"response too long ({len(response)} characters, limit {MAX_RESPONSE_CHARS})"
+    return response, None
+
+
 def extract_answer(text):
     """The final answer in a model's response: the last top-level JSON object that is not
     tool traffic, after removing reasoning (`<think>`), tool calls and tool responses.
-    A dict passes through; None when nothing is found."""
+    A dict passes through; None when nothing is found (or the text is not scorable)."""
+    return _extract(text)[0]
+
+
+def _extract(text):
+    """(answer or None, reason when None)."""
     if isinstance(text, dict):
-        return text
-    if not isinstance(text, str):
-        return None
-    text = _BLOCKS.sub(" ", text)
+        return text, None
+    text, why = _as_text(text)
+    if text is None:
+        return None, why
+    text = _strip_blocks(text)
     if "</think>" in text:  # chat templates that pre-fill the opening <think> tag
         text = text.rsplit("</think>", 1)[1]
-    decoder, found, i = json.JSONDecoder(), None, 0
+    decoder, found, i, attempts = json.JSONDecoder(), None, 0, 0
+    deadline = time.monotonic() + EXTRACT_BUDGET_S
+    why = "no JSON object in the response"
     while True:
         j = text.find("{", i)
         if j < 0:
-            return found
+            return found, (None if found is not None else why)
+        attempts += 1
+        if attempts > MAX_DECODE_ATTEMPTS or (attempts % 256 == 0 and time.monotonic() > deadline):
+            return None, "response too complex to parse (too many JSON fragments)"
         try:
             obj, end = decoder.raw_decode(text, j)
+        except RecursionError:
+            why = f"answer nests deeper than {MAX_ANSWER_DEPTH} levels"
+            i = j + 1
+            continue
         except ValueError:
             i = j + 1
             continue
         if isinstance(obj, dict) and not _is_tool_traffic(obj):
             found = obj
         i = end
+
+
+def _field(m, name):
+    return m.get(name) if isinstance(m, dict) else getattr(m, name, None)
+
+
+def _content_text(content) -> str:
+    """A message's content as text: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (list, tuple)):
+        parts = [_field(p, "text") if _field(p, "type") in ("text", "output_text", None) else None for p in content]
+        return "".join(p if isinstance(p, str) else "" for p in parts)
+    return ""
+
+
+def final_text(completion) -> str:
+    """The text of the last assistant message of a completion: a string, a message, or a list
+    of messages as dicts or objects with `role` / `content` (pydantic messages), the content a
+    string or a list of {"type": "text", "text"} parts. "" when there is none."""
+    if isinstance(completion, (str, bytes, bytearray)):
+        return completion if isinstance(completion, str) else _as_text(completion)[0] or ""
+    try:
+        messages = [completion] if _field(completion, "role") is not None else list(completion)
+    except TypeError:
+        return ""
+    for m in reversed(messages):
+        if _field(m, "role") == "assistant":
+            return _content_text(_field(m, "content"))
+    return ""
 
 
 class Env:
@@ -232,13 +345,24 @@ class Runtime:
 
     def score_text(self, task_id: str, response) -> dict:
         """Score a response (text holding the answer JSON, or the answer itself) for a task:
-        {"score", "checks", "answer"}; 0 with a `format` check when no answer is found."""
-        env = self.tasks.get(task_id)
-        if env is None:
-            raise KeyError(f"unknown task {task_id!r}")
-        answer = extract_answer(response)
-        if answer is None:
-            return {"score": 0.0, "answer": None,
-                    "checks": [{"name": "format", "passed": False, "reason": "no JSON object in the response"}]}
-        result = env.score(task_id, answer)
-        return {"score": float(result["score"]), "checks": result["checks"], "answer": answer}
+        {"score", "checks", "answer"}. Never raises: an unknown task, a response that is not
+        scorable text (not a string, invalid UTF-8, over MAX_RESPONSE_CHARS), no answer, an
+        answer nested too deep, or a verifier that fails all score 0 with a named reason."""
+        try:
+            env = self.tasks.get(task_id) if isinstance(task_id, str) else None
+            if env is None:
+                return _zero("task", f"unknown task {str(task_id)[:200]!r}")
+            answer, why = _extract(response)
+            if answer is None:
+                return _zero("format", why)
+            why = answer_problem(answer)
+            if why:
+                return _zero("format", why)
+            result = env.score(task_id, answer)
+            return {"score": float(result["score"]), "checks": result["checks"], "answer": answer}
+        except Exception as e:  # a reward never raises; RecursionError and MemoryError included
+            return _zero("error", f"scoring failed: {type(e).__name__}: {str(e)[:300]}")
+
+
+def _zero(name: str, reason: str) -> dict:
+    return {"score": 0.0, "answer": None, "checks": [{"name": name, "passed": False, "reason": reason}]}
