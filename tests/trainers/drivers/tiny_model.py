@@ -39,6 +39,12 @@ SPECIAL = (PAD, IM_START, IM_END)
 MARKUP = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
 VOCAB_SIZE = 4096
 MAX_POSITIONS = 32768
+# `AutoTokenizer` loads a tokenizer beside a qwen2 config as `Qwen2Tokenizer`, which rebuilds
+# the pre-tokenizer (this split pattern, then byte-level) and an NFC normalizer whatever
+# tokenizer.json says (transformers 5.x models/qwen2/tokenization_qwen2.py). Training with the
+# same two keeps one tokenization however the directory is loaded; `build` checks it.
+SPLIT_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 # Text the tokenizer always sees besides the corpus, so JSON and tool-call framing get merges
 # of their own even when the corpus lacks them.
@@ -89,11 +95,14 @@ CHAT_TEMPLATE = """\
 
 def train_tokenizer(texts: list[str]):
     """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts`, with the chat template."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=list(SPECIAL),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -156,11 +165,18 @@ def build(out: Path, corpus: list[Path] = (), seed: int = 0, sft_file: Path | No
     if sft_file is not None:
         conversations = [json.loads(l) for l in sft_file.read_text(encoding="utf-8").splitlines() if l.strip()]
         texts += [json.dumps(c, ensure_ascii=False) for c in conversations]
-    tokenizer = train_tokenizer(texts)
-    model = build_model(tokenizer, seed)
-    losses = sft(model, tokenizer, conversations, steps) if conversations else None
+    from transformers import AutoTokenizer
+
+    trained = train_tokenizer(texts)
+    model = build_model(trained, seed)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(out)
+    trained.save_pretrained(out)
+    model.config.save_pretrained(out)  # AutoTokenizer reads the model type from config.json
+    tokenizer = AutoTokenizer.from_pretrained(out)  # what trainers will load
+    probe = BASE_TEXT + "".join(texts[:3]) + CHAT_TEMPLATE + " Ünïcode\r\n\t x"
+    if tokenizer(probe)["input_ids"] != trained(probe)["input_ids"]:
+        raise RuntimeError(f"{type(tokenizer).__name__} from {out} tokenizes differently from the trained tokenizer")
+    losses = sft(model, tokenizer, conversations, steps) if conversations else None
     model.save_pretrained(out)
     return {"out": str(out), "vocab_size": len(tokenizer),
             "parameters": sum(p.numel() for p in model.parameters()), "sft_loss": losses}
