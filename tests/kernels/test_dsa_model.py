@@ -237,7 +237,7 @@ def test_model_triton_decode_with_caches(kw, monkeypatch):
     B, S, P = 2, 19, 5
     tokens = torch.randint(0, 512, (B, S), device=DEVICE)
     got = _record(monkeypatch)
-    kern = importlib.import_module("kernels")
+    kern = importlib.import_module("envfactory.kernels")
     decode_calls = []
     real_decode = kern.sparse_mla_decode
     monkeypatch.setattr(kern, "sparse_mla_decode",
