@@ -18,6 +18,6 @@ printf '%s' "$answer" | .venv/bin/factory verify "$env" "$task" - | .venv/bin/py
 import json, sys
 r = json.load(sys.stdin)
 print("factory verify", sys.argv[1] + ": score", r["score"], "with", len(r["checks"]), "checks")' "$task"
-for target in verl trl verifiers mcp openenv jsonl; do
+for target in $(.venv/bin/python -c "from envfactory.factory.export import TARGETS; print(*TARGETS)"); do
   .venv/bin/factory export "$OUT" --to "$target"
 done
