@@ -1,18 +1,37 @@
 """verl: train/test parquet for `ToolAgentLoop`, tool_config.yaml, a BaseTool keyed on the
-request id, `reward.py` with `compute_score`, and the rollout settings that go with them.
+request id, `reward.py` with `compute_score`, and a Hydra config plus launcher for
+`verl.trainer.main_ppo` (verl 0.9.1; tests/trainers/test_verl.py runs verl's own code on it).
 
-Traps handled (shared/reference/formats.md §1): verl's tool schema model keeps only `type`,
-`description` and string `enum` per property, so schemas are narrowed here and refused if
-narrowing would lose anything but `additionalProperties: false`; verl truncates tool output
-at `max_tool_response_length` characters (default 256), so the export declares the tools'
-real cap and the runtime keeps every output under it; tools are created and released per
-call, so episode state is keyed on `agent_data.request_id`; every row carries
-`create_kwargs` for every tool of the union, since verl reads `tools_kwargs[tool]` for any
-tool the model calls.
+Traps handled (shared/reference/formats.md §1, verl 0.9.1 source):
+- the reward function is read from `reward.custom_reward_function` only; verl 0.9 dropped
+  the migration of the older top-level `custom_reward_function`, which it now ignores
+  (main_ppo then falls back to its built-in scorers, which refuse an unknown data source);
+- verl's default prompt and response limits are 512 tokens, far under a tool episode; the
+  limits here are measured from the export's own prompts and reference trajectories (see
+  `Budget`);
+- `main_ppo` validates the config before training: micro batch sizes and `rollout.name`
+  have no defaults there, so the shipped config sets them;
+- `ToolAgentLoop` shows a row's model only the tools named in `extra_info.tool_selection`
+  (else every tool of tool_config.yaml), so each row names its task's own tools;
+- verl's tool schema model keeps only `type`, `description` and `enum` per property, so
+  schemas are narrowed here and refused if narrowing would lose anything but
+  `additionalProperties: false`;
+- verl truncates tool output at `max_tool_response_length` characters (default 256), so the
+  export declares the tools' real cap and the runtime keeps every output under it;
+- tools are created and released per call, so episode state is keyed on
+  `agent_data.request_id`.
+
+Every row carries `create_kwargs` for every tool of the union, not only its task's: parquet
+gives a struct column one set of fields for all rows, and a row without a tool's entry
+would read it back as null.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,10 +52,50 @@ from envfactory.factory.export.common import (
     write_settings,
 )
 
-__all__ = ["narrow_schema", "write"]
+__all__ = ["BYTES_PER_TOKEN", "Budget", "measure_budget", "narrow_schema", "write"]
 
 TOOL_CLASS = "envfactory_verl_tool.EnvfactoryTool"
 PROP_KEYS = {"type", "description", "enum"}
+VERL_VERSION = "0.9.1"  # the version the trainer tests run (tests/trainers/venvs.py)
+
+# Token limits without a tokenizer: lengths are measured in UTF-8 bytes and divided by a bound,
+# not an average. A byte-level BPE tokenizer (Qwen, Llama 3, DeepSeek, GPT-2) never makes more
+# tokens of a text than it has bytes, and each chat-template special token is several bytes of
+# text. Real tokenizers make 2-4 bytes per token of this JSON-heavy text, so with one the limits
+# can be lowered about 2x.
+BYTES_PER_TOKEN = 1
+PROMPT_TEMPLATE_BYTES = 1024  # a chat template's own text around the messages and the tools block (Qwen's: ~500)
+TURN_TEMPLATE_BYTES = 128  # one tool round's framing: end of turn, tool-turn and <tool_response> tags (Qwen's: ~90)
+RESPONSE_HEADROOM = 1.5  # a policy's episode may call more or other tools than the reference
+ROUND_TO = 512
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The longest prompt and the longest reference episode of an export, in UTF-8 bytes, with
+    the verl token limits that follow from them."""
+
+    prompt_bytes: int  # messages + every tool schema (as the chat template lists them) + template
+    response_bytes: int  # tool calls + tool outputs + final answer + per-turn framing
+    prompt_task: str
+    response_task: str
+
+    @property
+    def max_prompt_length(self) -> int:
+        return _round_up(self.prompt_bytes / BYTES_PER_TOKEN)
+
+    @property
+    def max_response_length(self) -> int:
+        return _round_up(self.response_bytes * RESPONSE_HEADROOM / BYTES_PER_TOKEN)
+
+
+def _round_up(n: float) -> int:
+    return ROUND_TO * math.ceil(n / ROUND_TO)
+
+
+def _nbytes(obj) -> int:
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return len(text.encode("utf-8"))
 
 
 def narrow_schema(tool: dict) -> dict:
@@ -70,39 +129,158 @@ def _row(t: dict, tool_names: list[str]) -> dict:
         "extra_info": {"split": t["split"], "index": t["index"], "task_id": t["task_id"], "env_id": t["env_id"],
                        "level": t["level"], "solution_count": t["solution_count"],
                        "min_tool_calls": t["min_tool_calls"], "need_tools_kwargs": True,
+                       "tool_selection": list(t["tools"]),
                        "tools_kwargs": {n: {"create_kwargs": create} for n in tool_names}},
     }
 
 
-def _run_script(settings: dict) -> str:
-    mt = settings["multi_turn"]
-    return f"""#!/usr/bin/env bash
-# Train with verl on this export: bash run_verl.sh actor_rollout_ref.model.path=... [more overrides]
-set -euo pipefail
-HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
-export PYTHONPATH="$HERE${{PYTHONPATH:+:$PYTHONPATH}}"
-exec python3 -m verl.trainer.main_ppo \\
-    algorithm.adv_estimator=grpo \\
-    data.train_files="$HERE/train.parquet" \\
-    data.val_files="$HERE/{settings['val_file']}" \\
-    data.return_raw_chat=True \\
-    actor_rollout_ref.rollout.mode=async \\
-    actor_rollout_ref.rollout.multi_turn.enable=True \\
-    actor_rollout_ref.rollout.multi_turn.tool_config_path="$HERE/tool_config.yaml" \\
-    actor_rollout_ref.rollout.multi_turn.format={mt['format']} \\
-    actor_rollout_ref.rollout.multi_turn.max_tool_response_length={mt['max_tool_response_length']} \\
-    actor_rollout_ref.rollout.multi_turn.tool_response_truncate_side={mt['tool_response_truncate_side']} \\
-    actor_rollout_ref.rollout.multi_turn.max_assistant_turns={mt['max_assistant_turns']} \\
-    actor_rollout_ref.rollout.multi_turn.max_parallel_calls={mt['max_parallel_calls']} \\
-    custom_reward_function.path="$HERE/reward.py" \\
-    custom_reward_function.name=compute_score \\
-    "$@"
+def _load_runtime(dest: Path):
+    spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_verl_{abs(hash(str(dest)))}",
+                                                  dest / "envfactory_runtime.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Runtime(dest)
+
+
+def measure_budget(dest: Path, tasks: list[dict], tool_schemas: list[dict]) -> Budget:
+    """Replay every task's reference tool calls on the runtime shipped in `dest` and measure the
+    longest prompt and the longest reference episode. The prompt counts every tool schema of
+    tool_config.yaml: verl's RLHFDataset measures prompts with all of them listed."""
+    rt = _load_runtime(dest)
+    tools_bytes = sum(_nbytes(s) + 1 for s in tool_schemas)
+    prompts, responses = {}, {}
+    for t in tasks:
+        prompts[t["task_id"]] = sum(_nbytes(m["content"]) for m in t["messages"]) + tools_bytes + PROMPT_TEMPLATE_BYTES
+        episode = rt.episode(task_id=t["task_id"])
+        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]}) + _nbytes(episode.call(c["name"], c["arguments"]))
+                 for c in t["reference_tool_calls"]]
+        rt.release(episode.id)
+        turns.append(_nbytes(t["reference_answer"]))
+        responses[t["task_id"]] = sum(turns) + TURN_TEMPLATE_BYTES * len(turns)
+    p, r = max(prompts, key=prompts.get), max(responses, key=responses.get)
+    return Budget(prompts[p], responses[r], p, r)
+
+
+def _config(src: Source, n_train: int, limit: int, budget: Budget) -> dict:
+    """The Hydra config main_ppo reads (`--config-name=verl_config`): verl's ppo_trainer plus
+    these settings. `???` marks the paths run_verl.sh passes and the model the user names."""
+    batch = min(16, n_train)
+    most_calls = max(t["min_tool_calls"] for t in src.tasks)
+    multi_turn = {"enable": True, "tool_config_path": "???", "format": "hermes", "max_tool_response_length": limit,
+                  "tool_response_truncate_side": "middle", "max_parallel_calls": 1,
+                  "max_assistant_turns": 2 * most_calls + 2}
+    return {
+        "hydra": {"searchpath": ["pkg://verl.trainer.config"]},
+        "defaults": ["ppo_trainer", "_self_"],
+        "algorithm": {"adv_estimator": "grpo", "use_kl_in_reward": False},
+        "data": {"train_files": "???", "val_files": "???", "return_raw_chat": True,
+                 "max_prompt_length": budget.max_prompt_length, "max_response_length": budget.max_response_length,
+                 "filter_overlong_prompts": True, "truncation": "error", "train_batch_size": batch},
+        "actor_rollout_ref": {
+            "model": {"path": "???"},
+            "actor": {"ppo_mini_batch_size": batch, "ppo_micro_batch_size_per_gpu": 1, "use_kl_loss": False},
+            "ref": {"log_prob_micro_batch_size_per_gpu": 1},
+            "rollout": {"name": "vllm", "mode": "async", "n": 8, "tensor_model_parallel_size": 1,
+                        "prompt_length": budget.max_prompt_length, "response_length": budget.max_response_length,
+                        "log_prob_micro_batch_size_per_gpu": 1, "multi_turn": multi_turn},
+        },
+        "reward": {"custom_reward_function": {"path": "???", "name": "compute_score"}},
+        "trainer": {"n_gpus_per_node": 1, "nnodes": 1, "logger": ["console"], "project_name": "envfactory",
+                    "experiment_name": "-".join(["verl", *src.seeds])},
+    }
+
+
+def _config_text(config: dict, budget: Budget) -> str:
+    header = f"""\
+# verl {VERL_VERSION} config for this export: verl's ppo_trainer plus the settings below.
+# Run it with run_verl.sh, which passes the four paths marked ??? (absolute, for Ray's workers)
+# and your overrides, e.g. actor_rollout_ref.model.path=Qwen/Qwen3-0.6B.
+#
+# Token limits, measured on this export in UTF-8 bytes at {BYTES_PER_TOKEN} token per byte (a bound for
+# byte-level BPE tokenizers, not an average; with a real tokenizer, about 2x lower limits fit):
+#   max_prompt_length {budget.max_prompt_length}: longest prompt {budget.prompt_bytes} bytes ({budget.prompt_task}):
+#     its messages, every tool schema of tool_config.yaml and {PROMPT_TEMPLATE_BYTES} bytes of chat template;
+#   max_response_length {budget.max_response_length}: longest reference episode {budget.response_bytes} bytes
+#     ({budget.response_task}): tool calls, tool outputs, final answer, {TURN_TEMPLATE_BYTES} bytes of framing
+#     per turn, times {RESPONSE_HEADROOM} headroom. A model's own reasoning text is not in it: add room
+#     for that, or set data.apply_chat_template_kwargs.enable_thinking=false where the template has it.
+# rollout.prompt_length/response_length repeat them (verl's own defaults are 512 each).
+# Batch: data.train_batch_size x rollout.n trajectories per step must divide by the GPU count.
+"""
+    return header + yaml.safe_dump(config, sort_keys=False, width=100)
+
+
+RUN_PATHS = (("data.train_files", "train.parquet"), ("data.val_files", "{val}"),
+             ("actor_rollout_ref.rollout.multi_turn.tool_config_path", "tool_config.yaml"),
+             ("reward.custom_reward_function.path", "reward.py"))
+
+
+def _run_script(val_file: str) -> str:
+    paths = "".join(f'    {key}="$HERE/{rel.format(val=val_file)}" \\\n' for key, rel in RUN_PATHS)
+    return (
+        "#!/usr/bin/env bash\n"
+        f"# Train with verl {VERL_VERSION} on this export:\n"
+        "#   bash run_verl.sh actor_rollout_ref.model.path=Qwen/Qwen3-0.6B [more Hydra overrides]\n"
+        "# Settings: verl_config.yaml beside this script. PYTHON picks the interpreter (default python3).\n"
+        "set -euo pipefail\n"
+        'HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"\n'
+        "# tool_config.yaml names envfactory_verl_tool.EnvfactoryTool: importable from here (Ray's workers on\n"
+        "# this machine inherit PYTHONPATH; on a multi-node cluster, make this directory importable on every node)\n"
+        'export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"\n'
+        'exec "${PYTHON:-python3}" -m verl.trainer.main_ppo --config-path="$HERE" --config-name=verl_config \\\n'
+        + paths
+        + '    "$@"\n'
+    )
+
+
+def _usage(names: list[str], limit: int, budget: Budget, batch: int) -> str:
+    return f"""
+```bash
+bash run_verl.sh actor_rollout_ref.model.path=Qwen/Qwen3-0.6B
+```
+
+**verl versions.** Written for and tested with verl {VERL_VERSION}: the envfactory test suite runs
+verl's own `RLHFDataset` on these parquet files, loads `tool_config.yaml` with
+`initialize_tools_from_config`, drives `ToolAgentLoop` (verl's tool parsing, tool execution
+and response masks) through the reference tool calls, scores the episodes with verl's reward
+loading and `reward.py`, and passes `verl_config.yaml` through `main_ppo`'s config validation.
+verl 0.8.0 and 0.9.0 have every key of `verl_config.yaml` and read the two settings that matter
+as 0.9.1 does (checked in their source, not run): `reward.custom_reward_function` (verl >= 0.9
+ignores the top-level `custom_reward_function` of older exports; 0.7-0.8 copied it over) and
+`extra_info.tool_selection` (before 0.8 every row's model sees all {len(names)} tools; a call
+outside its task answers an error).
+
+`run_verl.sh` runs `verl.trainer.main_ppo --config-name=verl_config` with this directory's
+absolute paths; `verl_config.yaml` extends verl's `ppo_trainer` with: GRPO, 8 rollouts per
+prompt, `train_batch_size: {batch}`, vLLM rollout on 1 GPU (`trainer.n_gpus_per_node=8` etc. to
+scale; batch x 8 must divide by the GPU count), `ToolAgentLoop` (`agent_name: tool_agent`, hermes
+tool calls) with `tool_config.yaml` ({len(names)} tools, class `{TOOL_CLASS}`, found through
+`PYTHONPATH`), `max_tool_response_length: {limit}` (verl's default of 256 would cut tool results),
+and `reward.custom_reward_function.path=reward.py` (`compute_score` parses the last JSON object of
+the response and runs the task's verifier: 1 only if every check passes; verl never calls a
+tool's `calc_reward`, the episode is scored once, at its end).
+
+**Lengths.** `max_prompt_length: {budget.max_prompt_length}` and `max_response_length:
+{budget.max_response_length}` (also the rollout's `prompt_length`/`response_length`; verl's defaults
+of 512 cut the prompt and stop an episode after a few tool calls) come from this export: the
+longest prompt is {budget.prompt_bytes} bytes with every tool schema and the chat template, the
+longest reference episode {budget.response_bytes} bytes (tool calls, tool outputs, final answer),
+given {RESPONSE_HEADROOM}x headroom, at 1 token per UTF-8 byte. That is a bound for byte-level BPE
+tokenizers, not an average: with your model's tokenizer (2-4 bytes per token on this text) you
+may lower both about 2x. A thinking model's reasoning needs room on top.
+
+Each row's `extra_info.tool_selection` lists its task's own tools (verl shows the model only
+those), `extra_info.tools_kwargs` names the task for the tool class, and
+`reward_model.ground_truth` is JSON text `{{"task_id", "reference_answer"}}`; the reference is
+one feasible plan among `extra_info.solution_count`, so scoring runs the verifier rather than
+comparing with it.
 """
 
 
 def write(src: Source, dest: Path, splits: dict) -> dict:
     schemas = union_schemas(src)
     names = [s["function"]["name"] for s in schemas]
+    narrowed = [narrow_schema(s) for s in schemas]
     rows = task_rows(src, splits)
     files = {}
     for split, rs in rows.items():
@@ -110,41 +288,25 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
             pq.write_table(pa.Table.from_pylist([_row(t, names) for t in rs]), dest / f"{split}.parquet",
                            compression="zstd")
             files[split] = f"{split}.parquet"
-    tool_config = {"tools": [{"class_name": TOOL_CLASS, "config": {"type": "native"}, "tool_schema": narrow_schema(s)}
-                             for s in schemas]}
+    tool_config = {"tools": [{"class_name": TOOL_CLASS, "config": {"type": "native"}, "tool_schema": s}
+                             for s in narrowed]}
     (dest / "tool_config.yaml").write_text(yaml.safe_dump(tool_config, sort_keys=False, width=100), encoding="utf-8")
     limit = max_tool_chars(src)
-    most_calls = max(t["min_tool_calls"] for t in src.tasks)
-    multi_turn = {"enable": True, "tool_config_path": "tool_config.yaml", "format": "hermes",
-                  "max_tool_response_length": limit, "tool_response_truncate_side": "middle",
-                  "max_parallel_calls": 1, "max_assistant_turns": 2 * most_calls + 2}
-    rollout = {"data": {"return_raw_chat": True},
-               "actor_rollout_ref": {"rollout": {"mode": "async", "multi_turn": multi_turn}},
-               "custom_reward_function": {"path": "reward.py", "name": "compute_score"}}
-    (dest / "verl_config.yaml").write_text(
-        "# Settings this export needs (merge into your verl config; paths are relative to this directory).\n"
-        + yaml.safe_dump(rollout, sort_keys=False), encoding="utf-8")
-    settings = {"target": "verl", "max_tool_response_chars": limit, "multi_turn": multi_turn,
-                "val_file": files.get("test", files["train"])}
-    (dest / "run_verl.sh").write_text(_run_script(settings), encoding="utf-8")
     write_settings(dest, {"target": "verl", "max_tool_response_chars": limit})
     copy_envs(src, dest)
     copy_runtime(dest, "envfactory_verl_tool.py", "reward.py")
-    usage = f"""
-```bash
-bash run_verl.sh actor_rollout_ref.model.path=Qwen/Qwen3-0.6B trainer.n_gpus_per_node=1
-```
-
-`run_verl.sh` passes the settings in `verl_config.yaml`: `ToolAgentLoop` (`agent_name: tool_agent`),
-`tool_config.yaml` ({len(names)} tools, class `{TOOL_CLASS}`, found through `PYTHONPATH`),
-`max_tool_response_length: {limit}` (verl's default of 256 would cut tool results), and
-`custom_reward_function.path=reward.py` (`compute_score` parses the last JSON object of the
-response and runs the task's verifier: 1 only if every check passes). `reward_model.ground_truth`
-is JSON text `{{"task_id", "reference_answer"}}`; the reference is one feasible plan among
-`extra_info.solution_count`, so scoring runs the verifier rather than comparing with it.
-"""
-    write_card(dest, "verl", src, splits, usage, {s: f for s, f in files.items()}, limit)
-    return {"max_tool_response_chars": limit, "tools": names, "data_files": files}
+    budget = measure_budget(dest, src.tasks, narrowed)
+    config = _config(src, len(rows.get("train", [])), limit, budget)
+    (dest / "verl_config.yaml").write_text(_config_text(config, budget), encoding="utf-8")
+    (dest / "run_verl.sh").write_text(_run_script(files.get("test", files["train"])), encoding="utf-8")
+    lengths = {"max_prompt_length": budget.max_prompt_length, "max_response_length": budget.max_response_length,
+               "prompt_bytes": budget.prompt_bytes, "response_bytes": budget.response_bytes,
+               "bytes_per_token": BYTES_PER_TOKEN}
+    write_settings(dest, {"target": "verl", "max_tool_response_chars": limit, "verl": VERL_VERSION, **lengths})
+    usage = _usage(names, limit, budget, config["data"]["train_batch_size"])
+    write_card(dest, "verl", src, splits, usage, dict(files), limit)
+    return {"max_tool_response_chars": limit, "tools": names, "data_files": files, **lengths}
 
 
-register("verl", write, "verl ToolAgentLoop: parquet, tool_config.yaml, request-keyed BaseTool, compute_score")
+register("verl", write, "verl ToolAgentLoop: parquet with per-row tool selection, tool_config.yaml, "
+                        "request-keyed BaseTool, compute_score, a main_ppo config that passes verl's validation")

@@ -1,11 +1,13 @@
 """verl export read back with verl's conventions: parquet columns, the tool YAML validated
-by a replica of verl's schema models, the BaseTool lifecycle, and compute_score."""
+by a replica of verl's schema models, the main_ppo config and its length limits, the BaseTool
+lifecycle, and compute_score. tests/trainers/test_verl.py runs the same export in verl itself."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -76,6 +78,7 @@ def test_parquet_rows(exports, bundle):
             info = row["extra_info"]
             assert info["split"] == split and info["index"] == i and info["need_tools_kwargs"] is True
             tk = info["tools_kwargs"]
+            assert info["tool_selection"] == t["tools"]  # what verl's ToolAgentLoop shows the model
             assert set(tk) >= set(t["tools"])
             assert all(v == {"create_kwargs": {"task_id": t["task_id"], "env_id": t["env_id"]}} for v in tk.values())
             seen[t["task_id"]] = split
@@ -125,10 +128,58 @@ def test_rollout_settings_declare_the_tool_output_limit(exports):
     assert mt["max_tool_response_length"] == limit == 4000 and mt["enable"] is True
     assert mt["max_assistant_turns"] > max(t["min_tool_calls"] for t in
                                            pq.read_table(out / "train.parquet").column("extra_info").to_pylist())
+
+
+def test_config_is_a_main_ppo_config_with_what_validation_needs(exports):
+    """verl 0.9.1 reads the reward function only under `reward.`, and main_ppo's validation
+    wants micro batch sizes and a rollout engine name (tests/trainers/test_verl.py runs it)."""
+    out = exports["verl"]
+    cfg = yaml.safe_load((out / "verl_config.yaml").read_text())
+    assert cfg["defaults"] == ["ppo_trainer", "_self_"] and cfg["hydra"]["searchpath"] == ["pkg://verl.trainer.config"]
+    assert "custom_reward_function" not in cfg
+    assert cfg["reward"]["custom_reward_function"] == {"path": "???", "name": "compute_score"}
+    aro = cfg["actor_rollout_ref"]
+    assert aro["rollout"]["name"] == "vllm" and aro["rollout"]["mode"] == "async"
+    assert aro["actor"]["ppo_micro_batch_size_per_gpu"] >= 1 and aro["rollout"]["log_prob_micro_batch_size_per_gpu"] >= 1
+    assert aro["actor"]["ppo_mini_batch_size"] <= cfg["data"]["train_batch_size"]
     script = (out / "run_verl.sh").read_text()
-    assert f"multi_turn.max_tool_response_length={limit} " in script
-    assert 'tool_config_path="$HERE/tool_config.yaml"' in script and 'custom_reward_function.path="$HERE/reward.py"' in script
-    assert cfg["custom_reward_function"] == {"path": "reward.py", "name": "compute_score"}
+    assert "-m verl.trainer.main_ppo --config-path=\"$HERE\" --config-name=verl_config" in script
+    for key, rel in (("data.train_files", "train.parquet"), ("data.val_files", "test.parquet"),
+                     ("actor_rollout_ref.rollout.multi_turn.tool_config_path", "tool_config.yaml"),
+                     ("reward.custom_reward_function.path", "reward.py")):
+        assert f'    {key}="$HERE/{rel}" \\\n' in script
+    assert script.index("reward.custom_reward_function.path") < script.index('"$@"')  # user overrides come last
+    card = (out / "README.md").read_text()
+    assert "verl 0.9.1" in card and "reward.custom_reward_function" in card and "tool_selection" in card
+
+
+def test_length_limits_cover_every_prompt_and_reference_episode(exports, bundle):
+    """data.max_prompt_length / max_response_length (and the rollout's copies) bound, at one
+    token per UTF-8 byte, the longest prompt with every tool schema and the longest reference
+    episode (calls, outputs, answer); verl's default of 512 holds neither."""
+    out = exports["verl"]
+    cfg = yaml.safe_load((out / "verl_config.yaml").read_text())
+    settings = json.loads((out / "export.json").read_text())
+    data, rollout = cfg["data"], cfg["actor_rollout_ref"]["rollout"]
+    assert rollout["prompt_length"] == data["max_prompt_length"] == settings["max_prompt_length"]
+    assert rollout["response_length"] == data["max_response_length"] == settings["max_response_length"]
+    assert settings["bytes_per_token"] == 1 and data["filter_overlong_prompts"] is True
+    schemas = [t["tool_schema"] for t in yaml.safe_load((out / "tool_config.yaml").read_text())["tools"]]
+    spec = importlib.util.spec_from_file_location("_verl_budget_runtime", out / "envfactory_runtime.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rt = mod.Runtime(out)
+    nbytes = lambda x: len((x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)).encode())
+    prompts, episodes = [], []
+    for t in all_tasks(bundle):
+        prompts.append(sum(nbytes(m["content"]) for m in t["messages"]) + sum(nbytes(s) for s in schemas))
+        ep = rt.episode(task_id=t["task_id"])
+        episodes.append(sum(nbytes(c) + nbytes(ep.call(c["name"], c["arguments"])) for c in t["reference_tool_calls"])
+                        + nbytes(t["reference_answer"]))
+    assert 512 < max(prompts) < settings["prompt_bytes"] <= data["max_prompt_length"] < settings["prompt_bytes"] + 512
+    assert 512 < max(episodes) < settings["response_bytes"] < data["max_response_length"]
+    assert data["max_response_length"] == 512 * math.ceil(settings["response_bytes"] * 1.5 / 512)
+    assert "1 token per UTF-8 byte" in (out / "README.md").read_text()
 
 
 def test_tool_class_keeps_state_per_request_and_outputs_under_the_limit(exports, bundle, monkeypatch):
@@ -164,6 +215,7 @@ def test_tool_class_keeps_state_per_request_and_outputs_under_the_limit(exports,
     agent_a2, _ = asyncio.run(rollout("req-a", task["reference_tool_calls"][:1]))
     assert agent_a2.extra_fields["envfactory_tool_calls"] == len(task["reference_tool_calls"]) + 1
     assert mod.EnvfactoryTool._instances == {}  # every instance released
+    assert "calc_reward" not in mod.EnvfactoryTool.__dict__  # verl never calls it; the reward is reward.py's
 
 
 def test_compute_score_one_for_reference_zero_for_mutant(exports, bundle):
