@@ -53,6 +53,31 @@ SPECS: dict[str, VenvSpec] = {s.name: s for s in (
     VenvSpec("verifiers-0.3", ("verifiers==0.3.1", "datasets>=2.19", "duckdb>=1.1"), "import verifiers, duckdb"),
     VenvSpec("openenv-core", ("openenv-core==0.3.0", "duckdb>=1.1"), "import openenv, duckdb"),
     VenvSpec("openenv", ("openenv==0.10.0", "duckdb>=1.1"), "import openenv, duckdb"),
+    # OpenRLHF pins deepspeed and flash-attn (a CUDA build), which cannot install on CPU: openrlhf goes in with
+    # --no-deps, beside what its dataset, reward and agent modules import, with their closure (pinned as resolved
+    # here, since --no-deps resolves nothing).
+    VenvSpec("openrlhf", (
+        TORCH, "openrlhf==0.11.2",
+        "aiohappyeyeballs==2.7.1", "aiohttp==3.14.5", "aiosignal==1.4.0", "annotated-doc==0.0.7",
+        "annotated-types==0.8.0", "anyio==4.16.0", "attrs==26.1.0", "certifi==2026.10.19.post1",
+        "charset-normalizer==3.5.3", "click==8.5.1", "datasets==5.2.0", "dill==0.4.1", "duckdb==2.0.1",
+        "filelock==4.3.1", "frozenlist==1.8.0", "fsspec==2026.9.0", "h11==0.16.0", "hf-xet==1.8.0",
+        "httpcore==1.0.9", "httpx==0.29.0", "huggingface_hub==1.33.0", "idna==3.20", "Jinja2==3.1.6",
+        "jsonschema==4.26.0", "jsonschema-specifications==2025.9.1", "markdown-it-py==4.3.0", "MarkupSafe==3.0.4",
+        "mdurl==0.1.2", "mpmath==1.3.0", "msgpack==1.2.4", "multidict==7.2.1", "multiprocess==0.70.19",
+        "networkx==3.6.1", "numpy==2.4.6", "packaging==26.4", "pandas==3.1.1", "propcache==0.5.4",
+        "protobuf==7.36.2", "pyarrow==26.0.1", "pydantic==2.14.4", "pydantic_core==2.50.5", "Pygments==2.21.0",
+        "pylatexenc==2.11", "python-dateutil==4.0.0", "PyYAML==6.0.4", "ray==2.55.0", "referencing==0.37.0",
+        "regex==2026.11.19", "requests==2.34.2", "rich==15.0.0", "rpds-py==2026.9.1", "safetensors==0.8.0",
+        "shellingham==1.5.4", "sympy==1.14.0", "tokenizers==0.22.2", "tqdm==4.70.1", "transformers==5.15.0",
+        "typer==0.29.2", "typing-inspection==0.4.5", "typing_extensions==4.16.0", "tzdata==2026.6", "urllib3==2.8.0",
+        "xxhash==4.1.0", "yarl==1.25.1"),
+        "import openrlhf.utils.agent, openrlhf.datasets, ray, transformers, duckdb", pip_args=("--no-deps",)),
+    # nemo-gym 0.7.0 declares Python >= 3.13.14; the newest CPython here is pyenv's 3.13.0 (Debian 12 has 3.11,
+    # PyPI has no interpreters), so pip is told to ignore the floor.
+    VenvSpec("nemo-gym", ("nemo-gym==0.7.0", "duckdb>=1.1"), "import nemo_gym.base_resources_server, duckdb",
+             pip_args=("--ignore-requires-python",),
+             python=str(next(iter(sorted(Path.home().glob(".pyenv/versions/3.13*/bin/python3.13"))), "python3.13"))),
 )}
 
 
