@@ -100,6 +100,11 @@ WRONG = [None, b"\xff\xfe{", bytearray(b"{}"), [], [None, 1], {}, {"days": None}
          "{" * 10000, '{"task_id": 5}', "[]"]
 
 
+def _batch_len(x) -> int:
+    """How many scores a batch hook owes for `x`: one per item of a list, none for None, else one."""
+    return len(x) if isinstance(x, (list, tuple)) else 0 if x is None else 1
+
+
 def test_hooks_never_raise_on_wrong_types(bundle, rewards):
     """Every hook over every wrong input in every slot: a float 0.0 and, where the hook
     returns checks, a failed one with a reason."""
@@ -115,10 +120,10 @@ def test_hooks_never_raise_on_wrong_types(bundle, rewards):
         for sample in (SimpleNamespace(metadata=x, label=x, response=x), SimpleNamespace(metadata=x, label=label,
                        response=x), SimpleNamespace(), x):
             assert asyncio.run(rewards.custom_rm(None, sample)) == 0.0
-        assert asyncio.run(rewards.batched_custom_rm(None, x)) == [0.0] * len(rewards._as_list(x))
+        assert asyncio.run(rewards.batched_custom_rm(None, x)) == [0.0] * _batch_len(x)
         for args in ((x, x, x), ([x], [x], [x]), ([good], [""], [x]), ([x], [""], [label])):
             scores = rewards.reward_func(*args)["rewards"]
-            assert [float(s) for s in scores] == [0.0] * len(rewards._as_list(args[0])), args
+            assert [float(s) for s in scores] == [0.0] * _batch_len(args[0]), args
         for row in (x, {"task_id": x}, {"verifier_metadata": x}, {"task_id": t["task_id"]}):
             v = rewards.nemo_gym_verify(row, x)
             assert v["reward"] == 0.0 and not all(c["passed"] for c in v["checks"]), (row, x)

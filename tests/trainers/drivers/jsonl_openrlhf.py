@@ -123,8 +123,9 @@ async def multi_turn(out: Path, tokenizer, executor, prompt: str, label: str, ca
     engine = ScriptedEngine(tokenizer, [*map(call_text, calls), final])
     result = await executor.execute(prompt, label, params(), 400000, tokenizer, engine)
     seen = [tokenizer.decode(p) for p in engine.prompts]  # what the policy saw before each turn
-    responses = [json.loads(seen[i + 1].rsplit("<tool_response>\n", 1)[1].split("\n</tool_response>", 1)[0])
-                 for i in range(len(calls))]
+    # the last tool turn before policy turn i + 1 holds call i's output
+    responses = [json.loads(s.rsplit("<tool_response>\n", 1)[1].split("\n</tool_response>", 1)[0])
+                 for s in seen[1:len(calls) + 1] if "<tool_response>\n" in s]
     experience = SamplesGenerator.__new__(SamplesGenerator)._process_response_into_experience(result, max_len=400000)
     action_tokens = sum(e - s for s, e in result["action_ranges"])
     return {
