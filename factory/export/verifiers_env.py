@@ -1,13 +1,26 @@
-"""verifiers: an installable package exposing `load_environment(...)` (PrimeIntellect verifiers).
+"""verifiers: an installable package for PrimeIntellect verifiers, of every API generation.
 
 The export is a project directory: `pyproject.toml` (hatchling; depends on duckdb only, the
-`verifiers` library is the optional extra `[verifiers]`), the package `<module>/` holding
-`load_environment`, `load_tasks`, the typed tool functions, the runtime and the
-environments' data. With `verifiers` importable, `load_environment()` returns a
-`vf.StatefulToolEnv` (dataset columns `prompt`, `answer`, `info`, `task`; the episode id is
-a hidden tool argument filled from the rollout state; rubric = the task's verifier). Without
-it, `load_environment()` returns a `TaskSet` (the same rows, the tools and a `score` method),
-so the package stays usable and testable without the library's heavy dependencies.
+library is the optional extra `[verifiers]`, `verifiers>=VF_MIN,<VF_NEXT`), the package `<module>/`
+(`__init__.py` from `templates/verifiers_init.py.j2`: tool functions, `load_tasks`, `score`,
+`load_environment`; `vf_v1.py` from `templates/verifiers_v1.py.j2`), the runtime and the
+environments' data.
+
+Which API `load_environment()` serves follows the installed release (read from its metadata):
+- verifiers >= 0.4 (`verifiers.v1`): no `load_environment` contract there; an installed package
+  is a plugin that exports a `Taskset` (and may export an `Env` and a `Harness`) through
+  `__all__`, and `vf-eval <package>` builds the env from them. Tools are MCP tool servers, one
+  process per rollout; rewards are `@vf.reward` methods of the task. Our `load_environment`
+  returns the library's `Env` for the package's taskset.
+- 0.1.9 up to 0.4 (the classic API, `verifiers.legacy` in 0.3): `vf.StatefulToolEnv` over a
+  datasets.Dataset with columns `prompt`, `answer`, `info`; a rubric of reward functions. Rows
+  carry no `task` column (0.1.14 on read it as a JSON task payload that replaces the row) and no
+  `info["env_id"]` (`EnvGroup` routes by it).
+- without the library: a `TaskSet` (the same rows, the tools and a `score` method), so the
+  package stays usable and testable without the library's heavy dependencies.
+
+The range is the one tested: tests/trainers/test_verifiers.py runs `vf-eval` of each API on
+0.1.9.post3, 0.3.1 and 0.4.0 against a scripted model server.
 """
 
 from __future__ import annotations
@@ -23,12 +36,13 @@ from envfactory.factory.export.common import (
     json_text,
     max_tool_chars,
     py_annotation,
+    render,
     union_schemas,
     write_card,
     write_settings,
 )
 
-__all__ = ["package_names", "write"]
+__all__ = ["VF_MIN", "VF_NEXT", "VF_V1", "package_names", "write"]
 
 
 def package_names(src: Source) -> tuple[str, str]:
@@ -39,165 +53,41 @@ def package_names(src: Source) -> tuple[str, str]:
     return dist, dist.replace("-", "_")
 
 
-def _tool_fn(schema: dict) -> str:
+# The supported releases: the classic API from 0.1.9 (the oldest tested build, 0.1.9.post3, is
+# the pin's floor), the `verifiers.v1` API from 0.4.0 (its first release without the classic
+# one), below 0.5 (an untested API may change again).
+VF_MIN = (0, 1, 9)
+VF_MIN_SPEC = "0.1.9.post3"
+VF_V1 = (0, 4, 0)
+VF_NEXT = (0, 5)
+
+
+def _doc(text: str) -> str:
+    """Text safe inside a triple-quoted docstring."""
+    return text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+def _tool_context(schema: dict) -> dict:
+    """What the templates need of one tool: its signature (required arguments first; optional
+    ones default to None and are left out of the call), the argument dict, docs."""
     fn = schema["function"]
-    params = fn["parameters"].get("properties", {})
-    args, docs = [], []
-    for name, p in params.items():
-        args.append(f"{name}: {py_annotation(fn['name'], name, p)}")
-        docs.append(f"        {name}: {p.get('description', name)}")
-    docs.append("        episode_id: Rollout episode (filled in by the environment, hidden from the model).")
-    call_args = "{" + ", ".join(f"{n!r}: {n}" for n in params) + "}"
-    return f'''
-
-def {fn["name"]}({", ".join([*args, "episode_id: str = ''"])}) -> str:
-    """{fn["description"]}
-
-    Args:
-{chr(10).join(docs)}
-
-    Returns:
-        JSON text: {{"results": [...]}} or {{"error": reason}}.
-    """
-    return _episode(episode_id).call({fn["name"]!r}, {call_args})
-'''
+    props = fn["parameters"].get("properties", {})
+    required = set(fn["parameters"].get("required", list(props)))
+    args, optional, params = [], [], []
+    for name, p in props.items():
+        ann = py_annotation(fn["name"], name, p)
+        if name in required:
+            args.append(f"{name}: {ann}")
+        else:
+            optional.append(f"{name}: {ann} | None = None")
+        params.append({"name": name, "doc": _doc(p.get("description", name))})
+    return {"name": fn["name"], "doc": _doc(fn.get("description", fn["name"])), "params": params,
+            "signature": ", ".join([*args, *optional, "episode_id: str = ''"]),
+            "args": "{" + ", ".join(f"{n!r}: {n}" for n in props) + "}"}
 
 
-_INIT = '''"""envfactory tasks as a verifiers environment: `load_environment(split="train", levels=None, max_turns=None)`.
-
-Generated by envfactory. Data ({n_tasks} tasks, {n_envs} environment(s)) and verifiers ship in
-this package; scoring is exact (1.0 only if every check of the task's verifier passes).
-With the `verifiers` library installed, `load_environment` returns a `vf.StatefulToolEnv`;
-without it, a `TaskSet` holding the same rows, tools and scorer.
-"""
-
-from __future__ import annotations
-
-import importlib.util
-import json
-from pathlib import Path
-from typing import Literal  # noqa: F401  (enum-typed tool arguments)
-
-__all__ = ["load_environment", "load_tasks", "TaskSet", "TOOLS", "score"]
-
-_HERE = Path(__file__).resolve().parent
-_RUNTIME = None
-SPLITS = {splits}
-
-
-def _runtime():
-    global _RUNTIME
-    if _RUNTIME is None:
-        spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_{{abs(hash(str(_HERE)))}}",
-                                                      _HERE / "envfactory_runtime.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _RUNTIME = mod.Runtime(_HERE)
-    return _RUNTIME
-
-
-def _episode(episode_id):
-    """The rollout's episode; without an id, a fresh one on the first environment."""
-    rt = _runtime()
-    return rt.episode(episode_id) if episode_id else rt.episode(None, env_id=next(iter(rt.envs)))
-{tools}
-
-TOOLS = {{{tool_map}}}
-
-
-def load_tasks(split: str = "train", levels=None) -> list[dict]:
-    """Rows of one split (`train`, `test` or `all`): prompt, answer, info (JSON text), task."""
-    if split not in (*SPLITS, "all"):
-        raise ValueError(f"unknown split {{split!r}}; splits: {{', '.join(SPLITS)}}, all")
-    env_ids = [e for s in SPLITS.values() for e in s] if split == "all" else SPLITS[split]
-    rt = _runtime()
-    rows = []
-    for env_id in env_ids:
-        for t in rt.envs[env_id].tasks.values():
-            if levels is not None and t["level"] not in levels:
-                continue
-            rows.append({{"prompt": t["messages"], "answer": json.dumps(t["reference_answer"], sort_keys=True),
-                          "info": json.dumps({{"task_id": t["task_id"], "env_id": env_id, "level": t["level"],
-                                               "tools": t["tools"], "solution_count": t["solution_count"]}}),
-                          "task": env_id}})
-    return rows
-
-
-def score(task_id: str, completion) -> float:
-    """Verifier score of a completion (text or message list; the last assistant message counts)."""
-    if not isinstance(completion, str):
-        texts = [m.get("content") or "" for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
-        completion = texts[-1] if texts else ""
-    return _runtime().score_text(task_id, completion)["score"]
-
-
-class TaskSet:
-    """What `load_environment` returns without the verifiers library: rows, tools, scorer."""
-
-    def __init__(self, rows, max_turns):
-        self.dataset, self.tools, self.max_turns = rows, TOOLS, max_turns
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def start(self, row) -> str:
-        """A new episode for a row; pass the id as `episode_id` to the tools."""
-        return _runtime().episode(None, task_id=json.loads(row["info"])["task_id"]).id
-
-    def score(self, row, completion) -> float:
-        return score(json.loads(row["info"])["task_id"], completion)
-
-
-def _vf_environment(vf, rows, max_turns, **kwargs):
-    from datasets import Dataset
-
-    async def envfactory_score(completion, info, **kw) -> float:
-        info = json.loads(info) if isinstance(info, str) else info
-        return score(info["task_id"], completion)
-
-    class EnvfactoryToolEnv(vf.StatefulToolEnv):
-        def __init__(self, **kw):
-            super().__init__(tools=[], **kw)
-            for fn in TOOLS.values():
-                self.add_tool(fn, args_to_skip=["episode_id"])
-
-        async def setup_state(self, state, **kw):
-            info = state.get("info") or {{}}
-            info = json.loads(info) if isinstance(info, str) else info
-            state["episode_id"] = _runtime().episode(None, task_id=info["task_id"]).id
-            return await super().setup_state(state, **kw)
-
-        def update_tool_args(self, tool_name, tool_args, messages, state, **kw):
-            return dict(tool_args, episode_id=state["episode_id"])
-
-    return EnvfactoryToolEnv(dataset=Dataset.from_list(rows), rubric=vf.Rubric(funcs=[envfactory_score]),
-                             max_turns=max_turns or {max_turns}, **kwargs)
-
-
-def _legacy_api():
-    """The `load_environment` API of verifiers (`vf.StatefulToolEnv`, `vf.Rubric`): the
-    package root before 0.4, `verifiers.legacy` where both APIs coexist; None without verifiers."""
-    try:
-        import verifiers as vf
-    except ImportError:
-        return None
-    if hasattr(vf, "StatefulToolEnv"):
-        return vf
-    try:
-        import verifiers.legacy as legacy
-    except ImportError:
-        raise RuntimeError(f"verifiers {{getattr(vf, '__version__', '?')}} has no load_environment API "
-                           "(StatefulToolEnv); install 'verifiers>=0.1.9,<0.4', or use load_tasks()") from None
-    return legacy
-
-
-def load_environment(split: str = "train", levels=None, max_turns=None, **kwargs):
-    rows = load_tasks(split, levels)
-    vf = _legacy_api()
-    if vf is None:
-        return TaskSet(rows, max_turns or {max_turns})
-    return _vf_environment(vf, rows, max_turns, **kwargs)
-'''
+def _version(v: tuple) -> str:
+    return ".".join(map(str, v))
 
 
 def write(src: Source, dest: Path, splits: dict) -> dict:
@@ -211,10 +101,12 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     write_settings(pkg, {"target": "verifiers", "max_tool_response_chars": limit, "splits": splits})
     names = [s["function"]["name"] for s in schemas]
     max_turns = 2 * max(t["min_tool_calls"] for t in src.tasks) + 2
-    (pkg / "__init__.py").write_text(_INIT.format(
-        n_tasks=len(src.tasks), n_envs=len(src.envs), splits=json_text(splits), max_turns=max_turns,
-        tools="".join(_tool_fn(s) for s in schemas), tool_map=", ".join(f"{n!r}: {n}" for n in names)),
-        encoding="utf-8")
+    ctx = {"n_tasks": len(src.tasks), "n_envs": len(src.envs), "splits": json_text(splits),
+           "max_turns": max_turns, "tools": [_tool_context(s) for s in schemas], "dist": dist, "module": module,
+           "vf_legacy_min": _version(VF_MIN), "vf_v1_min": _version(VF_V1),
+           "vf_legacy_min_tuple": ", ".join(map(str, VF_MIN)), "vf_v1_min_tuple": ", ".join(map(str, VF_V1))}
+    render("verifiers_init.py.j2", pkg / "__init__.py", **ctx)
+    render("verifiers_v1.py.j2", pkg / "vf_v1.py", **ctx)
     (dest / "pyproject.toml").write_text(f'''[build-system]
 requires = ["hatchling>=1.18"]
 build-backend = "hatchling.build"
@@ -229,7 +121,7 @@ dependencies = ["duckdb>=1.1"]
 tags = ["envfactory", "tool-use", "multi-turn"]
 
 [project.optional-dependencies]
-verifiers = ["verifiers>=0.1.9,<0.4", "datasets>=2.19"]
+verifiers = ["verifiers>={VF_MIN_SPEC},<{_version(VF_NEXT)}"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["{module}"]
@@ -240,15 +132,24 @@ rollouts_per_example = 3
 ''', encoding="utf-8")
     usage = f"""
 ```bash
-pip install ./            # or: pip install './[verifiers]' to get a vf.StatefulToolEnv
-python -c "import {module} as m; env = m.load_environment('train'); print(len(env.dataset))"
+pip install ./                 # the package alone: load_environment() returns a TaskSet
+pip install './[verifiers]'    # with verifiers {VF_MIN_SPEC} .. <{_version(VF_NEXT)}
+vf-eval {dist} -m MODEL --client.base-url URL --no-push        # verifiers >= {_version(VF_V1)} (needs uv)
+vf-eval {module} -m MODEL -b URL -k KEY_VAR -n 5 -r 1     # verifiers < {_version(VF_V1)}
 ```
 
-`load_environment(split="train" | "test" | "all", levels=None, max_turns=None, **kwargs)`.
-With `verifiers` installed it returns a `vf.StatefulToolEnv` (columns `prompt`, `answer`
-(reference plan, JSON text; one feasible plan of many), `info` (JSON text: task_id, env_id, level,
-tools, solution_count), `task` (env id); tools {', '.join(names)} with a hidden `episode_id`;
-rubric: the task's verifier). Without it, a `TaskSet` with the same rows, tools and `score`.
+`load_environment(split="train" | "test" | "all", levels=None, max_turns=None, **kwargs)`:
+- verifiers >= {_version(VF_V1)}: the library's `Env` over the package's `Taskset` (`vf_v1.py`; also what
+  `vf-eval {dist}` builds): one agent seat, by default the library's tool-calling chat loop (no
+  shell) in a local subprocess, at most {max_turns} turns (`--env.agent.max-turns`); the tools
+  {', '.join(names)} are served per rollout by an MCP tool server; reward `envfactory_score`
+  (the task's verifier; its checks in `trace.info["envfactory_checks"]`). Taskset options:
+  `--env.taskset.split`, `--env.taskset.levels`.
+- verifiers {VF_MIN_SPEC} up to {_version(VF_V1)}: a `vf.StatefulToolEnv`; dataset columns `prompt`, `answer`
+  (reference plan, JSON text; one feasible plan of many), `info` (JSON text: task_id,
+  environment, level, tools, solution_count); the tools with a hidden `episode_id`; rubric:
+  the task's verifier.
+- without verifiers: a `TaskSet` with the same rows, the tools and `score`.
 """
     write_card(dest, "verifiers", src, splits, usage, None, limit)
     return {"max_tool_response_chars": limit, "distribution": dist, "module": module, "tools": names}

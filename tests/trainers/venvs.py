@@ -49,8 +49,10 @@ class VenvSpec:
 SPECS: dict[str, VenvSpec] = {s.name: s for s in (
     VenvSpec("verl", (TORCH, "verl==0.9.1", "duckdb>=1.1"), "import verl, ray, transformers, duckdb"),
     VenvSpec("trl", (TORCH, "trl==1.16.0", "duckdb>=1.1"), "import trl, transformers, duckdb"),
-    VenvSpec("verifiers-0.4", ("verifiers==0.4.0", "datasets>=2.19", "duckdb>=1.1"), "import verifiers, duckdb"),
+    VenvSpec("verifiers-0.4", ("verifiers==0.4.0", "duckdb>=1.1", "uv==0.13.9"),  # uv: 0.4 runs its chat loop as a uv script
+             "import sys; sys.path.remove(''); import verifiers.v1, duckdb, uv; uv.find_uv_bin()"),  # '': a checkout's verifiers/
     VenvSpec("verifiers-0.3", ("verifiers==0.3.1", "datasets>=2.19", "duckdb>=1.1"), "import verifiers, duckdb"),
+    VenvSpec("verifiers-0.1", ("verifiers==0.1.9.post3", "datasets>=2.19", "duckdb>=1.1"), "import verifiers, duckdb"),
     VenvSpec("openenv-core", ("openenv-core==0.3.0", "duckdb>=1.1"), "import openenv, duckdb"),
     VenvSpec("openenv", ("openenv==0.10.0", "duckdb>=1.1"), "import openenv, duckdb"),
     # OpenRLHF pins deepspeed and flash-attn (a CUDA build), which cannot install on CPU: openrlhf goes in with
