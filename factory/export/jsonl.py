@@ -70,14 +70,18 @@ is one feasible plan, so the hooks run the task's verifier on the response inste
 with it. Tool calls in model text are hermes blocks `<tool_call>{{"name", "arguments"}}</tool_call>`
 (Qwen-style chat templates); results are rendered by the model's own chat template.
 
-- **OpenRLHF** {openrlhf}: `--prompt_data openrlhf/train.jsonl --data.input_key prompt --data.label_key label
-  --data.apply_chat_template` and either `--train.agent_func_path openrlhf_agent.py` (multi-turn: the
-  tools are rendered into the prompt, calls run, reward at the end; at most {max_turns} turns) or
-  `--reward.remote_url rewards.py` (single turn, `reward_func(queries, prompts, labels)`).
+- **OpenRLHF** {openrlhf}: `--data.prompt_dataset openrlhf/train.jsonl --data.input_key prompt
+  --data.label_key label --data.apply_chat_template` and either `--train.agent_func_path openrlhf_agent.py`
+  (multi-turn: the tools are rendered into the prompt, calls run, reward at the end; at most {max_turns}
+  turns) or `--reward.remote_url rewards.py` (single turn, `reward_func(queries, prompts, labels)`); absolute
+  paths for Ray's workers. `--data.max_len` (default 2048 tokens) must hold a whole trajectory: the prompt,
+  the turns and every tool output (each at most {limit} characters).
 - **slime** (source @ {slime}): `--prompt-data slime/train.jsonl --input-key prompt --label-key label
   --metadata-key metadata --tool-key tools --apply-chat-template
   --custom-generate-function-path slime_generate.generate --custom-rm-path rewards.custom_rm`, with this
-  directory on `PYTHONPATH`. Without the custom generate the rows are single-turn.
+  directory on `PYTHONPATH`. Without the custom generate the rows are single-turn. slime is not on PyPI:
+  `slime_generate.py` is written against that source and tested only over a stand-in of the slime API
+  it calls.
 - **NeMo Gym** {nemo_gym}: rows in `nemo_gym/*.jsonl`; `nemo_gym_resources_server.py` is a resources
   server (`EnvfactoryResourcesServer`): tools as POST routes, `/verify` runs the verifier. Outside NeMo
   Gym, `rewards.nemo_gym_verify(row, response)` gives the same `{{"reward", "checks"}}`.
@@ -105,7 +109,7 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     for name in ("openrlhf_agent.py", "slime_generate.py", "nemo_gym_resources_server.py"):
         render(f"{name}.j2", dest / name, max_turns=max_turns)
     usage = USAGE.format(openrlhf=OPENRLHF_VERSION, nemo_gym=NEMO_GYM_VERSION, slime=SLIME_COMMIT,
-                         max_turns=max_turns)
+                         max_turns=max_turns, limit=limit)
     write_card(dest, "jsonl", src, splits, usage,
                {s: f"slime/{s}.jsonl" for s in ("train", "test") if f"slime/{s}" in files}, limit)
     return {"max_tool_response_chars": limit, "max_turns": max_turns, "data_files": files}

@@ -70,6 +70,8 @@ def test_rows_and_rewards(exports, bundle, rewards):
             assert asyncio.run(rewards.custom_rm(None, sample)) == 1.0
             sample.response = bad
             assert asyncio.run(rewards.custom_rm(None, sample)) == 0.0
+            assert asyncio.run(rewards.custom_rm(None, [sample, SimpleNamespace(metadata=s["metadata"],
+                                                                                response=good)])) == [0.0, 1.0]
         refs = [tasks[json.loads(o["label"])["task_id"]]["reference_answer"] for o in orl]
         res = rewards.reward_func(["PROMPT" + as_response(r) for r in refs], ["PROMPT"] * len(orl),
                                   [o["label"] for o in orl])
@@ -118,9 +120,12 @@ def test_hooks_never_raise_on_wrong_types(bundle, rewards):
         assert rewards.score(x, good) == 0.0
         assert rewards.task_of(x) is None
         for sample in (SimpleNamespace(metadata=x, label=x, response=x), SimpleNamespace(metadata=x, label=label,
-                       response=x), SimpleNamespace(), x):
+                       response=x), SimpleNamespace()):
             assert asyncio.run(rewards.custom_rm(None, sample)) == 0.0
+        # a list is slime's batch call: one score per item
+        assert asyncio.run(rewards.custom_rm(None, x)) == ([0.0] * len(x) if isinstance(x, list) else 0.0)
         assert asyncio.run(rewards.batched_custom_rm(None, x)) == [0.0] * _batch_len(x)
+        assert asyncio.run(rewards.custom_rm(None, [x, SimpleNamespace(response=x)], evaluation=True)) == [0.0, 0.0]
         for args in ((x, x, x), ([x], [x], [x]), ([good], [""], [x]), ([x], [""], [label])):
             scores = rewards.reward_func(*args)["rewards"]
             assert [float(s) for s in scores] == [0.0] * _batch_len(args[0]), args
