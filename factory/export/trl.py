@@ -1,22 +1,35 @@
-"""trl: a dataset with `prompt` plus task columns, and an environment class for
-`GRPOTrainer(environment_factory=...)`.
+"""trl: a prompt dataset, environment classes for `GRPOTrainer(environment_factory=...)`, a
+reward function, a GRPOConfig settings file and a requirements file (TRL 1.16.0;
+tests/trainers/test_trl.py trains with TRL's own GRPOTrainer on this output).
 
-TRL builds one environment instance per rollout, exposes its public methods as tools
-(schemas from type hints and Google docstrings), calls `reset(**row_columns)`, and hands
-the instances to reward functions as `environments`. The generated `envfactory_trl_env.py`
-has one method per tool of the export (the union over environments; a tool outside the
-row's task answers with an error), `reset` binds the instance to the row's task, and
-`envfactory_reward(completions, environments=None, task_id=None, **kwargs)` scores the final
-assistant message with the task's verifier.
+TRL builds environment instances, exposes the public methods of their class as tools
+(schemas from type hints and Google docstrings), calls `reset(**row_columns)` before a
+rollout and hands the instances to reward functions as `environments`. Traps handled (TRL
+1.16.0 source, trl/trainer/grpo_trainer.py):
+- per-task tool lists: a dict `environment_factory` routes each row by its `environment`
+  column and renders only that environment's tools into the prompt, so the generated module
+  has one class per distinct task tool set (`ENVIRONMENTS`) and each row names its own;
+- `max_completion_length` (default 512) counts the tool outputs too, and the tool loop
+  silently drops a tool result that would pass it (the rollout just ends), so
+  `trl_config.json` sets it from this export's reference episodes (`Lengths`);
+- the tools and verifiers need duckdb; without it every tool call would answer an error
+  dict that TRL feeds back to the model, so the classes refuse to construct instead and
+  `requirements.txt` installs it, at a version that opens the shipped databases.
 """
 
 from __future__ import annotations
 
+import json
+import keyword
+import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from envfactory.factory.errors import UsageError
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
     Source,
@@ -25,116 +38,195 @@ from envfactory.factory.export.common import (
     json_text,
     max_tool_chars,
     py_annotation,
+    render,
     task_rows,
     union_schemas,
     write_card,
     write_settings,
 )
 
-__all__ = ["render_env_module", "write"]
+__all__ = ["BYTES_PER_TOKEN", "Lengths", "duckdb_requirement", "measure_lengths", "render_env_module", "toolsets",
+           "write"]
 
-def _method(schema: dict) -> str:
+TRL_VERSION = "1.16.0"  # the version tests/trainers/test_trl.py trains with
+TRANSFORMERS_FLOOR = "5.13"  # why: see REQUIREMENTS below
+MODULE = "envfactory_trl_env.py"
+RESERVED = {"reset", "get_reward"}  # TRL's own hooks on an environment class, never tools
+
+# Lengths without the user's tokenizer: UTF-8 bytes divided by a bound, not an average. A
+# byte-level BPE tokenizer (Qwen, Llama 3, DeepSeek, GPT-2) never makes more tokens of a text
+# than it has bytes; real ones make 2-4 bytes per token of this JSON-heavy text.
+BYTES_PER_TOKEN = 1
+PROMPT_TEMPLATE_BYTES = 1024  # a chat template's own text around the messages and the tools block
+TURN_TEMPLATE_BYTES = 128  # one tool round: end of turn, tool turn and <tool_response> tags
+HEADROOM = 1.5  # a policy's episode may call more or other tools than the reference
+ROUND_TO = 512
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """The longest prompt and reference episode of an export, in UTF-8 bytes, and the TRL
+    settings that follow from them."""
+
+    prompt_bytes: int  # messages + the task's tool schemas + chat template
+    completion_bytes: int  # tool calls + tool outputs + final answer + per-turn framing
+    prompt_task: str
+    completion_task: str
+    most_tool_calls: int  # the most reference tool calls of one task
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return _round_up(self.prompt_bytes / BYTES_PER_TOKEN)
+
+    @property
+    def max_completion_length(self) -> int:
+        return _round_up(self.completion_bytes * HEADROOM / BYTES_PER_TOKEN)
+
+    @property
+    def max_tool_calling_iterations(self) -> int:
+        return 2 * self.most_tool_calls
+
+
+def _round_up(n: float) -> int:
+    return ROUND_TO * math.ceil(n / ROUND_TO)
+
+
+def _nbytes(obj) -> int:
+    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
+    return len(text.encode("utf-8"))
+
+
+def _identifier(name: str, what: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_") or name in RESERVED | {"self"}:
+        raise UsageError(f"{what} {name!r} cannot be a method of a TRL environment (TRL exposes public methods "
+                         f"by name; reset/get_reward are its own hooks)")
+    return name
+
+
+def _one_line(text: str) -> str:
+    """Docstring-safe text on one line (TRL reads the Google docstring to build the schema)."""
+    return " ".join(str(text).split()).replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+
+
+def _tool_view(schema: dict) -> dict:
     fn = schema["function"]
-    params = fn["parameters"].get("properties", {})
-    args, docs = [], []
-    for name, p in params.items():
-        args.append(f"{name}: {py_annotation(fn['name'], name, p)}")
-        docs.append(f"            {name}: {p.get('description', name)}")
-    sig = ", ".join(["self", *args])
-    call_args = "{" + ", ".join(f"{n!r}: {n}" for n in params) + "}"
-    doc_args = ("\n\n        Args:\n" + "\n".join(docs)) if docs else ""
-    return f'''
-    def {fn["name"]}({sig}) -> str:
-        """{fn["description"]}{doc_args}
-
-        Returns:
-            JSON text: {{"results": [...]}} or {{"error": reason}}.
-        """
-        return self._call({fn["name"]!r}, {call_args})
-'''
+    name = _identifier(fn["name"], "tool")
+    params = fn.get("parameters") or {}
+    required = set(params.get("required", []))
+    view = []
+    for p, prop in params.get("properties", {}).items():
+        annotation = py_annotation(name, _identifier(p, f"argument of {name}"), prop)
+        view.append({"name": p, "required": p in required, "description": _one_line(prop.get("description", p)),
+                     "annotation": annotation if p in required else f"{annotation} | None"})
+    return {"name": name, "description": _one_line(fn.get("description", name)), "params": view,
+            "optional": any(not p["required"] for p in view)}
 
 
-def render_env_module(schemas: list[dict]) -> str:
-    methods = "".join(_method(s) for s in schemas)
-    return f'''"""TRL environment for envfactory tasks: `GRPOTrainer(environment_factory=EnvfactoryEnv, ...)`.
+def toolsets(tasks: list[dict]) -> list[dict]:
+    """One entry per distinct task tool set: {key, cls, tools, tasks}; key is the row's
+    `environment` value (the sorted tool names joined by '+')."""
+    by_key: dict[str, list[str]] = {}
+    for t in tasks:
+        tools = sorted(set(t["tools"]))
+        by_key.setdefault("+".join(tools), tools)
+    counts = {k: sum("+".join(sorted(set(t["tools"]))) == k for t in tasks) for k in by_key}
+    return [{"key": k, "cls": f"EnvfactoryTools{i}", "tools": by_key[k], "tasks": counts[k]}
+            for i, k in enumerate(sorted(by_key), 1)]
 
-Generated by envfactory. One instance per rollout; `reset(**row)` binds it to the row's
-task (`task_id` column); the public methods are the tools. Reward:
-`GRPOTrainer(reward_funcs=[envfactory_reward], ...)`: 1.0 if the final answer passes every
-check of the task's verifier, else 0.0.
+
+def render_env_module(dest: Path, schemas: list[dict], tasks: list[dict] = ()) -> Path:
+    """Write the environment module for these tool schemas and tasks (its `ENVIRONMENTS` has one
+    class per distinct task tool set) to `dest`."""
+    views = [_tool_view(s) for s in schemas]
+    names = {v["name"] for v in views}
+    sets = toolsets(list(tasks))
+    for ts in sets:
+        unknown = [t for t in ts["tools"] if t not in names]
+        if unknown:
+            raise UsageError(f"tasks name tools without a schema: {unknown}")
+    render(f"{MODULE}.j2", dest, tools=views, all_tools=[v["name"] for v in views], toolsets=sets)
+    return dest
+
+
+def _load_runtime(dest: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_trl_{abs(hash(str(dest)))}",
+                                                  dest / "envfactory_runtime.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.Runtime(dest)
+
+
+def measure_lengths(dest: Path, tasks: list[dict], schemas: list[dict]) -> Lengths:
+    """Replay every task's reference tool calls on the runtime shipped in `dest` and measure the
+    longest prompt (with the task's own tool schemas, as TRL renders a routed row) and the
+    longest reference episode."""
+    rt = _load_runtime(dest)
+    by_name = {s["function"]["name"]: s for s in schemas}
+    prompts, episodes = {}, {}
+    for t in tasks:
+        tools = sum(_nbytes(by_name[n]) + 1 for n in t["tools"])
+        prompts[t["task_id"]] = sum(_nbytes(m["content"]) for m in t["messages"]) + tools + PROMPT_TEMPLATE_BYTES
+        key = f"measure-{t['task_id']}"
+        episode = rt.start(key, t["task_id"])
+        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]}) + _nbytes(episode.call(c["name"], c["arguments"]))
+                 for c in t["reference_tool_calls"]]
+        rt.release(key)
+        turns.append(_nbytes(t["reference_answer"]))
+        episodes[t["task_id"]] = sum(turns) + TURN_TEMPLATE_BYTES * len(turns)
+    p, c = max(prompts, key=prompts.get), max(episodes, key=episodes.get)
+    return Lengths(prompts[p], episodes[c], p, c, max(len(t["reference_tool_calls"]) for t in tasks))
+
+
+_DUCKDB_TAG = re.compile(rb"v(\d+)\.(\d+)\.\d+")
+
+
+def duckdb_requirement(src: Source) -> str:
+    """`duckdb>=MAJOR.MINOR` of the newest DuckDB that wrote a shipped database (its main
+    header records the writer's version tag, e.g. v2.0.1). DuckDB reads older storage formats,
+    not newer ones: 1.1.3, 1.4.4 and 1.5.6 all refuse a database written by 2.0.1. Storage
+    formats change with minor releases, so the patch level is left free."""
+    versions = []
+    for e in src.envs:
+        with open(e.path / "db" / "sandbox.duckdb", "rb") as f:
+            m = _DUCKDB_TAG.search(f.read(256))
+        if m is None:
+            raise UsageError(f"{e.path}/db/sandbox.duckdb: no DuckDB version in its header")
+        versions.append((int(m.group(1)), int(m.group(2))))
+    major, minor = max(versions)
+    return f"duckdb>={major}.{minor}"
+
+
+def _requirements(duckdb: str) -> str:
+    return f"""\
+# pip install -r requirements.txt
+# The shipped modules (envfactory_trl_env.py, envfactory_runtime.py, envs/*/tools/tools.py,
+# envs/*/verifiers/*.py) import the standard library and duckdb only. The version floor is that
+# of the DuckDB that wrote envs/*/db/sandbox.duckdb: older DuckDB cannot open a newer database.
+{duckdb}
+# Training as README.md shows, tested with trl {TRL_VERSION} and transformers 5.24.0. TRL marks
+# environment_factory experimental (it may change between releases), hence the pin to 1.16.x.
+# TRL refuses environment_factory below transformers 5.2; below {TRANSFORMERS_FLOOR} it parses tool calls
+# with the older `response_schema` mechanism, which also needs jmespath and is not tested here.
+trl>={TRL_VERSION},<1.17
+transformers>={TRANSFORMERS_FLOOR}
 """
-
-from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
-from typing import Literal  # noqa: F401  (enum-typed tool arguments)
-
-_HERE = Path(__file__).resolve().parent
-_RUNTIME = None
-
-
-def _runtime():
-    global _RUNTIME
-    if _RUNTIME is None:
-        spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_{{abs(hash(str(_HERE)))}}",
-                                                      _HERE / "envfactory_runtime.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        _RUNTIME = mod.Runtime(_HERE)
-    return _RUNTIME
-
-
-class EnvfactoryEnv:
-    """One rollout of an envfactory task; tools are the public methods."""
-
-    def __init__(self):
-        self._episode = None
-
-    def reset(self, task_id: str | None = None, **kwargs) -> None:
-        rt = _runtime()
-        if task_id not in rt.tasks:
-            raise ValueError(f"unknown task {{task_id!r}}: the dataset needs a task_id column")
-        self._episode = rt.episode(None, task_id=task_id)
-        return None
-
-    def _call(self, name, arguments):
-        if self._episode is None:
-            return '{{"error": "environment not reset"}}'
-        return self._episode.call(name, arguments)
-{methods}
-
-def _final_text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    texts = [m.get("content") or "" for m in completion if isinstance(m, dict) and m.get("role") == "assistant"]
-    return texts[-1] if texts else ""
-
-
-def envfactory_reward(completions, environments=None, task_id=None, **kwargs) -> list[float]:
-    """TRL reward function: the verifier's score of each completion's final assistant message."""
-    rt = _runtime()
-    out = []
-    for i, completion in enumerate(completions):
-        tid = task_id[i] if task_id is not None else None
-        if tid is None and environments is not None and environments[i]._episode is not None:
-            tid = environments[i]._episode.task["task_id"]
-        if tid is None:
-            out.append(None)
-            continue
-        result = rt.score_text(tid, _final_text(completion))
-        if environments is not None and environments[i]._episode is not None:
-            environments[i]._episode.result = result
-        out.append(result["score"])
-    return out
-'''
 
 
 def _row(t: dict) -> dict:
     return {"prompt": [{"role": m["role"], "content": m["content"]} for m in t["messages"]],
+            "environment": "+".join(sorted(set(t["tools"]))),
             "task_id": t["task_id"], "env_id": t["env_id"], "seed": t["seed"], "level": t["level"],
             "solution_count": t["solution_count"], "min_tool_calls": t["min_tool_calls"],
             "tools": list(t["tools"]), "reference_answer": json_text(t["reference_answer"])}
+
+
+def grpo_settings(lengths: Lengths) -> dict:
+    """The GRPOConfig keyword arguments of trl_config.json."""
+    return {"max_completion_length": lengths.max_completion_length,
+            "max_tool_calling_iterations": lengths.max_tool_calling_iterations,
+            "remove_unused_columns": False}
 
 
 def write(src: Source, dest: Path, splits: dict) -> dict:
@@ -144,30 +236,93 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
         if rs:
             pq.write_table(pa.Table.from_pylist([_row(t) for t in rs]), dest / f"{split}.parquet", compression="zstd")
             files[split] = f"{split}.parquet"
-    (dest / "envfactory_trl_env.py").write_text(render_env_module(schemas), encoding="utf-8")
+    render_env_module(dest / MODULE, schemas, src.tasks)
     limit = max_tool_chars(src)
     write_settings(dest, {"target": "trl", "max_tool_response_chars": limit})
     copy_envs(src, dest)
     copy_runtime(dest)
-    usage = """
-```python
-import sys; sys.path.insert(0, "PATH/TO/THIS/EXPORT")
-from datasets import load_dataset
-from trl import GRPOConfig, GRPOTrainer
-from envfactory_trl_env import EnvfactoryEnv, envfactory_reward
+    lengths = measure_lengths(dest, src.tasks, schemas)
+    settings = grpo_settings(lengths)
+    (dest / "trl_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    duckdb = duckdb_requirement(src)
+    (dest / "requirements.txt").write_text(_requirements(duckdb), encoding="utf-8")
+    sets = toolsets(src.tasks)
+    info = {"max_tool_response_chars": limit, "tools": [s["function"]["name"] for s in schemas],
+            "data_files": files, "trl": TRL_VERSION, "grpo_config": settings, "environments": len(sets),
+            "prompt_bytes": lengths.prompt_bytes, "completion_bytes": lengths.completion_bytes,
+            "max_prompt_tokens": lengths.max_prompt_tokens, "bytes_per_token": BYTES_PER_TOKEN,
+            "requirements": [duckdb, f"trl>={TRL_VERSION},<1.17", f"transformers>={TRANSFORMERS_FLOOR}"]}
+    write_settings(dest, {"target": "trl", **info})
+    write_card(dest, "trl", src, splits, _usage(files, limit, lengths, sets), files)
+    return info
 
-data = load_dataset("parquet", data_files={"train": "train.parquet", "test": "test.parquet"})
-trainer = GRPOTrainer(model="Qwen/Qwen3-0.6B", train_dataset=data["train"],
-                      environment_factory=EnvfactoryEnv, reward_funcs=[envfactory_reward],
-                      args=GRPOConfig(max_tool_calling_iterations=32))
+
+def _usage(files: dict, limit: int, lengths: Lengths, sets: list[dict]) -> str:
+    data_files = ", ".join(f'"{s}": str(EXPORT / "{f}")' for s, f in files.items())
+    eval_arg = ', eval_dataset=data["test"]' if "test" in files else ""
+    return f"""
+```bash
+pip install -r requirements.txt   # duckdb (the tools and verifiers query it), trl, transformers
 ```
 
-Columns: `prompt` (system + user messages), `task_id`, `env_id`, `seed`, `level`, `solution_count`,
-`min_tool_calls`, `tools` (the task's tools), `reference_answer` (JSON text; one feasible plan).
-`environment_factory` needs `transformers>=5.2`.
+```python
+import json, sys
+from pathlib import Path
+
+EXPORT = Path("PATH/TO/THIS/EXPORT")
+sys.path.insert(0, str(EXPORT))
+from datasets import load_dataset
+from trl import GRPOConfig, GRPOTrainer
+from envfactory_trl_env import ENVIRONMENTS, envfactory_reward
+
+data = load_dataset("parquet", data_files={{{data_files}}})
+settings = json.loads((EXPORT / "trl_config.json").read_text())
+trainer = GRPOTrainer(model="Qwen/Qwen3-0.6B", train_dataset=data["train"]{eval_arg},
+                      environment_factory=ENVIRONMENTS, reward_funcs=[envfactory_reward],
+                      args=GRPOConfig(output_dir="grpo-envfactory", **settings))
+trainer.train()
+```
+
+**Versions.** Written for and tested with TRL {TRL_VERSION} (transformers 5.24.0): the envfactory
+test suite runs TRL's own `GRPOTrainer` on this layout with a small local model for two
+training steps, its tool calls executed by these classes. `environment_factory` needs
+transformers >= 5.2 (TRL refuses it below); `requirements.txt` asks for >= {TRANSFORMERS_FLOOR}, where TRL parses
+tool calls with transformers' `response_template` (below, it uses the older `response_schema`,
+which needs `jmespath`; not tested). TRL calls `environment_factory` experimental: other TRL
+versions are not tested. The model's chat template must support tool calls (TRL checks it and
+knows Qwen3, Qwen2.5, Llama 3.1/3.2, GPT-OSS and a few more).
+
+**Tools per task.** `ENVIRONMENTS` has one class per distinct tool set of the tasks ({len(sets)} here);
+each row's `environment` column names its task's set, and TRL shows the model only those tools.
+`EnvfactoryEnv` is the single-class alternative (`environment_factory=EnvfactoryEnv`): every tool
+of the export in every prompt, and a call to a tool outside the row's task answers an error.
+Without duckdb the classes refuse to construct (TRL builds one when the trainer starts).
+
+**Settings.** `trl_config.json` holds the GRPOConfig values this export needs:
+`max_completion_length: {lengths.max_completion_length}` (TRL's default of 512 counts the tool outputs too,
+and TRL silently drops a tool result that would pass it, ending the episode): the longest
+reference episode ({lengths.completion_task}) is {lengths.completion_bytes} bytes of tool calls, tool outputs
+and final answer with {TURN_TEMPLATE_BYTES} bytes of framing per turn, times {HEADROOM} headroom, at one token
+per UTF-8 byte. That is a bound for byte-level BPE tokenizers, not an average: with your model's
+tokenizer (2-4 bytes per token on this text) about half fits, and a thinking model's reasoning
+needs room on top. `max_tool_calling_iterations: {lengths.max_tool_calling_iterations}` is twice the most tool calls of
+one reference episode; `remove_unused_columns: false` keeps the `task_id` column that `reset`
+and the reward read. The longest prompt, with its task's tool schemas, is {lengths.prompt_bytes}
+bytes ({lengths.prompt_task}); the model's context must hold it plus `max_completion_length`
+(TRL also drops a tool result that would reach the context length). Every tool output is at
+most {limit} characters (the runtime turns a longer result into a short error).
+
+**Reward.** `envfactory_reward` scores the last assistant message of each completion with the task's
+generated verifier: 1.0 only if every check passes, else 0.0 (junk, a missing answer or an
+unreadable completion included; it never raises). The failed checks' reasons appear in TRL's
+completions table as `envfactory_reason`, and the share of tool calls that answered an error as
+the metric `envfactory/tool_error_rate`.
+
+Columns: `prompt` (system + user messages), `environment` (the task's tool set, for routing),
+`task_id`, `env_id`, `seed`, `level`, `solution_count`, `min_tool_calls`, `tools` (the task's
+tools), `reference_answer` (JSON text; one feasible plan among `solution_count`).
 """
-    write_card(dest, "trl", src, splits, usage, files, limit)
-    return {"max_tool_response_chars": limit, "tools": [s["function"]["name"] for s in schemas], "data_files": files}
 
 
-register("trl", write, "TRL GRPOTrainer: prompt dataset + environment_factory class + reward function")
+register("trl", write, "TRL GRPOTrainer: prompt dataset, per-task-tool environment classes, reward function, "
+                       "GRPOConfig settings, requirements")
