@@ -125,7 +125,14 @@ def test_episode_found_by_id_across_core_objects(exports, bundle):
 
 @pytest.mark.parametrize("kwargs", [{"task_id": "no-such-task"}, {"task_id": 7}, {"task_id": ["x"]}, {"seed": -1},
                                     {"seed": "3"}, {"seed": True}, {"episode_id": ""}, {"episode_id": 5}])
-def test_bad_reset_is_a_reset_error(exports, kwargs):
+def test_bad_reset_is_an_error_observation(exports, bundle, kwargs):
+    """The core never raises on a bad reset; it ends any earlier episode's hold and a submit scores 0
+    (the app turns the error into HTTP 422: tests/trainers/test_openenv.py)."""
     mod = _core(exports["openenv"])
-    with pytest.raises(mod.ResetError):
-        mod.EnvfactoryCore().reset(**kwargs)
+    core = mod.EnvfactoryCore()
+    core.reset(task_id=all_tasks(bundle)[0]["task_id"])
+    obs = core.reset(**kwargs)
+    assert obs["done"] is True and obs["episode_id"] is None and obs["error"], obs
+    assert ("unknown task_id" in obs["error"]) is ("task_id" in kwargs)
+    final = core.step({"type": "submit", "answer": json.dumps(all_tasks(bundle)[0]["reference_answer"])})
+    assert final["reward"] == 0.0 and "reset first" in final["error"]
