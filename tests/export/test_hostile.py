@@ -67,6 +67,8 @@ def _entry_points(exports: dict[str, Path]) -> dict:
         return core.step({"type": "submit", "answer": text})["reward"]
 
     def mcp_submit(tid, text):
+        if not isinstance(tid, str) or tid not in rt.tasks:
+            return 0.0  # the server's start_task answers an unknown task with an error result
         return rt.start("hostile", tid).submit(text)["score"]
 
     label = lambda tid: json.dumps({"task_id": tid})  # noqa: E731

@@ -327,6 +327,11 @@ class Runtime:
                 self._episodes.move_to_end(key)
             return ep
 
+    def get(self, key: str) -> Episode | None:
+        """The episode stored under `key`, or None (never creates one)."""
+        with self._lock:
+            return self._episodes.get(key)
+
     def start(self, key: str, task_id: str) -> Episode:
         """Begin (or restart) the episode under `key` on a task."""
         env = self.tasks.get(task_id)
