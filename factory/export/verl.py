@@ -61,11 +61,14 @@ VERL_VERSION = "0.9.1"  # the version the trainer tests run (tests/trainers/venv
 # Token limits without a tokenizer: lengths are measured in UTF-8 bytes and divided by a bound,
 # not an average. A byte-level BPE tokenizer (Qwen, Llama 3, DeepSeek, GPT-2) never makes more
 # tokens of a text than it has bytes, and each chat-template special token is several bytes of
-# text. Real tokenizers make 2-4 bytes per token of this JSON-heavy text, so with one the limits
-# can be lowered about 2x.
+# text. A real tokenizer makes more than one byte per token, how many depends on it (digits and ids,
+# frequent here, are often one token per character), so a user who measures with theirs may lower them.
 BYTES_PER_TOKEN = 1
-PROMPT_TEMPLATE_BYTES = 1024  # a chat template's own text around the messages and the tools block (Qwen's: ~500)
-TURN_TEMPLATE_BYTES = 128  # one tool round's framing: end of turn, tool-turn and <tool_response> tags (Qwen's: ~90)
+# A chat template's own text around the messages and the tools block (the test suite's ChatML template: 259)
+PROMPT_TEMPLATE_BYTES = 1024
+# One tool round's framing: <tool_call> tags, end of turn, tool turn, <tool_response> tags, next assistant
+# header (ChatML with hermes tags: 119; Qwen3 adds an empty think block to assistant turns)
+TURN_TEMPLATE_BYTES = 160
 RESPONSE_HEADROOM = 1.5  # a policy's episode may call more or other tools than the reference
 ROUND_TO = 512
 
@@ -152,8 +155,8 @@ def measure_budget(dest: Path, tasks: list[dict], tool_schemas: list[dict]) -> B
     for t in tasks:
         prompts[t["task_id"]] = sum(_nbytes(m["content"]) for m in t["messages"]) + tools_bytes + PROMPT_TEMPLATE_BYTES
         episode = rt.episode(task_id=t["task_id"])
-        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]}) + _nbytes(episode.call(c["name"], c["arguments"]))
-                 for c in t["reference_tool_calls"]]
+        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]})
+                 + _nbytes(episode.call(c["name"], c["arguments"])) for c in t["reference_tool_calls"]]
         rt.release(episode.id)
         turns.append(_nbytes(t["reference_answer"]))
         responses[t["task_id"]] = sum(turns) + TURN_TEMPLATE_BYTES * len(turns)
@@ -197,7 +200,7 @@ def _config_text(config: dict, budget: Budget) -> str:
 # and your overrides, e.g. actor_rollout_ref.model.path=Qwen/Qwen3-0.6B.
 #
 # Token limits, measured on this export in UTF-8 bytes at {BYTES_PER_TOKEN} token per byte (a bound for
-# byte-level BPE tokenizers, not an average; with a real tokenizer, about 2x lower limits fit):
+# byte-level BPE tokenizers, not an average; measured with your model's tokenizer, they may be lowered):
 #   max_prompt_length {budget.max_prompt_length}: longest prompt {budget.prompt_bytes} bytes ({budget.prompt_task}):
 #     its messages, every tool schema of tool_config.yaml and {PROMPT_TEMPLATE_BYTES} bytes of chat template;
 #   max_response_length {budget.max_response_length}: longest reference episode {budget.response_bytes} bytes
@@ -266,8 +269,9 @@ of 512 cut the prompt and stop an episode after a few tool calls) come from this
 longest prompt is {budget.prompt_bytes} bytes with every tool schema and the chat template, the
 longest reference episode {budget.response_bytes} bytes (tool calls, tool outputs, final answer),
 given {RESPONSE_HEADROOM}x headroom, at 1 token per UTF-8 byte. That is a bound for byte-level BPE
-tokenizers, not an average: with your model's tokenizer (2-4 bytes per token on this text) you
-may lower both about 2x. A thinking model's reasoning needs room on top.
+tokenizers, not an average: a real tokenizer makes more than one byte per token (how many depends
+on it; ids and digits are often one token per character), so measured with your model's
+tokenizer both may be lowered. A thinking model's reasoning needs room on top.
 
 Each row's `extra_info.tool_selection` lists its task's own tools (verl shows the model only
 those), `extra_info.tools_kwargs` names the task for the tool class, and
