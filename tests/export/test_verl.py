@@ -140,7 +140,8 @@ def test_config_is_a_main_ppo_config_with_what_validation_needs(exports):
     assert cfg["reward"]["custom_reward_function"] == {"path": "???", "name": "compute_score"}
     aro = cfg["actor_rollout_ref"]
     assert aro["rollout"]["name"] == "vllm" and aro["rollout"]["mode"] == "async"
-    assert aro["actor"]["ppo_micro_batch_size_per_gpu"] >= 1 and aro["rollout"]["log_prob_micro_batch_size_per_gpu"] >= 1
+    assert aro["actor"]["ppo_micro_batch_size_per_gpu"] >= 1
+    assert aro["rollout"]["log_prob_micro_batch_size_per_gpu"] >= 1
     assert aro["actor"]["ppo_mini_batch_size"] <= cfg["data"]["train_batch_size"]
     script = (out / "run_verl.sh").read_text()
     assert "-m verl.trainer.main_ppo --config-path=\"$HERE\" --config-name=verl_config" in script
