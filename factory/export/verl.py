@@ -196,8 +196,8 @@ def _config(src: Source, n_train: int, limit: int, budget: Budget) -> dict:
 def _config_text(config: dict, budget: Budget) -> str:
     header = f"""\
 # verl {VERL_VERSION} config for this export: verl's ppo_trainer plus the settings below.
-# Run it with run_verl.sh, which passes the four paths marked ??? (absolute, for Ray's workers)
-# and your overrides, e.g. actor_rollout_ref.model.path=Qwen/Qwen3-0.6B.
+# Run it with run_verl.sh, which passes the four file paths marked ??? (absolute, for Ray's workers)
+# and your overrides; those must name the model (???), e.g. actor_rollout_ref.model.path=Qwen/Qwen3-0.6B.
 #
 # Token limits, measured on this export in UTF-8 bytes at {BYTES_PER_TOKEN} token per byte (a bound for
 # byte-level BPE tokenizers, not an average; measured with your model's tokenizer, they may be lowered):
