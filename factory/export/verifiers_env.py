@@ -1,7 +1,7 @@
 """verifiers: an installable package for PrimeIntellect verifiers, of every API generation.
 
 The export is a project directory: `pyproject.toml` (hatchling; depends on duckdb only, the
-library is the optional extra `[verifiers]`, `verifiers>=VF_MIN,<VF_NEXT`), the package `<module>/`
+library is the optional extra `[verifiers]`, `verifiers>=VF_MIN_SPEC,<VF_NEXT`), the package `<module>/`
 (`__init__.py` from `templates/verifiers_init.py.j2`: tool functions, `load_tasks`, `score`,
 `load_environment`; `vf_v1.py` from `templates/verifiers_v1.py.j2`), the runtime and the
 environments' data.

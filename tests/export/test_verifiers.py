@@ -71,8 +71,9 @@ def test_package_installs_in_fresh_venv_and_loads(exports, bundle, tmp_path):
     data = {tid: {"calls": t["reference_tool_calls"], "good": json.dumps(t["reference_answer"]),
                   "bad": json.dumps(mutant(t["reference_answer"]))} for tid, t in tasks.items()}
     (tmp_path / "data.json").write_text(json.dumps(data))
+    # cwd outside the export: the installed copy is used
     r = subprocess.run([str(py), "-c", CHECK.format(module=module), str(tmp_path / "data.json")], capture_output=True,
-                       text=True, timeout=120, cwd=tmp_path, check=False)  # cwd outside the export: the installed copy is used
+                       text=True, timeout=120, cwd=tmp_path, check=False)
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["file"].startswith(str(env_dir)) and res["type"] == "TaskSet"
@@ -130,7 +131,8 @@ def test_score_takes_every_completion_shape_and_never_raises(exports, bundle, mo
                        [Msg("assistant", [{"type": "text", "text": good}])],
                        [Msg("assistant", good), Msg("user", "thanks")]):
         assert m.score(task["task_id"], completion) == 1.0, completion
-    hostile = [None, 123, b"\xff\xfe", [None, 3], [Msg("assistant", None)], [Msg("assistant", good), Msg("assistant", "no")],
+    hostile = [None, 123, b"\xff\xfe", [None, 3], [Msg("assistant", None)],
+               [Msg("assistant", good), Msg("assistant", "no")],
                json.dumps(mutant(task["reference_answer"])), "{" * 10_000, {"days": []}]
     for completion in hostile:
         assert m.score(task["task_id"], completion) == 0.0, repr(completion)[:80]

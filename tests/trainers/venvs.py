@@ -50,8 +50,9 @@ SPECS: dict[str, VenvSpec] = {s.name: s for s in (
     VenvSpec("verl", (TORCH, "verl==0.9.1", "duckdb>=1.1", "cachetools>=5", "fastapi>=0.110", "uvicorn>=0.29"),
              "import verl, ray, transformers, duckdb, verl.experimental.agent_loop, verl.experimental.reward_loop"),
     VenvSpec("trl", (TORCH, "trl==1.16.0", "duckdb>=1.1"), "import trl, transformers, duckdb"),
-    VenvSpec("verifiers-0.4", ("verifiers==0.4.0", "duckdb>=1.1", "uv==0.13.9"),  # uv: 0.4 runs its chat loop as a uv script
-             "import sys; sys.path.remove(''); import verifiers.v1, duckdb, uv; uv.find_uv_bin()"),  # '': a checkout's verifiers/
+    # 0.4 runs its chat loop as a uv script; the check drops '' (a checkout's verifiers/ would shadow the library)
+    VenvSpec("verifiers-0.4", ("verifiers==0.4.0", "duckdb>=1.1", "uv==0.13.9"),
+             "import sys; sys.path.remove(''); import verifiers.v1, duckdb, uv; uv.find_uv_bin()"),
     VenvSpec("verifiers-0.3", ("verifiers==0.3.1", "datasets>=2.19", "duckdb>=1.1"), "import verifiers, duckdb"),
     VenvSpec("verifiers-0.1", ("verifiers==0.1.9.post3", "datasets>=2.19", "duckdb>=1.1"), "import verifiers, duckdb"),
     VenvSpec("openenv-core", ("openenv-core==0.3.0", "duckdb>=1.1"), "import openenv, duckdb"),

@@ -13,8 +13,9 @@ mode of the task, or a prompt of no task, gets a reply saying so (it scores 0).
 Both response forms are served: a JSON `chat.completion`, and with `"stream": true` the same
 message as SSE `chat.completion.chunk` events (usage last when `stream_options.include_usage`).
 `GET .../models` lists the modes. Every request appends one JSON line to LOG.jsonl: the task
-index, mode, turn, and the `tool` messages the request carried (name, call id, content), so a
-test can check what the library's tools answered. The port is printed on stdout as
+index, mode, turn, the tools offered ({name: parameter names}) and the `tool` messages the
+request carried (name, call id, content), so a test can check what the model was shown and
+what the library's tools answered. The port is printed on stdout as
 `{"port": N}` once listening; the server exits by itself after --max-seconds. Standard
 library only: it runs under any of the trainer venvs' Pythons, or the project's.
 """
@@ -58,8 +59,11 @@ class Script:
         turn = sum(1 for m in messages if m.get("role") == "assistant")
         tools = [{"name": m.get("name"), "tool_call_id": m.get("tool_call_id"), "content": text_of(m.get("content"))}
                  for m in messages if m.get("role") == "tool"]
-        self.record({"task": index, "mode": mode, "turn": turn, "tools_offered": len(body.get("tools") or []),
-                     "tool_messages": tools})
+        offered = {}
+        for t in body.get("tools") or []:
+            fn = t.get("function", t) if isinstance(t, dict) else {}
+            offered[fn.get("name")] = sorted((fn.get("parameters") or {}).get("properties", {}))
+        self.record({"task": index, "mode": mode, "turn": turn, "tools_offered": offered, "tool_messages": tools})
         if index is None:
             return {"role": "assistant", "content": "scripted server: no task has this prompt"}, "stop"
         task = self.tasks[index]

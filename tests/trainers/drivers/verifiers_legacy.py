@@ -62,14 +62,15 @@ def in_process(module: str, base_url: str, model: str) -> dict:
 
         client = AsyncOpenAI(base_url=base_url, api_key="scripted")
     res = env.evaluate_sync(client=client, model=model, num_examples=-1, rollouts_per_example=1)
-    if "outputs" in res:  # 0.2 on: one dict per rollout
+    if "outputs" in res:  # 0.1.14 on: one dict per rollout (0.1.9: one list per field)
         rows = [(o["info"], o["reward"]) for o in res["outputs"]]
     else:
         rows = list(zip(res["info"], res["reward"]))
     names, leaky = tool_names(env)
+    row = mod.load_tasks("train")[0]
     return {"version": getattr(vf, "__version__", "?"), "file": vf.__file__, "module_file": mod.__file__,
             "mro": [c.__name__ for c in type(env).__mro__], "columns": list(env.dataset.column_names),
-            "row_keys": sorted(mod.load_tasks("train")[0]), "info_keys": sorted(json.loads(mod.load_tasks("train")[0]["info"])),
+            "row_keys": sorted(row), "info_keys": sorted(json.loads(row["info"])),
             "tools": names, "tools_showing_episode_id": leaky, "rewards": rewards_by_task(rows)}
 
 
@@ -80,7 +81,8 @@ def cli(module: str, base_url: str, model: str, workdir: Path, extra: list[str])
                        env=dict(os.environ, **{KEY_VAR: "scripted"}))
     results = sorted(workdir.rglob("results.jsonl"))
     if r.returncode != 0 or len(results) != 1:
-        raise SystemExit(f"vf-eval exited {r.returncode}, results files {results}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+        raise SystemExit(f"vf-eval exited {r.returncode}, results files {results}\n"
+                         f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     lines = [json.loads(l) for l in results[0].read_text().splitlines() if l.strip()]
     return {"cmd": cmd[1:], "rewards": rewards_by_task((row["info"], row["reward"]) for row in lines),
             "results": str(results[0])}

@@ -1,11 +1,12 @@
 """Driver: an installed envfactory verifiers export under verifiers >= 0.4 (`verifiers.v1`),
 against a scripted model server.
 
-    python verifiers_v1.py MODULE BASE_URL MODEL WORKDIR WHEELHOUSE
+    python verifiers_v1.py MODULE TASKSET_ID BASE_URL MODEL WORKDIR WHEELHOUSE
 
 1. In process: `MODULE.load_environment("train")` must be the package's `EnvfactoryEnv` over
    its `EnvfactoryTaskset`, with the package's harness (the library's `null` chat loop).
-2. The CLI: `vf-eval MODULE -m MODEL --client.base-url BASE_URL ... --no-push` in WORKDIR. Each
+2. The CLI: `vf-eval TASKSET_ID -m MODEL --client.base-url BASE_URL ... --no-push` in WORKDIR (the
+   id as the export's README gives it: the distribution name, which verifiers maps to MODULE). Each
    rollout runs the library's chat program as a uv script in a local subprocess and the
    package's MCP tool server as another. The chat program's packages come from WHEELHOUSE
    (downloaded once with this venv's pip), so uv installs them without reaching an index.
@@ -68,7 +69,7 @@ def ensure_wheelhouse(wheelhouse: Path) -> None:
     stamp.write_text(json.dumps(reqs))
 
 
-def cli(module: str, base_url: str, model: str, workdir: Path, wheelhouse: Path) -> dict:
+def cli(taskset_id: str, base_url: str, model: str, workdir: Path, wheelhouse: Path) -> dict:
     ensure_wheelhouse(wheelhouse)
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, **{
@@ -77,13 +78,14 @@ def cli(module: str, base_url: str, model: str, workdir: Path, wheelhouse: Path)
         "UV_NO_INDEX": "1", "UV_FIND_LINKS": str(wheelhouse), "UV_PYTHON_DOWNLOADS": "never",
         "UV_PYTHON": sys.executable, "UV_CACHE_DIR": str(wheelhouse.parent / "uv-cache")})
     out_dir = workdir / "outputs"
-    cmd = [str(bin_dir / "vf-eval"), module, "-m", model, "--client.base-url", base_url,
+    cmd = [str(bin_dir / "vf-eval"), taskset_id, "-m", model, "--client.base-url", base_url,
            "--client.api-key-var", KEY_VAR, "--no-push", "--no-rich", "-o", str(out_dir),
            "--run.name", RUN_NAME, "-c", "4"]
     r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=540, check=False, env=env)
     traces_file = out_dir / RUN_NAME / "traces.jsonl"
     if r.returncode != 0 or not traces_file.is_file():
-        raise SystemExit(f"vf-eval exited {r.returncode} ({traces_file} missing?)\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
+        raise SystemExit(f"vf-eval exited {r.returncode} ({traces_file} missing?)\n"
+                         f"{r.stdout[-3000:]}\n{r.stderr[-6000:]}")
     rewards, errors, stops = {}, [], {}
     for line in traces_file.read_text().splitlines():
         episode = json.loads(line)
@@ -98,9 +100,9 @@ def cli(module: str, base_url: str, model: str, workdir: Path, wheelhouse: Path)
 
 
 def main() -> None:
-    module, base_url, model, workdir, wheelhouse = sys.argv[1:6]
+    module, taskset_id, base_url, model, workdir, wheelhouse = sys.argv[1:7]
     out = in_process(module)
-    out["cli"] = cli(module, base_url, model, Path(workdir), Path(wheelhouse))
+    out["cli"] = cli(taskset_id, base_url, model, Path(workdir), Path(wheelhouse))
     print(json.dumps(out))
 
 
