@@ -144,7 +144,9 @@ vf-eval {module} -m MODEL -b URL -k KEY_VAR -n 5 -r 1     # verifiers < {_versio
   shell) in a local subprocess, at most {max_turns} turns (`--env.agent.max-turns`); the tools
   {', '.join(names)} are served per rollout by an MCP tool server; reward `envfactory_score`
   (the task's verifier; its checks in `trace.info["envfactory_checks"]`). Taskset options:
-  `--env.taskset.split`, `--env.taskset.levels`.
+  `--env.taskset.split`, `--env.taskset.levels`. The library prepares its chat loop with
+  `uv sync --script` (openai, mcp, httpx, ...): `uv` on PATH, and a package index or
+  `UV_FIND_LINKS` + `UV_NO_INDEX=1` for offline machines.
 - verifiers {VF_MIN_SPEC} up to {_version(VF_V1)}: a `vf.StatefulToolEnv`; dataset columns `prompt`, `answer`
   (reference plan, JSON text; one feasible plan of many), `info` (JSON text: task_id,
   environment, level, tools, solution_count); the tools with a hidden `episode_id`; rubric:
