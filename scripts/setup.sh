@@ -41,7 +41,7 @@ if [ ! -f "$stamp" ]; then
   # torch==2.13.0 resolves to the CPU wheel on local disk here; a bare `torch` could pull
   # a multi-GB CUDA build.
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,model,kernels]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,model,kernels,mcp]" 2>&1 | grep -v "^WARNING: Location" || true
   .venv/bin/python -c "import factory, duckdb, ortools, playwright, torch, triton" >/dev/null
   touch "$stamp"
 fi

@@ -69,7 +69,8 @@ def serve(path: str | Path, transport: str = "stdio", host: str = "127.0.0.1", p
     try:
         import mcp.server  # noqa: F401
     except ImportError:
-        raise UsageError(f"factory serve needs the mcp package: pip install '{MCP_REQUIREMENT}'") from None
+        raise UsageError(f"factory serve needs the mcp package: pip install 'envfactory[mcp]' "
+                         f"(or '{MCP_REQUIREMENT}')") from None
     spec = importlib.util.spec_from_file_location("_envfactory_mcp_server", RUNTIME_DIR / "mcp_server.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

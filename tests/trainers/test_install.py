@@ -25,11 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 VERIFIERS = "verifiers==0.4.0"
-# Known, and only this: pyproject.toml's base `mcp>=2.3,<3` (the MCP export's server and `factory
-# serve` call `mcp.server.Server(get_tool_input_schema=...)`, new in 2.3) cannot meet verifiers
-# 0.4.0's `mcp==2.0.0`. With the pin moved (e.g. mcp into an extra) this test runs in full; it
-# passed that way on a copy of the checkout whose pyproject said `mcp>=2.0,<3`.
-MCP_CONFLICT = "envfactory requires mcp>=2.3, verifiers 0.4.0 pins mcp==2.0.0: pyproject.toml must move its mcp pin"
+# verifiers 0.4.0 pins mcp==2.0.0; the project's own mcp>=2.3 (`factory serve`, the MCP export's
+# server) is the extra [mcp] for that reason, so the base install resolves beside it.
 
 CHECK = r"""
 import json, sys
@@ -67,8 +64,6 @@ def test_project_and_verifiers_install_together(bundle, tmp_path):
     pip = run([py, "-m", "pip", "install", "--no-compile", "--disable-pip-version-check", ROOT, VERIFIERS],
               tmp_path, timeout=600)  # pip names a conflict's cause only when not quiet
     errors = "\n".join(l for l in (pip.stdout + pip.stderr).splitlines() if not l.startswith("WARNING: Location"))
-    if pip.returncode != 0 and "ResolutionImpossible" in errors and "mcp==2.0.0" in errors:
-        pytest.xfail(MCP_CONFLICT)
     assert pip.returncode == 0, f"pip install <project> {VERIFIERS} failed:\n{errors[-3000:]}"
     listed = run([py, "-m", "pip", "list", "--format", "json"], tmp_path)
     names = {p["name"].lower() for p in json.loads(listed.stdout)}
