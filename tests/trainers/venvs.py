@@ -121,7 +121,9 @@ def build(spec: VenvSpec, log=print) -> Path:
     if r.returncode != 0:
         tail = "\n".join(l for l in r.stderr.splitlines() if not l.startswith("WARNING: Location"))[-2000:]
         raise VenvError(f"trainer venv {spec.name}: pip install failed:\n{tail}")
-    r = subprocess.run([py, "-c", spec.check], capture_output=True, text=True, check=False)
+    # run from the venv, not the checkout: `python -c` puts the working directory first on sys.path,
+    # where our own verifiers/ would shadow the library
+    r = subprocess.run([py, "-c", spec.check], capture_output=True, text=True, check=False, cwd=d)
     if r.returncode != 0:
         raise VenvError(f"trainer venv {spec.name}: `{spec.check}` failed:\n{r.stderr[-2000:]}")
     (d / ".complete").write_text(f"{time.time():.0f}\n")
