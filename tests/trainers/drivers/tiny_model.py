@@ -15,7 +15,8 @@ Nothing comes from a hub. What it writes into OUT_DIR, loadable with `from_pretr
   blocks, consecutive `tool` messages as `<tool_response>` blocks in one user turn,
   `add_generation_prompt`, content given as a string or as text parts, assistant turns inside
   `{% generation %}` markers (assistant-token masks). It is prefix-preserving: a conversation
-  renders as a prefix of any longer one;
+  renders as a prefix of any longer one. With transformers >= 5.13 the tokenizer also carries
+  a `response_template` (RESPONSE_TEMPLATE) so `parse_response` splits out the tool calls;
 - a Qwen2 causal LM of 2 layers, hidden size 64 (about 0.4M parameters with a 4K vocabulary),
   randomly initialised from `--seed`, context 32768 positions (tool outputs are long).
 
@@ -93,6 +94,20 @@ CHAT_TEMPLATE = """\
 """
 
 
+# How transformers (>= 5.13, `tokenizer.parse_response`) splits a generated assistant turn of
+# CHAT_TEMPLATE into content and hermes tool calls; saved in tokenizer_config.json. Trainers
+# that parse tool calls through transformers (TRL) need it for a template they do not know.
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "<|im_start|>assistant\n",
+    "fields": {
+        "tool_calls": {"open": "<tool_call>", "close_pattern": r"</tool_call>\s*", "repeats": True,
+                       "content": "json", "transform": {"type": "function", "function": "{content}"}},
+        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text"},
+    },
+}
+
+
 def train_tokenizer(texts: list[str]):
     """A byte-level BPE `PreTrainedTokenizerFast` trained on `texts`, with the chat template."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -108,8 +123,11 @@ def train_tokenizer(texts: list[str]):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator([BASE_TEXT, *texts], trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKUP])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, unk_token=None,
-                                   bos_token=None, chat_template=CHAT_TEMPLATE, model_max_length=MAX_POSITIONS)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, unk_token=None,
+                                  bos_token=None, chat_template=CHAT_TEMPLATE, model_max_length=MAX_POSITIONS)
+    if hasattr(out, "response_template"):  # transformers >= 5.13; older ones have no such parser
+        out.response_template = RESPONSE_TEMPLATE
+    return out
 
 
 def build_model(tokenizer, seed: int):
