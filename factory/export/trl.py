@@ -170,8 +170,8 @@ def measure_lengths(dest: Path, tasks: list[dict], schemas: list[dict]) -> Lengt
         prompts[t["task_id"]] = sum(_nbytes(m["content"]) for m in t["messages"]) + tools + PROMPT_TEMPLATE_BYTES
         key = f"measure-{t['task_id']}"
         episode = rt.start(key, t["task_id"])
-        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]}) + _nbytes(episode.call(c["name"], c["arguments"]))
-                 for c in t["reference_tool_calls"]]
+        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]})
+                 + _nbytes(episode.call(c["name"], c["arguments"])) for c in t["reference_tool_calls"]]
         rt.release(key)
         turns.append(_nbytes(t["reference_answer"]))
         episodes[t["task_id"]] = sum(turns) + TURN_TEMPLATE_BYTES * len(turns)

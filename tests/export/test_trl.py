@@ -131,7 +131,8 @@ def test_reward_never_raises_and_reads_every_message_shape(exports, bundle):
     mod = _env_module(exports["trl"] / "envfactory_trl_env.py")
     t = all_tasks(bundle)[0]
     answer = json.dumps(t["reference_answer"])
-    shapes = [answer, [Msg("assistant", answer)], [{"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+    parts = [{"type": "text", "text": answer}]
+    shapes = [answer, [Msg("assistant", answer)], [{"role": "assistant", "content": parts}],
               [Msg("assistant", [{"type": "text", "text": answer}])], {"role": "assistant", "content": answer}]
     assert mod.envfactory_reward(shapes, task_id=[t["task_id"]] * len(shapes)) == [1.0] * len(shapes)
 
@@ -140,7 +141,8 @@ def test_reward_never_raises_and_reads_every_message_shape(exports, bundle):
         def role(self):
             raise RuntimeError("no")
 
-    junk = [None, 42, b"\xff", "", [], [Msg("user", answer)], [Msg("assistant", json.dumps(mutant(t["reference_answer"])))],
+    wrong = json.dumps(mutant(t["reference_answer"]))
+    junk = [None, 42, b"\xff", "", [], [Msg("user", answer)], [Msg("assistant", wrong)],
             [Hostile()], [{"role": "assistant", "content": "[" * 100000}], [{"role": "assistant", "content": {"x": 1}}]]
     assert mod.envfactory_reward(junk, task_id=[t["task_id"]] * len(junk)) == [0.0] * len(junk)
     assert mod.envfactory_reward([answer], task_id=["no-such-task"]) == [0.0]

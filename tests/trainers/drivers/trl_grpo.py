@@ -56,7 +56,8 @@ def check_requirements(export: Path) -> list[dict]:
             got = version(req.name)
         except PackageNotFoundError:
             got = None
-        out.append({"line": line, "installed": got, "ok": got is not None and req.specifier.contains(got, prereleases=True)})
+        ok = got is not None and req.specifier.contains(got, prereleases=True)
+        out.append({"line": line, "installed": got, "ok": ok})
     return out
 
 
@@ -253,7 +254,8 @@ def train(mod, export: Path, model_dir: Path, work: Path, steps: int) -> dict:
     by_prompt = {}
     for user, names in rendered:
         by_prompt.setdefault(user, set()).add(tuple(names))
-    return {"global_step": trainer.state.global_step, "seconds": round(seconds, 1), "rollouts": len(seen["completions"]),
+    return {"global_step": trainer.state.global_step, "seconds": round(seconds, 1),
+            "rollouts": len(seen["completions"]),
             "tool_messages": tool_messages, "episode_calls": seen["calls"], "task_ids": seen["task_ids"],
             "rendered": [[u, sorted(map(list, s))] for u, s in by_prompt.items()],
             "env_tools": {k: sorted(f.__name__ for f in v) for k, v in trainer._env_tools.items()},
