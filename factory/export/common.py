@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "Source",
     "copy_envs",
     "copy_runtime",
+    "duckdb_requirement",
     "json_text",
     "load_source",
     "place",
@@ -178,6 +180,25 @@ def copy_envs(src: Source, dest: Path) -> None:
         for t in e.tasks:
             shutil.copyfile(e.path / t["verifier"], d / t["verifier"])
         shutil.copyfile(e.path / "manifest.json", d / "source_manifest.json")
+
+
+_DUCKDB_TAG = re.compile(rb"v(\d+)\.(\d+)\.\d+")
+
+
+def duckdb_requirement(src: Source) -> str:
+    """`duckdb>=MAJOR.MINOR` of the newest DuckDB that wrote a shipped database (its main
+    header records the writer's version tag, e.g. v2.0.1). DuckDB reads older storage formats,
+    not newer ones: 1.1.3, 1.4.4 and 1.5.6 all refuse a database written by 2.0.1. Storage
+    formats change with minor releases, so the patch level is left free."""
+    versions = []
+    for e in src.envs:
+        with open(e.path / "db" / "sandbox.duckdb", "rb") as f:
+            m = _DUCKDB_TAG.search(f.read(256))
+        if m is None:
+            raise UsageError(f"{e.path}/db/sandbox.duckdb: no DuckDB version in its header")
+        versions.append((int(m.group(1)), int(m.group(2))))
+    major, minor = max(versions)
+    return f"duckdb>={major}.{minor}"
 
 
 def copy_runtime(dest: Path, *names: str) -> None:

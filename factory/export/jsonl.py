@@ -27,6 +27,7 @@ from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,
+    duckdb_requirement,
     json_text,
     max_tool_chars,
     render,
@@ -106,6 +107,10 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     write_settings(dest, {"target": "jsonl", "max_tool_response_chars": limit, "max_turns": max_turns})
     copy_envs(src, dest)
     copy_runtime(dest, "rewards.py")
+    (dest / "requirements.txt").write_text(
+        "# What the shipped hooks and agent modules import besides the trainer; the DuckDB floor is the\n"
+        "# release that wrote envs/*/db/sandbox.duckdb (older DuckDB cannot open it).\n"
+        + duckdb_requirement(src) + "\n", encoding="utf-8")
     for name in ("openrlhf_agent.py", "slime_generate.py", "nemo_gym_resources_server.py"):
         render(f"{name}.j2", dest / name, max_turns=max_turns)
     usage = USAGE.format(openrlhf=OPENRLHF_VERSION, nemo_gym=NEMO_GYM_VERSION, slime=SLIME_COMMIT,

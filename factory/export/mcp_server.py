@@ -18,6 +18,7 @@ from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,
+    duckdb_requirement,
     load_source,
     max_tool_chars,
     write_card,
@@ -37,7 +38,8 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     servers = {f"envfactory-{e.env_id}": {"command": "python3", "args": ["mcp_server.py", "--env", e.env_id]}
                for e in src.envs}
     (dest / "mcp_servers.json").write_text(json.dumps({"mcpServers": servers}, indent=2) + "\n", encoding="utf-8")
-    (dest / "requirements.txt").write_text(f"{MCP_REQUIREMENT}\nduckdb>=1.1\nuvicorn>=0.30\n", encoding="utf-8")
+    (dest / "requirements.txt").write_text(f"{MCP_REQUIREMENT}\n{duckdb_requirement(src)}\nuvicorn>=0.30\n",
+                                                   encoding="utf-8")
     first = src.envs[0].env_id
     usage = f"""
 ```bash

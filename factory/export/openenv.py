@@ -25,6 +25,7 @@ import yaml
 
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
+    duckdb_requirement,
     Source,
     copy_envs,
     copy_runtime,
@@ -43,7 +44,11 @@ VERSION = "1.0.0"
 REQUIRES_PYTHON = ">=3.10"  # openenv 0.10 and openenv-core 0.3 both require 3.10
 # Everything the shipped modules import: openenv (fastapi, pydantic, uvicorn come with it),
 # duckdb (the tools and verifiers); the rest is the standard library.
-DEPENDENCIES = ("openenv>=0.10,<0.11", "duckdb>=1.1", "uvicorn>=0.24")
+DEPENDENCIES = ("openenv>=0.10,<0.11", "duckdb>=1.1", "uvicorn>=0.24")  # duckdb: raised to the databases' writer
+
+
+def _dependencies(src: Source) -> tuple[str, ...]:
+    return tuple(duckdb_requirement(src) if d.startswith("duckdb") else d for d in DEPENDENCIES)
 OPENENV_CORE = "openenv-core>=0.3,<0.4"
 
 # openenv 0.10's manifest: what `openenv validate` grades against. Each number is a claim.
@@ -83,14 +88,15 @@ def _manifest(src: Source, splits: dict, name: str, envs_dir: Path) -> dict:
     }
 
 
-def _requirements() -> str:
-    return (f"# OpenEnv: {DEPENDENCIES[0]}, or its earlier name {OPENENV_CORE} in its place (both install the\n"
+def _requirements(deps: tuple[str, ...]) -> str:
+    return (f"# OpenEnv: {deps[0]}, or its earlier name {OPENENV_CORE} in its place (both install the\n"
             f"# `openenv` module: install one). Tested: openenv 0.10.0, openenv-core 0.3.0.\n"
-            + "\n".join(DEPENDENCIES) + "\n")
+            + "\n".join(deps) + "\n")
 
 
 def write(src: Source, dest: Path, splits: dict) -> dict:
     limit = max_tool_chars(src)
+    deps = _dependencies(src)
     name = "envfactory_" + "_".join(src.seeds)
     copy_envs(src, dest)
     copy_runtime(dest, "envfactory_openenv.py")
@@ -101,11 +107,11 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     (dest / "server" / "__init__.py").write_text("", encoding="utf-8")
     render("openenv/app.py.j2", dest / "server" / "app.py", port=PORT)
     render("openenv/pyproject.toml.j2", dest / "pyproject.toml", project=name.replace("_", "-"), version=VERSION,
-           requires_python=REQUIRES_PYTHON, dependencies=DEPENDENCIES)
-    (dest / "server" / "requirements.txt").write_text(_requirements(), encoding="utf-8")
+           requires_python=REQUIRES_PYTHON, dependencies=deps)
+    (dest / "server" / "requirements.txt").write_text(_requirements(deps), encoding="utf-8")
     (dest / "server" / "Dockerfile").write_text(DOCKERFILE, encoding="utf-8")
     write_card(dest, "openenv", src, splits, _usage(src), None, limit)
-    return {"max_tool_response_chars": limit, "name": name, "requires": list(DEPENDENCIES)}
+    return {"max_tool_response_chars": limit, "name": name, "requires": list(deps)}
 
 
 def _curl(path: str, body: dict) -> str:

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import keyword
-import math
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -35,6 +32,7 @@ from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,
+    duckdb_requirement,
     json_text,
     max_tool_chars,
     py_annotation,
@@ -44,8 +42,9 @@ from envfactory.factory.export.common import (
     write_card,
     write_settings,
 )
+from envfactory.factory.export.lengths import BYTES_PER_TOKEN, HEADROOM, Lengths, measure
 
-__all__ = ["BYTES_PER_TOKEN", "Lengths", "duckdb_requirement", "measure_lengths", "render_env_module", "toolsets",
+__all__ = ["TURN_TEMPLATE_BYTES", "measure_lengths", "render_env_module", "toolsets",
            "write"]
 
 TRL_VERSION = "1.16.0"  # the version tests/trainers/test_trl.py trains with
@@ -53,47 +52,13 @@ TRANSFORMERS_FLOOR = "5.13"  # why: see REQUIREMENTS below
 MODULE = "envfactory_trl_env.py"
 RESERVED = {"reset", "get_reward"}  # TRL's own hooks on an environment class, never tools
 
-# Lengths without the user's tokenizer: UTF-8 bytes divided by a bound, not an average. A
-# byte-level BPE tokenizer (Qwen, Llama 3, DeepSeek, GPT-2) never makes more tokens of a text
-# than it has bytes; real ones make 2-4 bytes per token of this JSON-heavy text.
-BYTES_PER_TOKEN = 1
-PROMPT_TEMPLATE_BYTES = 1024  # a chat template's own text around the messages and the tools block
-TURN_TEMPLATE_BYTES = 128  # one tool round: end of turn, tool turn and <tool_response> tags
-HEADROOM = 1.5  # a policy's episode may call more or other tools than the reference
-ROUND_TO = 512
+# One tool round's framing in TRL's tool loop: end of turn, tool turn and <tool_response> tags.
+# Lengths are measured by `lengths.measure`.
+TURN_TEMPLATE_BYTES = 128
 
 
-@dataclass(frozen=True)
-class Lengths:
-    """The longest prompt and reference episode of an export, in UTF-8 bytes, and the TRL
-    settings that follow from them."""
-
-    prompt_bytes: int  # messages + the task's tool schemas + chat template
-    completion_bytes: int  # tool calls + tool outputs + final answer + per-turn framing
-    prompt_task: str
-    completion_task: str
-    most_tool_calls: int  # the most reference tool calls of one task
-
-    @property
-    def max_prompt_tokens(self) -> int:
-        return _round_up(self.prompt_bytes / BYTES_PER_TOKEN)
-
-    @property
-    def max_completion_length(self) -> int:
-        return _round_up(self.completion_bytes * HEADROOM / BYTES_PER_TOKEN)
-
-    @property
-    def max_tool_calling_iterations(self) -> int:
-        return 2 * self.most_tool_calls
-
-
-def _round_up(n: float) -> int:
-    return ROUND_TO * math.ceil(n / ROUND_TO)
-
-
-def _nbytes(obj) -> int:
-    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
-    return len(text.encode("utf-8"))
+def max_tool_calling_iterations(lengths: Lengths) -> int:
+    return 2 * lengths.most_tool_calls
 
 
 def _identifier(name: str, what: str) -> str:
@@ -148,54 +113,11 @@ def render_env_module(dest: Path, schemas: list[dict], tasks: list[dict] = ()) -
     return dest
 
 
-def _load_runtime(dest: Path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_trl_{abs(hash(str(dest)))}",
-                                                  dest / "envfactory_runtime.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Runtime(dest)
-
-
 def measure_lengths(dest: Path, tasks: list[dict], schemas: list[dict]) -> Lengths:
-    """Replay every task's reference tool calls on the runtime shipped in `dest` and measure the
-    longest prompt (with the task's own tool schemas, as TRL renders a routed row) and the
-    longest reference episode."""
-    rt = _load_runtime(dest)
+    """The longest prompt (with the task's own tool schemas, as TRL renders a routed row) and
+    the longest reference episode."""
     by_name = {s["function"]["name"]: s for s in schemas}
-    prompts, episodes = {}, {}
-    for t in tasks:
-        tools = sum(_nbytes(by_name[n]) + 1 for n in t["tools"])
-        prompts[t["task_id"]] = sum(_nbytes(m["content"]) for m in t["messages"]) + tools + PROMPT_TEMPLATE_BYTES
-        key = f"measure-{t['task_id']}"
-        episode = rt.start(key, t["task_id"])
-        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]})
-                 + _nbytes(episode.call(c["name"], c["arguments"])) for c in t["reference_tool_calls"]]
-        rt.release(key)
-        turns.append(_nbytes(t["reference_answer"]))
-        episodes[t["task_id"]] = sum(turns) + TURN_TEMPLATE_BYTES * len(turns)
-    p, c = max(prompts, key=prompts.get), max(episodes, key=episodes.get)
-    return Lengths(prompts[p], episodes[c], p, c, max(len(t["reference_tool_calls"]) for t in tasks))
-
-
-_DUCKDB_TAG = re.compile(rb"v(\d+)\.(\d+)\.\d+")
-
-
-def duckdb_requirement(src: Source) -> str:
-    """`duckdb>=MAJOR.MINOR` of the newest DuckDB that wrote a shipped database (its main
-    header records the writer's version tag, e.g. v2.0.1). DuckDB reads older storage formats,
-    not newer ones: 1.1.3, 1.4.4 and 1.5.6 all refuse a database written by 2.0.1. Storage
-    formats change with minor releases, so the patch level is left free."""
-    versions = []
-    for e in src.envs:
-        with open(e.path / "db" / "sandbox.duckdb", "rb") as f:
-            m = _DUCKDB_TAG.search(f.read(256))
-        if m is None:
-            raise UsageError(f"{e.path}/db/sandbox.duckdb: no DuckDB version in its header")
-        versions.append((int(m.group(1)), int(m.group(2))))
-    major, minor = max(versions)
-    return f"duckdb>={major}.{minor}"
+    return measure(dest, tasks, lambda t: [by_name[n] for n in t["tools"]], TURN_TEMPLATE_BYTES)
 
 
 def _requirements(duckdb: str) -> str:
@@ -224,8 +146,8 @@ def _row(t: dict) -> dict:
 
 def grpo_settings(lengths: Lengths) -> dict:
     """The GRPOConfig keyword arguments of trl_config.json."""
-    return {"max_completion_length": lengths.max_completion_length,
-            "max_tool_calling_iterations": lengths.max_tool_calling_iterations,
+    return {"max_completion_length": lengths.max_episode_tokens,
+            "max_tool_calling_iterations": max_tool_calling_iterations(lengths),
             "remove_unused_columns": False}
 
 
@@ -249,7 +171,7 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     sets = toolsets(src.tasks)
     info = {"max_tool_response_chars": limit, "tools": [s["function"]["name"] for s in schemas],
             "data_files": files, "trl": TRL_VERSION, "grpo_config": settings, "environments": len(sets),
-            "prompt_bytes": lengths.prompt_bytes, "completion_bytes": lengths.completion_bytes,
+            "prompt_bytes": lengths.prompt_bytes, "completion_bytes": lengths.episode_bytes,
             "max_prompt_tokens": lengths.max_prompt_tokens, "bytes_per_token": BYTES_PER_TOKEN,
             "requirements": [duckdb, f"trl>={TRL_VERSION},<1.17", f"transformers>={TRANSFORMERS_FLOOR}"]}
     write_settings(dest, {"target": "trl", **info})
@@ -299,13 +221,13 @@ of the export in every prompt, and a call to a tool outside the row's task answe
 Without duckdb the classes refuse to construct (TRL builds one when the trainer starts).
 
 **Settings.** `trl_config.json` holds the GRPOConfig values this export needs:
-`max_completion_length: {lengths.max_completion_length}` (TRL's default of 512 counts the tool outputs too,
+`max_completion_length: {lengths.max_episode_tokens}` (TRL's default of 512 counts the tool outputs too,
 and TRL silently drops a tool result that would pass it, ending the episode): the longest
-reference episode ({lengths.completion_task}) is {lengths.completion_bytes} bytes of tool calls, tool outputs
+reference episode ({lengths.episode_task}) is {lengths.episode_bytes} bytes of tool calls, tool outputs
 and final answer with {TURN_TEMPLATE_BYTES} bytes of framing per turn, times {HEADROOM} headroom, at one token
 per UTF-8 byte. That is a bound for byte-level BPE tokenizers, not an average: with your model's
 tokenizer (2-4 bytes per token on this text) about half fits, and a thinking model's reasoning
-needs room on top. `max_tool_calling_iterations: {lengths.max_tool_calling_iterations}` is twice the most tool calls of
+needs room on top. `max_tool_calling_iterations: {max_tool_calling_iterations(lengths)}` is twice the most tool calls of
 one reference episode; `remove_unused_columns: false` keeps the `task_id` column that `reset`
 and the reward read. The longest prompt, with its task's tool schemas, is {lengths.prompt_bytes}
 bytes ({lengths.prompt_task}); the model's context must hold it plus `max_completion_length`

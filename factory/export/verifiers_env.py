@@ -30,6 +30,7 @@ from pathlib import Path
 
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
+    duckdb_requirement,
     Source,
     copy_envs,
     copy_runtime,
@@ -117,7 +118,7 @@ version = "0.1.0"
 description = "envfactory tasks ({', '.join(src.seeds)}) as a verifiers environment"
 readme = "README.md"
 requires-python = ">=3.10"
-dependencies = ["duckdb>=1.1"]
+dependencies = ["{duckdb_requirement(src)}"]
 tags = ["envfactory", "tool-use", "multi-turn"]
 
 [project.optional-dependencies]

@@ -28,10 +28,6 @@ would read it back as null.
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +40,7 @@ from envfactory.factory.export.common import (
     Source,
     copy_envs,
     copy_runtime,
+    duckdb_requirement,
     json_text,
     max_tool_chars,
     task_rows,
@@ -51,54 +48,18 @@ from envfactory.factory.export.common import (
     write_card,
     write_settings,
 )
+from envfactory.factory.export.lengths import BYTES_PER_TOKEN, HEADROOM, PROMPT_TEMPLATE_BYTES, Lengths, measure
 
-__all__ = ["BYTES_PER_TOKEN", "Budget", "measure_budget", "narrow_schema", "write"]
+__all__ = ["TURN_TEMPLATE_BYTES", "measure_budget", "narrow_schema", "write"]
 
 TOOL_CLASS = "envfactory_verl_tool.EnvfactoryTool"
 PROP_KEYS = {"type", "description", "enum"}
 VERL_VERSION = "0.9.1"  # the version the trainer tests run (tests/trainers/venvs.py)
 
-# Token limits without a tokenizer: lengths are measured in UTF-8 bytes and divided by a bound,
-# not an average. A byte-level BPE tokenizer (Qwen, Llama 3, DeepSeek, GPT-2) never makes more
-# tokens of a text than it has bytes, and each chat-template special token is several bytes of
-# text. A real tokenizer makes more than one byte per token, how many depends on it (digits and ids,
-# frequent here, are often one token per character), so a user who measures with theirs may lower them.
-BYTES_PER_TOKEN = 1
-# A chat template's own text around the messages and the tools block (the test suite's ChatML template: 259)
-PROMPT_TEMPLATE_BYTES = 1024
-# One tool round's framing: <tool_call> tags, end of turn, tool turn, <tool_response> tags, next assistant
-# header (ChatML with hermes tags: 119; Qwen3 adds an empty think block to assistant turns)
+# One tool round's framing in verl's hermes format: <tool_call> tags, end of turn, tool turn,
+# <tool_response> tags, next assistant header (ChatML with hermes tags: 119 bytes; Qwen3 adds an
+# empty think block to assistant turns). Lengths are measured by `lengths.measure`.
 TURN_TEMPLATE_BYTES = 160
-RESPONSE_HEADROOM = 1.5  # a policy's episode may call more or other tools than the reference
-ROUND_TO = 512
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The longest prompt and the longest reference episode of an export, in UTF-8 bytes, with
-    the verl token limits that follow from them."""
-
-    prompt_bytes: int  # messages + every tool schema (as the chat template lists them) + template
-    response_bytes: int  # tool calls + tool outputs + final answer + per-turn framing
-    prompt_task: str
-    response_task: str
-
-    @property
-    def max_prompt_length(self) -> int:
-        return _round_up(self.prompt_bytes / BYTES_PER_TOKEN)
-
-    @property
-    def max_response_length(self) -> int:
-        return _round_up(self.response_bytes * RESPONSE_HEADROOM / BYTES_PER_TOKEN)
-
-
-def _round_up(n: float) -> int:
-    return ROUND_TO * math.ceil(n / ROUND_TO)
-
-
-def _nbytes(obj) -> int:
-    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
-    return len(text.encode("utf-8"))
 
 
 def narrow_schema(tool: dict) -> dict:
@@ -137,34 +98,13 @@ def _row(t: dict, tool_names: list[str]) -> dict:
     }
 
 
-def _load_runtime(dest: Path):
-    spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_verl_{abs(hash(str(dest)))}",
-                                                  dest / "envfactory_runtime.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.Runtime(dest)
-
-
-def measure_budget(dest: Path, tasks: list[dict], tool_schemas: list[dict]) -> Budget:
-    """Replay every task's reference tool calls on the runtime shipped in `dest` and measure the
-    longest prompt and the longest reference episode. The prompt counts every tool schema of
+def measure_budget(dest: Path, tasks: list[dict], tool_schemas: list[dict]) -> Lengths:
+    """The longest prompt and reference episode. The prompt counts every tool schema of
     tool_config.yaml: verl's RLHFDataset measures prompts with all of them listed."""
-    rt = _load_runtime(dest)
-    tools_bytes = sum(_nbytes(s) + 1 for s in tool_schemas)
-    prompts, responses = {}, {}
-    for t in tasks:
-        prompts[t["task_id"]] = sum(_nbytes(m["content"]) for m in t["messages"]) + tools_bytes + PROMPT_TEMPLATE_BYTES
-        episode = rt.episode(task_id=t["task_id"])
-        turns = [_nbytes({"name": c["name"], "arguments": c["arguments"]})
-                 + _nbytes(episode.call(c["name"], c["arguments"])) for c in t["reference_tool_calls"]]
-        rt.release(episode.id)
-        turns.append(_nbytes(t["reference_answer"]))
-        responses[t["task_id"]] = sum(turns) + TURN_TEMPLATE_BYTES * len(turns)
-    p, r = max(prompts, key=prompts.get), max(responses, key=responses.get)
-    return Budget(prompts[p], responses[r], p, r)
+    return measure(dest, tasks, lambda t: tool_schemas, TURN_TEMPLATE_BYTES)
 
 
-def _config(src: Source, n_train: int, limit: int, budget: Budget) -> dict:
+def _config(src: Source, n_train: int, limit: int, budget: Lengths) -> dict:
     """The Hydra config main_ppo reads (`--config-name=verl_config`): verl's ppo_trainer plus
     these settings. `???` marks the paths run_verl.sh passes and the model the user names."""
     batch = min(16, n_train)
@@ -177,14 +117,14 @@ def _config(src: Source, n_train: int, limit: int, budget: Budget) -> dict:
         "defaults": ["ppo_trainer", "_self_"],
         "algorithm": {"adv_estimator": "grpo", "use_kl_in_reward": False},
         "data": {"train_files": "???", "val_files": "???", "return_raw_chat": True,
-                 "max_prompt_length": budget.max_prompt_length, "max_response_length": budget.max_response_length,
+                 "max_prompt_length": budget.max_prompt_tokens, "max_response_length": budget.max_episode_tokens,
                  "filter_overlong_prompts": True, "truncation": "error", "train_batch_size": batch},
         "actor_rollout_ref": {
             "model": {"path": "???"},
             "actor": {"ppo_mini_batch_size": batch, "ppo_micro_batch_size_per_gpu": 1, "use_kl_loss": False},
             "ref": {"log_prob_micro_batch_size_per_gpu": 1},
             "rollout": {"name": "vllm", "mode": "async", "n": 8, "tensor_model_parallel_size": 1,
-                        "prompt_length": budget.max_prompt_length, "response_length": budget.max_response_length,
+                        "prompt_length": budget.max_prompt_tokens, "response_length": budget.max_episode_tokens,
                         "log_prob_micro_batch_size_per_gpu": 1, "multi_turn": multi_turn},
         },
         "reward": {"custom_reward_function": {"path": "???", "name": "compute_score"}},
@@ -193,7 +133,7 @@ def _config(src: Source, n_train: int, limit: int, budget: Budget) -> dict:
     }
 
 
-def _config_text(config: dict, budget: Budget) -> str:
+def _config_text(config: dict, budget: Lengths) -> str:
     header = f"""\
 # verl {VERL_VERSION} config for this export: verl's ppo_trainer plus the settings below.
 # Run it with run_verl.sh, which passes the four file paths marked ??? (absolute, for Ray's workers)
@@ -201,11 +141,11 @@ def _config_text(config: dict, budget: Budget) -> str:
 #
 # Token limits, measured on this export in UTF-8 bytes at {BYTES_PER_TOKEN} token per byte (a bound for
 # byte-level BPE tokenizers, not an average; measured with your model's tokenizer, they may be lowered):
-#   max_prompt_length {budget.max_prompt_length}: longest prompt {budget.prompt_bytes} bytes ({budget.prompt_task}):
+#   max_prompt_length {budget.max_prompt_tokens}: longest prompt {budget.prompt_bytes} bytes ({budget.prompt_task}):
 #     its messages, every tool schema of tool_config.yaml and {PROMPT_TEMPLATE_BYTES} bytes of chat template;
-#   max_response_length {budget.max_response_length}: longest reference episode {budget.response_bytes} bytes
-#     ({budget.response_task}): tool calls, tool outputs, final answer, {TURN_TEMPLATE_BYTES} bytes of framing
-#     per turn, times {RESPONSE_HEADROOM} headroom. A model's own reasoning text is not in it: add room
+#   max_response_length {budget.max_episode_tokens}: longest reference episode {budget.episode_bytes} bytes
+#     ({budget.episode_task}): tool calls, tool outputs, final answer, {TURN_TEMPLATE_BYTES} bytes of framing
+#     per turn, times {HEADROOM} headroom. A model's own reasoning text is not in it: add room
 #     for that, or set data.apply_chat_template_kwargs.enable_thinking=false where the template has it.
 # rollout.prompt_length/response_length repeat them (verl's own defaults are 512 each).
 # Batch: data.train_batch_size x rollout.n trajectories per step must divide by the GPU count.
@@ -236,7 +176,7 @@ def _run_script(val_file: str) -> str:
     )
 
 
-def _usage(names: list[str], limit: int, budget: Budget, batch: int) -> str:
+def _usage(names: list[str], limit: int, budget: Lengths, batch: int) -> str:
     return f"""
 ```bash
 bash run_verl.sh actor_rollout_ref.model.path=Qwen/Qwen3-0.6B
@@ -263,12 +203,12 @@ and `reward.custom_reward_function.path=reward.py` (`compute_score` parses the l
 the response and runs the task's verifier: 1 only if every check passes; verl never calls a
 tool's `calc_reward`, the episode is scored once, at its end).
 
-**Lengths.** `max_prompt_length: {budget.max_prompt_length}` and `max_response_length:
-{budget.max_response_length}` (also the rollout's `prompt_length`/`response_length`; verl's defaults
+**Lengths.** `max_prompt_length: {budget.max_prompt_tokens}` and `max_response_length:
+{budget.max_episode_tokens}` (also the rollout's `prompt_length`/`response_length`; verl's defaults
 of 512 cut the prompt and stop an episode after a few tool calls) come from this export: the
 longest prompt is {budget.prompt_bytes} bytes with every tool schema and the chat template, the
-longest reference episode {budget.response_bytes} bytes (tool calls, tool outputs, final answer),
-given {RESPONSE_HEADROOM}x headroom, at 1 token per UTF-8 byte. That is a bound for byte-level BPE
+longest reference episode {budget.episode_bytes} bytes (tool calls, tool outputs, final answer),
+given {HEADROOM}x headroom, at 1 token per UTF-8 byte. That is a bound for byte-level BPE
 tokenizers, not an average: a real tokenizer makes more than one byte per token (how many depends
 on it; ids and digits are often one token per character), so measured with your model's
 tokenizer both may be lowered. A thinking model's reasoning needs room on top.
@@ -299,12 +239,16 @@ def write(src: Source, dest: Path, splits: dict) -> dict:
     write_settings(dest, {"target": "verl", "max_tool_response_chars": limit})
     copy_envs(src, dest)
     copy_runtime(dest, "envfactory_verl_tool.py", "reward.py")
+    (dest / "requirements.txt").write_text(
+        "# What the shipped modules import besides verl (tested: verl " + VERL_VERSION + "); the DuckDB floor is the\n"
+        "# release that wrote envs/*/db/sandbox.duckdb (older DuckDB cannot open it).\n"
+        + duckdb_requirement(src) + "\n", encoding="utf-8")
     budget = measure_budget(dest, src.tasks, narrowed)
     config = _config(src, len(rows.get("train", [])), limit, budget)
     (dest / "verl_config.yaml").write_text(_config_text(config, budget), encoding="utf-8")
     (dest / "run_verl.sh").write_text(_run_script(files.get("test", files["train"])), encoding="utf-8")
-    lengths = {"max_prompt_length": budget.max_prompt_length, "max_response_length": budget.max_response_length,
-               "prompt_bytes": budget.prompt_bytes, "response_bytes": budget.response_bytes,
+    lengths = {"max_prompt_length": budget.max_prompt_tokens, "max_response_length": budget.max_episode_tokens,
+               "prompt_bytes": budget.prompt_bytes, "response_bytes": budget.episode_bytes,
                "bytes_per_token": BYTES_PER_TOKEN}
     write_settings(dest, {"target": "verl", "max_tool_response_chars": limit, "verl": VERL_VERSION, **lengths})
     usage = _usage(names, limit, budget, config["data"]["train_batch_size"])

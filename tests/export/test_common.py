@@ -216,3 +216,18 @@ def test_every_tool_output_stays_under_the_declared_limit(exports):
                 longest = max(longest, len(text))
                 assert len(text) <= limit, (name, args, len(text))
     assert 300 < longest <= limit
+
+
+def test_every_export_requires_the_duckdb_that_wrote_its_databases(exports):
+    """DuckDB opens older storage formats, not newer ones (1.1.3, 1.4.4 and 1.5.6 refuse a file
+    written by 2.0.1), so each export's requirements name the writer's release as the floor."""
+    import duckdb
+
+    floor = "duckdb>={}.{}".format(*duckdb.__version__.split(".")[:2])
+    reqs = {"verl": "requirements.txt", "trl": "requirements.txt", "mcp": "requirements.txt",
+            "openenv": "server/requirements.txt", "jsonl": "requirements.txt", "verifiers": "pyproject.toml"}
+    assert set(reqs) == set(TARGETS)
+    for target, rel in reqs.items():
+        text = "\n".join(l for l in (exports[target] / rel).read_text().splitlines() if not l.lstrip().startswith("#"))
+        named = [w.strip('",[]') for w in text.replace("\n", " ").split() if w.strip('",[]').startswith("duckdb")]
+        assert named == [floor], (target, named)

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from envfactory.factory.export.common import copy_runtime
-from envfactory.factory.export.trl import HEADROOM, ROUND_TO, TURN_TEMPLATE_BYTES, render_env_module
+from envfactory.factory.export.lengths import HEADROOM, ROUND_TO
+from envfactory.factory.export.trl import TURN_TEMPLATE_BYTES, render_env_module
 
 from .conftest import all_tasks, as_response, mutant
 
