@@ -65,3 +65,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def export_schemas(out: Path) -> dict[str, dict]:
+    """Tool name -> its OpenAI function schema, over the environments of an export."""
+    found = {}
+    for p in (out / "envs").glob("*/tools/tool_schemas.json"):
+        for s in json.loads(p.read_text()):
+            found[s["function"]["name"]] = s["function"]
+    return found

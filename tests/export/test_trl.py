@@ -18,6 +18,8 @@ from envfactory.factory.export.common import copy_runtime
 from envfactory.factory.export.lengths import HEADROOM, ROUND_TO
 from envfactory.factory.export.trl import TURN_TEMPLATE_BYTES, render_env_module
 
+from tests.conftest import export_schemas
+
 from .conftest import all_tasks, as_response, mutant
 
 
@@ -36,12 +38,7 @@ def _public(cls):
     return {n for n, _ in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
 
 
-def _schemas(out):
-    found = {}
-    for p in (out / "envs").glob("*/tools/tool_schemas.json"):
-        for s in json.loads(p.read_text()):
-            found[s["function"]["name"]] = s["function"]
-    return found
+_schemas = export_schemas
 
 
 class Msg:  # a pydantic-like message: attributes only

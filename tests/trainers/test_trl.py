@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.conftest import all_tasks, mutant
+from tests.conftest import all_tasks, export_schemas, mutant
 from tests.trainers.conftest import run_driver
 
 STEPS = 2
@@ -33,12 +33,7 @@ def run(trainer_python, exports, bundle, tmp_path_factory):
     return result
 
 
-def _schemas(out):
-    found = {}
-    for p in (out / "envs").glob("*/tools/tool_schemas.json"):
-        for s in json.loads(p.read_text()):
-            found[s["function"]["name"]] = s["function"]
-    return found
+_schemas = export_schemas
 
 
 def test_requirements_file_holds_in_the_venv_that_trains(run, exports):

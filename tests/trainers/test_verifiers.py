@@ -104,6 +104,18 @@ def check_tool_traffic(log: Path, tasks: list[dict], names_sent: bool) -> None:
             assert all(isinstance(r, dict) and r for r in rows), msg["content"][:300]
 
 
+def _prepare(python, exports, bundle, tmp_path):
+    """Install the export into the venv, script the server for the train tasks: (module, tasks,
+    expected reward per task, a work directory)."""
+    module = install_export(python, exports["verifiers"])
+    tasks = train_tasks(bundle, exports["verifiers"])
+    modes = write_script(tasks, tmp_path / "script.json")
+    expected = {tid: 1.0 if m == "reference" else 0.0 for tid, m in modes.items()}
+    work = tmp_path / "work"
+    work.mkdir()
+    return module, tasks, expected, work
+
+
 CLASSIC = [("verifiers-0.1", "0.1.9.post3", []),
            ("verifiers-0.3", "0.3.1", ["--disable-env-server", "-d"])]  # in-process workers: the env server costs ~80 s
 
@@ -111,12 +123,7 @@ CLASSIC = [("verifiers-0.1", "0.1.9.post3", []),
 @pytest.mark.parametrize("venv,version,extra", CLASSIC, ids=[c[0] for c in CLASSIC])
 def test_vf_eval_classic_api(trainer_python, exports, bundle, tmp_path, venv, version, extra):
     python = trainer_python(venv)
-    module = install_export(python, exports["verifiers"])
-    tasks = train_tasks(bundle, exports["verifiers"])
-    modes = write_script(tasks, tmp_path / "script.json")
-    expected = {tid: 1.0 if m == "reference" else 0.0 for tid, m in modes.items()}
-    work = tmp_path / "work"
-    work.mkdir()
+    module, tasks, expected, work = _prepare(python, exports, bundle, tmp_path)
     with scripted_server(tmp_path / "script.json", tmp_path / "log.jsonl") as url:
         res = run_driver(python, "verifiers_legacy.py", module, url, "mixed", work, json.dumps(extra), cwd=work)
     assert res["version"] == version and res["file"].startswith(str(python.parent.parent))
@@ -134,12 +141,7 @@ def test_vf_eval_classic_api(trainer_python, exports, bundle, tmp_path, venv, ve
 
 def test_vf_eval_v1_api(trainer_python, exports, bundle, tmp_path):
     python = trainer_python("verifiers-0.4")
-    module = install_export(python, exports["verifiers"])
-    tasks = train_tasks(bundle, exports["verifiers"])
-    modes = write_script(tasks, tmp_path / "script.json")
-    expected = {tid: 1.0 if m == "reference" else 0.0 for tid, m in modes.items()}
-    work = tmp_path / "work"
-    work.mkdir()
+    module, tasks, expected, work = _prepare(python, exports, bundle, tmp_path)
     wheelhouse = python.parent.parent / "wheelhouse"  # the chat program's packages, kept with the venv
     with scripted_server(tmp_path / "script.json", tmp_path / "log.jsonl") as url:
         dist = tomllib.loads((exports["verifiers"] / "pyproject.toml").read_text())["project"]["name"]
