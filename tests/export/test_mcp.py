@@ -169,3 +169,19 @@ def test_factory_serve_http_and_stdio(bundle):
         assert anyio.run(lambda: over(url, mode="legacy"))["score"] == 1.0
     params = StdioServerParameters(command=sys.executable, args=["-m", "envfactory.factory.cli", "serve", str(env)], cwd=str(root))
     assert anyio.run(lambda: over(params))["score"] == 1.0
+
+
+def test_runtime_on_a_bundle_writes_no_bytecode(bundle):
+    """`factory serve` runs the runtime on a bundle directory: loading its tools and verifiers
+    must leave the bundle's files (and so its manifest check) as they were."""
+    from envfactory.factory.bundle import verify_manifest
+    from envfactory.factory.export.runtime.envfactory_runtime import Runtime
+
+    env = env_dirs(bundle)[0]
+    task = tasks_of(env)[0]
+    rt = Runtime(env)
+    ep = rt.start("bytecode", task["task_id"])
+    call = task["reference_tool_calls"][0]
+    assert '"results"' in ep.call(call["name"], call["arguments"])
+    assert ep.submit(task["reference_answer"])["score"] == 1.0
+    assert not list(env.rglob("__pycache__")) and verify_manifest(env) == []

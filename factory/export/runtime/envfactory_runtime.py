@@ -44,10 +44,14 @@ _TAGS = (("<think>", "</think>"), ("<tool_call>", "</tool_call>"), ("<tool_respo
 
 
 def _load_module(path: Path, prefix: str):
+    """A generated module (tools, a verifier) by path, compiled from source here: the import
+    system's loader would write __pycache__/ beside it, into a bundle whose manifest lists every
+    file (`factory serve` runs this runtime on a bundle directory, and a later `factory export`
+    of it would then refuse the bundle)."""
     name = f"_{prefix}_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    exec(compile(path.read_bytes(), str(path), "exec"), mod.__dict__)  # noqa: S102  (the export's own code)
     return mod
 
 
