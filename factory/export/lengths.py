@@ -64,7 +64,7 @@ def _shipped_runtime(dest: Path):
     spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_lengths_{abs(hash(str(dest)))}",
                                                   dest / "envfactory_runtime.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    exec(compile(Path(spec.origin).read_bytes(), spec.origin, "exec"), mod.__dict__)  # writes no __pycache__
     return mod.Runtime(dest)
 
 

@@ -75,7 +75,7 @@ def serve(path: str | Path, transport: str = "stdio", host: str = "127.0.0.1", p
                          f"(or '{MCP_REQUIREMENT}')") from None
     spec = importlib.util.spec_from_file_location("_envfactory_mcp_server", RUNTIME_DIR / "mcp_server.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    exec(compile(Path(spec.origin).read_bytes(), spec.origin, "exec"), mod.__dict__)  # writes no __pycache__
     args = ["--root", str(src.path), "--transport", transport, "--host", host, "--port", str(port)]
     if env_id:
         args += ["--env", env_id]

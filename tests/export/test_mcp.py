@@ -171,9 +171,11 @@ def test_factory_serve_http_and_stdio(bundle):
     assert anyio.run(lambda: over(params))["score"] == 1.0
 
 
-def test_runtime_on_a_bundle_writes_no_bytecode(bundle):
+def test_runtime_on_a_bundle_writes_no_bytecode(bundle, monkeypatch):
     """`factory serve` runs the runtime on a bundle directory: loading its tools and verifiers
-    must leave the bundle's files (and so its manifest check) as they were."""
+    must leave the bundle's files (and so its manifest check) as they were, also where Python
+    writes bytecode (the default; PYTHONDONTWRITEBYTECODE may hide it)."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
     from envfactory.factory.bundle import verify_manifest
     from envfactory.factory.export.runtime.envfactory_runtime import Runtime
 

@@ -48,7 +48,7 @@ def _runtime_module():
     spec = importlib.util.spec_from_file_location(f"_envfactory_runtime_{abs(hash(str(HERE)))}",
                                                   HERE / "envfactory_runtime.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    exec(compile(Path(spec.origin).read_bytes(), spec.origin, "exec"), mod.__dict__)  # writes no __pycache__
     return mod
 
 
