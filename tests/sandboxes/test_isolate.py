@@ -164,6 +164,12 @@ def pool(root):
     limits = Limits(call_timeout_s=1.5, memory_mb=256, pids=48, batch_slack_s=3.0)
     with SandboxPool(root, size=1, backend="docker", limits=limits) as p:
         p.warm()
+        # The first call of a new container imports duckdb and opens the database inside the
+        # 1.5 s call limit; on a loaded machine (a CI run 14 minutes in) that cold start once ran
+        # past it. Pay it here, so each attack below is timed on a warm worker.
+        for _ in range(3):
+            if "results" in _verify(p, "ok", {}):
+                break
         yield p
 
 
