@@ -60,6 +60,7 @@ class SandboxWarning(UserWarning):
 @dataclass(frozen=True)
 class Limits:
     call_timeout_s: float = 5.0      # one verifier or tool call
+    setup_timeout_s: float = 30.0    # importing one generated module or opening one database
     memory_mb: int = 512             # per worker (RAM; swap disabled)
     cpus: float = 1.0                # per worker
     pids: int = 64                   # processes and threads per worker
@@ -125,9 +126,10 @@ class _Worker:
                     "--memory", f"{lim.memory_mb}m", "--memory-swap", f"{lim.memory_mb}m",
                     "--cpus", str(lim.cpus), "--pids-limit", str(lim.pids), "--init",
                     "-v", f"{self.root}:/bundle:ro", "-v", f"{RUNNER}:/runner:ro",
-                    self.image, "python3", "-u", "/runner/worker.py", "/bundle", str(lim.call_timeout_s)]
+                    self.image, "python3", "-u", "/runner/worker.py", "/bundle", str(lim.call_timeout_s),
+                    "{}", str(lim.setup_timeout_s)]
         cmd = [sys.executable, "-I", "-B", "-u", str(RUNNER / "worker.py"), str(self.root), str(lim.call_timeout_s),
-               json.dumps(self._rlimits())]
+               json.dumps(self._rlimits()), str(lim.setup_timeout_s)]
         if os.geteuid() == 0 and shutil.which("unshare"):
             cmd = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--"] + cmd
         return cmd
@@ -168,11 +170,21 @@ class _Worker:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return {"failed": self._ended("the sandbox exited before the request")}
-        try:
-            line = self.lines.get(timeout=deadline_s)
-        except queue.Empty:
-            self.stop()
-            return {"failed": f"timeout: no answer within {deadline_s:.0f} s; the sandbox was killed"}
+        # A verify/tools request first sets up (imports the module, opens the database) under
+        # the worker's own set-up budget and says {"loaded": true}; only then do its calls,
+        # and so the host's per-call deadline, start.
+        setup = req.get("op") in ("verify", "tools")
+        wait_s = self.limits.setup_timeout_s * 2 + self.limits.batch_slack_s if setup else deadline_s
+        while True:
+            try:
+                line = self.lines.get(timeout=wait_s)
+            except queue.Empty:
+                self.stop()
+                return {"failed": f"timeout: no answer within {wait_s:.0f} s; the sandbox was killed"}
+            if setup and line is not None and line.startswith('{"loaded"'):
+                setup, wait_s = False, deadline_s
+                continue
+            break
         if line is None:
             return {"failed": self._ended("the sandbox died during the request")}
         try:

@@ -8,8 +8,9 @@ on stdin, one JSON response per line on stdout, in order.
     {"op": "verify", "verifier": REL, "db": REL, "answers": [ANSWER, ...]}
     {"op": "tools", "tools": REL, "db": REL, "calls": [{"name": N, "arguments": {...}}, ...]}
 
-REL paths are relative to the sandbox root (argv[1]). Every call runs under a wall-clock
-alarm; after a call times out the rest of its batch is skipped. Each result is either
+REL paths are relative to the sandbox root (argv[1]). Set-up (importing the module, opening
+the database) runs under its own alarm (argv[4]) and is followed by an interim line
+{"loaded": true} before the calls start. Every call runs under a wall-clock alarm; after a call times out the rest of its batch is skipped. Each result is either
 {"ok": VALUE} or {"error": "..."}. A response carries "tainted": true when generated code
 left processes or threads behind: the host then discards this worker.
 """
@@ -26,6 +27,7 @@ sys.dont_write_bytecode = True  # never leave __pycache__ in a (read-only or has
 ROOT = sys.argv[1] if len(sys.argv) > 1 else "/bundle"
 CALL_TIMEOUT_S = float(sys.argv[2]) if len(sys.argv) > 2 else 5.0
 RLIMITS = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}  # e.g. {"AS": bytes}: set before any generated code
+SETUP_TIMEOUT_S = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0  # importing a module, opening a database
 PID = os.getpid()
 MAX_OPEN_DBS = 4  # databases (with their modules) kept open; older ones are closed
 _modules = {}
@@ -104,15 +106,17 @@ def _stray_threads():
             if t is not threading.main_thread() and not isinstance(t, threading.Timer) and t.is_alive()]
 
 
-def _guarded(fn):
-    """Run fn() under the alarm; return ({"ok": value} | {"error": ...}, timed_out)."""
-    signal.setitimer(signal.ITIMER_REAL, CALL_TIMEOUT_S)
+def _guarded(fn, limit_s=None):
+    """Run fn() under the alarm (limit_s, by default the per-call budget); return
+    ({"ok": value} | {"error": ...}, timed_out)."""
+    limit_s = CALL_TIMEOUT_S if limit_s is None else limit_s
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
     try:
         value = fn()
         out = {"ok": value}
         timed_out = False
     except CallTimeout:
-        out = {"error": f"timeout: the call ran past {CALL_TIMEOUT_S:g} s"}
+        out = {"error": f"timeout: the call ran past {limit_s:g} s"}
         timed_out = True
     except MemoryError:
         out = {"error": "memory: the call ran out of memory"}
@@ -143,13 +147,26 @@ def _batch(items, run_one):
 
 
 def _setup(fn, what, n):
-    """Run a set-up step (import a generated module, open a database) under the alarm:
-    (its value, None), or (None, a response failing all n calls)."""
+    """Run a set-up step (import a generated module, open a database) under its own, larger
+    budget: a cold start (the first `import duckdb` in a fresh container on a busy host) can
+    take seconds that no single call should. (its value, None), or (None, a response
+    failing all n calls)."""
     box = []
-    out, _ = _guarded(lambda: box.append(fn()))
+    out, _ = _guarded(lambda: box.append(fn()), SETUP_TIMEOUT_S)
     if "error" in out:
         return None, {"results": [{"error": f"{what}: {out['error']}"}] * n}
     return box[0], None
+
+
+_OUT = sys.stdout  # the protocol stream; main() points sys.stdout at stderr
+
+
+def _say(msg):
+    """An interim line: set-up is done and the calls start (the host's call deadline starts)."""
+    if os.getpid() != PID:
+        os._exit(0)
+    _OUT.write(json.dumps(msg) + "\n")
+    _OUT.flush()
 
 
 def handle(req):
@@ -164,11 +181,13 @@ def handle(req):
         con, failed = _setup(lambda: _connection(db), "database", n)
         if failed:
             return failed
+        _say({"loaded": True})
         return {"results": _batch(req["answers"], lambda a: mod.verify(a, con))}
     if op == "tools":
         mod, failed = _setup(lambda: _module(req["tools"], req["db"]), "load", len(req["calls"]))
         if failed:
             return failed
+        _say({"loaded": True})
 
         def one(call):
             tools = getattr(mod, "TOOLS", None)
@@ -191,7 +210,7 @@ def _apply_rlimits():
 def main():
     _apply_rlimits()
     signal.signal(signal.SIGALRM, _alarm)
-    out = sys.stdout
+    out = _OUT
     sys.stdout = sys.stderr  # generated code that prints must not corrupt the protocol
     for line in sys.stdin:
         try:

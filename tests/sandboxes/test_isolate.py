@@ -106,6 +106,21 @@ ADVERSARIES = {
             out[path] = type(e).__name__
     return {"score": 0.0, "checks": [], "probe": out}
 ''',
+    "slow_import": '''import time
+
+time.sleep(2.0)  # module-level work: longer than one call may take, well inside the set-up budget
+
+
+def verify(answer, db):
+    return {"score": 1.0, "checks": []}
+''',
+    "hanging_import": '''while True:
+    pass
+
+
+def verify(answer, db):
+    return {"score": 1.0, "checks": []}
+''',
     "stubborn_loop": '''def verify(answer, db):
     while True:
         try:
@@ -161,7 +176,7 @@ def secret(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pool(root):
     _require_docker()
-    limits = Limits(call_timeout_s=1.5, memory_mb=256, pids=48, batch_slack_s=3.0)
+    limits = Limits(call_timeout_s=1.5, setup_timeout_s=10.0, memory_mb=256, pids=48, batch_slack_s=3.0)
     with SandboxPool(root, size=1, backend="docker", limits=limits) as p:
         p.warm()
         # The first call of a new container imports duckdb and opens the database inside the
@@ -288,6 +303,25 @@ def test_local_backend_stops_loops_and_memory_bombs(local_pool):
     res = _verify(local_pool, "stubborn_loop", {})
     assert "timeout" in res["results"][0]["error"]
     _still_serves(local_pool)
+
+
+@pytest.mark.parametrize("backend", ["local", "docker"])
+def test_loading_has_its_own_budget(root, backend):
+    """Importing a module (and opening its database) is timed apart from the calls: a slow
+    cold start is not charged to the first call, and an import that never ends is still
+    stopped, by the set-up budget, with the worker serving the next request."""
+    if backend == "docker":
+        _require_docker()
+    limits = Limits(call_timeout_s=1.0, setup_timeout_s=4.0, memory_mb=256, batch_slack_s=3.0)
+    with SandboxPool(root, size=1, backend=backend, limits=limits) as p:
+        p.warm()
+        assert _verify(p, "slow_import", {})["results"] == [{"ok": {"score": 1.0, "checks": []}}]
+        t0 = time.monotonic()
+        res = _verify(p, "hanging_import", {})["results"][0]
+        assert res["error"] == "load: timeout: the call ran past 4 s", res
+        assert 3.5 < time.monotonic() - t0 < 12.0
+        assert _verify(p, "infinite_loop", {})["results"][0]["error"] == "timeout: the call ran past 1 s"
+        _still_serves(p)
 
 
 def test_many_databases_cycle_through_one_worker(tmp_path):
