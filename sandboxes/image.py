@@ -7,6 +7,13 @@ import`. The tag is a hash of the recipe, so a changed recipe builds a new image
 unchanged one is reused. The worker script is not baked in: it is mounted read-only
 at run time (`sandboxes/runner`).
 
+The Debian mirror is looked up when the image is built, never at import: the
+FACTORY_DEBIAN_MIRROR environment variable if set, else the machine's own apt sources
+(`etc/apt/sources.list`, `etc/apt/sources.list.d/*.list` and `*.sources`), taking an
+enabled `deb` entry of the main component with a plain suite (no `-security`,
+`-updates`), preferring a URI whose path ends in `/debian`, then one listing SUITE.
+No mirror host is named here: without either source the build stops with ImageError.
+
     python -m envfactory.sandboxes.image          # build if missing, print the tag
     python -m envfactory.sandboxes.image --check  # exit 0 if the image exists
 """
@@ -24,16 +31,111 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["ImageError", "image_tag", "image_exists", "ensure_image", "docker_ready", "REPO"]
+__all__ = ["ImageError", "image_tag", "image_exists", "ensure_image", "docker_ready", "REPO",
+           "apt_mirror", "debian_mirror"]
 
 REPO = "envfactory-sandbox"
 SUITE = "bookworm"
 RECIPE_VERSION = 1
-MIRROR = os.environ.get("FACTORY_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+MIRROR_ENV = "FACTORY_DEBIAN_MIRROR"
+# debootstrap fetches over these; cdrom:, file: and the like name nothing another machine can use
+_NET_SCHEMES = ("http://", "https://")
+_OFF = {"no", "false", "off", "0"}
 
 
 class ImageError(RuntimeError):
     pass
+
+
+def _one_line_entries(text: str):
+    """(uri, suites, components) of each `deb` line of a one-line-format sources file."""
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0] != "deb":
+            continue  # blank, comment, deb-src
+        words = words[1:]
+        if words and words[0].startswith("["):
+            # options may hold spaces ("[ arch=amd64 ]"): skip up to the word that closes them
+            while words and not words[0].endswith("]"):
+                words = words[1:]
+            words = words[1:]
+        if len(words) >= 2:
+            yield words[0], words[1:2], words[2:]
+
+
+def _stanzas(text: str):
+    """The field dicts (lower-cased names) of a deb822 file; continuation lines fold in."""
+    fields, last = {}, None
+    for line in text.splitlines() + [""]:
+        if line.lstrip().startswith("#"):
+            continue
+        if not line.strip():
+            if fields:
+                yield fields
+            fields, last = {}, None
+        elif line[0].isspace() and last:
+            fields[last] += " " + line.strip()
+        elif ":" in line:
+            name, value = line.split(":", 1)
+            last = name.strip().lower()
+            fields[last] = value.strip()
+
+
+def _deb822_entries(text: str):
+    for f in _stanzas(text):
+        if "deb" not in f.get("types", "").split() or f.get("enabled", "yes").lower() in _OFF:
+            continue
+        suites, comps = f.get("suites", "").split(), f.get("components", "").split()
+        for uri in f.get("uris", "").split():
+            yield uri, suites, comps
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""  # an unreadable file is one source fewer, not a failed build
+
+
+def _apt_entries(root: Path):
+    apt = root / "etc/apt"
+    yield from _one_line_entries(_read(apt / "sources.list"))
+    d = apt / "sources.list.d"
+    files = sorted(d.iterdir()) if d.is_dir() else []
+    for p in files:
+        if p.suffix == ".list":
+            yield from _one_line_entries(_read(p))
+        elif p.suffix == ".sources":
+            yield from _deb822_entries(_read(p))
+
+
+def apt_mirror(root: Path = Path("/")) -> str | None:
+    """The Debian archive URI in the apt sources under `root`, or None if none is usable.
+
+    Usable: an enabled `deb` entry over http(s) with the main component and a plain
+    suite (no dash or slash, so not -security, -updates, -backports). Among those, a
+    URI path ending in /debian wins, then one listing SUITE, then the first in file order.
+    """
+    best, best_rank = None, None
+    for uri, suites, comps in _apt_entries(Path(root)):
+        plain = [s for s in suites if "-" not in s and "/" not in s]
+        if not uri.startswith(_NET_SCHEMES) or not plain or "main" not in comps:
+            continue
+        rank = (uri.rstrip("/").endswith("/debian"), SUITE in plain)
+        if best_rank is None or rank > best_rank:
+            best, best_rank = uri, rank
+    return best
+
+
+def debian_mirror(root: Path = Path("/")) -> str:
+    """The mirror to debootstrap from: $FACTORY_DEBIAN_MIRROR, else apt_mirror(root)."""
+    mirror = os.environ.get(MIRROR_ENV, "").strip() or apt_mirror(root)
+    if not mirror:
+        apt = Path(root) / "etc/apt"
+        raise ImageError(f"no Debian mirror found: no enabled deb entry with a plain suite and the main component "
+                         f"in {apt / 'sources.list'} or {apt / 'sources.list.d'}/*.list, *.sources; "
+                         f"set {MIRROR_ENV} to the mirror's URI")
+    return mirror
 
 
 def _duckdb_version() -> str:
@@ -93,11 +195,12 @@ def build_image(progress=lambda msg: None) -> str:
         raise ImageError("building the sandbox image needs root (debootstrap); run `sudo python -m envfactory.sandboxes.image`")
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed (apt-get install -y debootstrap)")
+    mirror = debian_mirror()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="envfactory-image-", dir="/var/tmp") as tmp:
         root = Path(tmp) / "root"
-        progress(f"debootstrap {SUITE} (minbase + python3) from {MIRROR}")
-        _run(["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(root), MIRROR],
+        progress(f"debootstrap {SUITE} (minbase + python3) from {mirror}")
+        _run(["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(root), mirror],
              "debootstrap", timeout=900)
         progress(f"pip install duckdb=={_duckdb_version()} into the image")
         _run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
