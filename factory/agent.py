@@ -13,10 +13,11 @@ import random
 from typing import Iterator, Protocol
 
 from envfactory.factory.seed import Seed, parse_pool_item
-from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.constraints import Constraint, get_kind, validate
+from envfactory.verifiers.constraints.sums import name_of
 from envfactory.verifiers.problem import Plan, Problem
 from envfactory.verifiers.count import CountResult, count_plans
-from envfactory.verifiers.solver import min_total_cost
+from envfactory.verifiers.solver import extreme_sum
 
 __all__ = ["Agent", "SpecialistAgent", "AgentError"]
 
@@ -48,6 +49,7 @@ class SpecialistAgent:
         self.seed = seed
         self.cap = seed.ladder.count_cap
         self.opts = {"conditional_unit": seed.ladder.conditional_unit}
+        self.rejected: list[str] = []  # proposals that failed, with the reason (never fatal)
 
     def _propose(self, text: str, p: Problem, current: list[Constraint], reference, rng) -> list[Constraint]:
         item = parse_pool_item(text)
@@ -55,31 +57,50 @@ class SpecialistAgent:
 
     def base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
         cons: list[Constraint] = []
+        tune = None
         for text in self.seed.ladder.base:
-            if parse_pool_item(text).kind == "total_budget":
+            item = parse_pool_item(text)
+            if item.kind == "total_budget" or (item.kind == "sum" and not item.has_value):
+                tune = item  # a bound tuned below, once the other constraints are in
                 continue
             got = self._propose(text, p, cons, None, rng)
             if got:
-                cons = _replace(cons, got[0])
-        if "total_budget" not in [parse_pool_item(t).kind for t in self.seed.ladder.base]:
+                cons = _replace(cons, validate(got[0], p))
+        if p.unordered and not any(c.kind == "all_different" and c.params["slot"] == p.anchor.name
+                                   and not c.params.get("column") for c in cons):
+            # a selection is of distinct rows
+            cons.append(Constraint("all_different", f"all_different_{p.anchor.name}", {"slot": p.anchor.name}))
+        if tune is None:
             res = count_plans(p, cons, self.cap)
             if not res.solvable:
                 raise AgentError("the base constraints admit no plan")
             return cons, res
-        return self._tune_budget(p, cons)
+        return self._tune(p, cons, tune)
 
-    def _tune_budget(self, p: Problem, cons: list[Constraint]) -> tuple[list[Constraint], CountResult]:
-        """A total budget just above the cheapest plan, widened or narrowed until the number
-        of feasible plans lands in [cap/8, cap): countable exactly, yet with room to tighten."""
-        costs = {s.name: s.cost for s in p.cost_slots}
-        low = min_total_cost(p, cons, costs)
-        if low is None:
+    def _bound(self, p: Problem, item):
+        """(terms summed, minimise?, bound -> constraint) for a tunable base entry."""
+        if item.kind == "total_budget":
+            costs = {s.name: s.cost for s in p.cost_slots}
+            return costs, True, lambda v: Constraint("total_budget", "total_budget", {"max": v, "costs": costs})
+        slot, col, op = item.slot, item.column, item.op or "<="
+        as_float = p.slot(slot).columns[col] == "DOUBLE"
+        return ({slot: col}, op == "<=", lambda v: Constraint("sum", name_of(slot, col), {
+            "slot": slot, "column": col, "op": op, "value": v / 10 if as_float else v, "scope": "total"}))
+
+    def _tune(self, p: Problem, cons: list[Constraint], item) -> tuple[list[Constraint], CountResult]:
+        """A bound just past the best plan's (a budget just above the cheapest plan), widened
+        or narrowed until the number of feasible plans lands in [cap/8, cap): countable
+        exactly, yet with room to tighten."""
+        terms, minimize, make = self._bound(p, item)
+        best_v = extreme_sum(p, cons, terms, minimize)
+        if best_v is None:
             raise AgentError("the base constraints admit no plan")
+        sign = 1 if minimize else -1
         lo, hi = 0, None  # slack bounds: lo gives too few plans, hi too many
-        slack = max(1, low // 10)
+        slack = max(1, abs(best_v) // 10)
         best = None
-        for _ in range(12):
-            trial = _replace(cons, Constraint("total_budget", "total_budget", {"max": low + slack, "costs": costs}))
+        for _ in range(14):
+            trial = _replace(cons, validate(make(best_v + sign * slack), p))
             res = count_plans(p, trial, self.cap)
             if res.capped:
                 hi = slack
@@ -92,7 +113,7 @@ class SpecialistAgent:
                 break
             slack = (lo + hi) // 2 if hi is not None else slack * 2
         if best is None:
-            raise AgentError("could not find a budget with a countable number of plans")
+            raise AgentError("could not find a bound with a countable number of plans")
         return best
 
     def moves(self, p: Problem, current: list[Constraint], reference: Plan, rng: random.Random,
@@ -102,6 +123,11 @@ class SpecialistAgent:
         pool = list(self.seed.ladder.pool)
         rng.shuffle(pool)
         for text in prefer + pool:
-            for cand in self._propose(text, p, current, reference, rng):
+            try:
+                cands = self._propose(text, p, current, reference, rng)
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:  # ConstraintError is a ValueError
+                self.rejected.append(f"{text}: {type(e).__name__}: {e}")
+                continue
+            for cand in cands:
                 verb = "tighten" if cand.name in have else "add"
                 yield f"{verb} {text}", _replace(current, cand)

@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from envfactory.factory.generate import GenerateError
-    from envfactory.factory.region import RegionError
+    from envfactory.factory.partition import PartitionError
+    from envfactory.sandboxes.catalog import CatalogError
     from envfactory.factory.seed import SeedError
     from envfactory.verifiers.validate import ValidateError
     from envfactory.sandboxes.duck import SandboxError
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, SeedError, RegionError, GenerateError, SandboxError, ValidateError, FileExistsError) as e:
+    except (UsageError, SeedError, PartitionError, CatalogError, GenerateError, SandboxError, ValidateError, FileExistsError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

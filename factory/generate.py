@@ -18,7 +18,7 @@ from pathlib import Path
 
 from envfactory.factory.bundle import write_json
 from envfactory.factory.envbuild import EnvSummary, build_env
-from envfactory.factory.region import choose_regions
+from envfactory.factory.partition import PartitionError, choose_parts
 from envfactory.factory.seed import load_seed, resolve_seed
 
 __all__ = ["generate", "BatchResult", "GenerateError"]
@@ -63,6 +63,24 @@ def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_d
         return "fail", str(e)
 
 
+def _parts(seed, seed_path: Path, run_seed: int, n_envs: int) -> list:
+    """The partitions of a run: n_envs and spares for replacements (fewer spares where the
+    data has no more)."""
+    from envfactory.sandboxes.catalog import CatalogError, catalog_for
+
+    if not n_envs:
+        return []
+    try:
+        cat = catalog_for(seed, seed_path)
+    except CatalogError as e:
+        raise GenerateError(str(e)) from None
+    parts = choose_parts(seed, cat, run_seed, n_envs * SPARE_FACTOR)
+    if len(parts) < n_envs:
+        raise PartitionError(f"partition: the data has only {len(parts)} distinct environments for these settings; "
+                             f"asked for {n_envs}")
+    return parts
+
+
 def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, workers: int | None = None,
              force: bool = False, progress=None) -> BatchResult:
     """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
@@ -74,9 +92,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     seed = load_seed(seed_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    r = seed.region
-    regions = choose_regions(seed.name, run_seed, n_envs * SPARE_FACTOR, r.min_population, r.cities, r.max_radius_km) \
-        if n_envs else []
+    regions = _parts(seed, seed_path, run_seed, n_envs)
     workers = max(1, min(workers or os.cpu_count() or 1, n_envs or 1))
     done: dict[int, EnvSummary] = {}
     failed: list[tuple[str, str]] = []

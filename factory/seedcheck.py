@@ -1,33 +1,118 @@
 """Cross-field checks of a seed, after its shape has validated.
 
 Each returns the path of the offending field and one message; `load_seed` turns that into
-`file:line: field: message`.
+`file:line: field: message`. What is checked before anything is generated: every source
+can be read the way it is declared (file columns exist, web routes exist), the partition
+names real columns, every link joins real columns in an order the counter can follow,
+every slot's candidates can be listed by some tool, and every ladder entry names what its
+kind needs (a stated value is cast to its column's type and checked against the kind's
+JSON Schema).
 """
 
 from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
 
 from envfactory.factory.seed import Seed, parse_pool_item
 
 __all__ = ["check_seed"]
 
-COLUMN_KINDS = {"attribute", "aggregate", "distinct_count"}  # entries that name slot.column
-SLOT_KINDS = {"all_different", "distance"}
+FILE_ONLY = ("package", "format", "sqlite_table", "query", "rows", "columns", "rename", "derive", "where", "key")
+LISTING_ROUTE = re.compile(r"^/(?:html/(?P<h>[a-z]+)/\{(?:member|city_id)\}|api/(?P<a>[a-z]+)\?city=\{(?:member|city_id)\}"
+                           r"|js/(?P<j>[a-z]+)/\{(?:member|city_id)\})$")
 
 
-def _sources(seed: Seed):
+def _set(src, fields) -> str | None:
+    return next((f for f in fields if getattr(src, f) not in (None, {}, [])), None)
+
+
+def _file_source(i: int, s, seed_dir: Path):
+    from envfactory.sandboxes.catalog import file_table
+    from envfactory.sandboxes.tables import TableSourceError, preview_columns
+
+    if s.dataset:
+        return ("sources", i, "dataset"), "a file source takes no dataset (that is for kind = \"package\")"
+    if not s.columns:
+        return ("sources", i, "columns"), "a file or inline source needs columns = { name = \"TYPE\", ... }"
+    if s.key is None or s.key not in s.columns:
+        return ("sources", i, "key"), f"key {s.key!r} must be one of the columns ({', '.join(s.columns)})"
+    for c in list(s.rename) + list(s.derive):
+        if c not in s.columns:
+            field = "rename" if c in s.rename else "derive"
+            return ("sources", i, field, c), f"{c!r} is not one of the declared columns"
+    if s.kind == "inline":
+        if not s.rows or not all(isinstance(r, dict) for r in s.rows):
+            return ("sources", i, "rows"), "an inline source needs rows = [ { column = value, ... }, ... ]"
+        if s.path or s.package:
+            return ("sources", i, "path"), "an inline source takes no path"
+    elif not s.path:
+        return ("sources", i, "path"), "a file source needs a path (relative to the seed, or inside package)"
+    elif s.rows is not None:
+        return ("sources", i, "rows"), "a file source takes no inline rows"
+    try:
+        have = preview_columns(file_table(s), seed_dir)
+    except TableSourceError as e:
+        return ("sources", i, "path" if s.kind == "file" else "rows"), str(e)
+    for c in s.columns:
+        if c in s.derive:
+            continue
+        name = s.rename.get(c, c)
+        if name not in have:
+            field = ("rename", c) if c in s.rename else ("columns", c)
+            return ("sources", i, *field), (f"the data has no column {name!r} (it has: {', '.join(list(have)[:12])}"
+                                            + (" ..." if len(have) > 12 else "") + ")")
+    return None
+
+
+def _web_source(i: int, s, seed):
+    from envfactory.sandboxes.world import LISTING_KINDS
+
+    extra = _set(s, FILE_ONLY + ("dataset",))
+    if extra:
+        return ("sources", i, extra), f"a {s.kind} source takes no {extra}"
+    if not s.path or not (s.path.startswith("/") or s.path.startswith(("http://", "https://"))):
+        return ("sources", i, "path"), "a web source needs a path on the offline web (/...) or an http(s) URL"
+    if "{member}" not in s.path and "{city_id}" not in s.path:
+        return ("sources", i, "path"), "a web source's path must contain {member}: it is fetched once per partition member"
+    if s.path.startswith("/"):
+        m = LISTING_ROUTE.match(s.path)
+        route_kind = m and (m["h"] and "html" or m["a"] and "api" or m["j"] and "js")
+        listing = m and (m["h"] or m["a"] or m["j"])
+        if not m or route_kind != s.kind:
+            return ("sources", i, "path"), (f"the offline web has no {s.kind} route {s.path!r} (routes: /html/KIND/{{member}}, "
+                                            "/api/KIND?city={member}, /js/KIND/{member})")
+        if listing not in LISTING_KINDS:
+            return ("sources", i, "path"), f"the offline web has no listing {listing!r} (it has: {', '.join(LISTING_KINDS)})"
+        if not s.synthetic:
+            return ("sources", i, "synthetic"), ("the offline web's listings are synthetic: say synthetic = true, "
+                                                 "so cards and prompts never call them real data")
+    if s.table not in seed.tables:
+        return ("sources", i, "table"), f"no [tables.{s.table}] declares this source's columns"
+    return None
+
+
+def _sources(seed: Seed, seed_dir: Path):
     from envfactory.sandboxes.package import PACKAGE_TABLES
 
     for i, s in enumerate(seed.sources):
         if s.kind == "package":
             if s.dataset not in PACKAGE_TABLES:
                 return ("sources", i, "dataset"), f"unknown dataset {s.dataset!r} (known: {', '.join(PACKAGE_TABLES)})"
-            if s.path:
-                return ("sources", i, "path"), "a package source takes no path"
+            extra = _set(s, FILE_ONLY + ("path",))
+            if extra:
+                return ("sources", i, extra), f"a package source takes no {extra}"
+        elif s.is_file:
+            got = _file_source(i, s, seed_dir)
+            if got:
+                return got
         else:
-            if not s.path or "{city_id}" not in s.path or not s.path.startswith("/"):
-                return ("sources", i, "path"), "a web source needs a path starting with / and containing {city_id}"
-            if s.table not in seed.tables:
-                return ("sources", i, "table"), f"no [tables.{s.table}] declares this source's columns"
+            got = _web_source(i, s, seed)
+            if got:
+                return got
+        if s.synthetic and not s.is_web:
+            return ("sources", i, "synthetic"), "only web sources on the offline web are synthetic"
     return None
 
 
@@ -35,32 +120,88 @@ def _tables(seed: Seed, known: set[str]):
     for name, t in seed.tables.items():
         if name not in known:
             return ("tables", name), f"table {name!r} has no source"
+        if seed.source(name).is_file:
+            return ("tables", name), f"table {name!r} comes from a file: declare its columns on the source"
         if t.key not in t.columns:
             return ("tables", name, "key"), f"key {t.key!r} is not a column"
-        for col, target in t.references.items():
-            if col not in t.columns:
-                return ("tables", name, "references", col), f"{col!r} is not a column of {name}"
+    for i, s in enumerate(seed.sources):
+        refs = seed.table_references(s.table)
+        for col, target in refs.items():
+            loc = ("tables", s.table, "references", col) if s.table in seed.tables else ("sources", i, "references", col)
+            if col not in seed.table_columns(s.table):
+                return loc, f"{col!r} is not a column of {s.table}"
             tt, _, tc = target.partition(".")
             if tt not in known or tc not in seed.table_columns(tt):
-                return ("tables", name, "references", col), f"reference {target!r} is not a known table.column"
+                return loc, f"reference {target!r} is not a known table.column"
+            if tc != seed.table_key(tt):
+                return loc, f"reference {target!r} must name the key of {tt} ({seed.table_key(tt)})"
+    return None
+
+
+def _partition(seed: Seed, known: set[str]):
+    if (seed.region is None) == (seed.partition_ is None):
+        return ("partition",), "a seed needs exactly one of [partition] and [region]"
+    pt = seed.partition
+    loc = ("partition",) if seed.partition_ is not None else ("region",)
+    if pt.table not in known:
+        return loc + ("table",), f"unknown table {pt.table!r} (tables: {', '.join(sorted(known))})"
+    cols = seed.table_columns(pt.table)
+    need = {"region": ["latitude", "longitude", "max_radius_km"], "group": ["column"], "range": ["column", "width"],
+            "sample": []}[pt.kind]
+    for f in need:
+        if getattr(pt, f) is None:
+            return loc + (f,), f"a {pt.kind} partition needs {f}"
+    for f in ("latitude", "longitude", "group_by", "column", "label"):
+        v = getattr(pt, f)
+        if v is not None and (pt.kind == "region" or f not in ("latitude", "longitude")) and v not in cols:
+            return loc + (f,), f"{v!r} is not a column of {pt.table}"
+    if pt.kind == "range" and cols.get(pt.column) not in ("INTEGER", "DOUBLE"):
+        return loc + ("column",), f"a range partition needs a numeric column; {pt.column} is {cols.get(pt.column)}"
+    if pt.center and pt.kind != "region":
+        return loc + ("center",), "only a region partition has a center"
+    if seed.plan.origin and not pt.center:
+        return ("plan", "origin"), "plans start from an origin only with a region partition that has center = true"
     return None
 
 
 def _plan(seed: Seed, known: set[str]):
-    names = [s.name for s in seed.plan.slots]
+    slots = seed.plan.slots
+    names = [s.name for s in slots]
     if len(set(names)) != len(names):
         return ("plan", "slots"), "slot names must be unique"
-    for i, s in enumerate(seed.plan.slots):
+    for i, s in enumerate(slots):
         if s.table not in known:
             return ("plan", "slots", i, "table"), f"unknown table {s.table!r} (tables: {', '.join(sorted(known))})"
         cols = seed.table_columns(s.table)
         if i == 0 and s.link:
             return ("plan", "slots", i, "link"), "the first slot is the anchor and takes no link"
-        if i > 0 and (not s.link or s.link not in cols):
-            return ("plan", "slots", i, "link"), f"slot {s.name!r} needs a link column of {s.table}"
-        if s.cost and cols.get(s.cost) != "INTEGER":
+        if s.link and s.link not in cols:
+            return ("plan", "slots", i, "link"), f"{s.link!r} is not a column of {s.table}"
+        for j, lk in enumerate(s.links):
+            loc = ("plan", "slots", i, "links", j)
+            if lk.column not in cols:
+                return loc, f"{lk.column!r} is not a column of {s.table}"
+            tslot, tcol = lk.target
+            if tslot not in names:
+                return loc, f"{lk.to!r} names no slot ({', '.join(names)})"
+            if not lk.previous and names.index(tslot) >= i:
+                return loc, f"{lk.to!r}: a same-unit link must name an earlier slot (the counter fills slots in order)"
+            if tcol not in seed.table_columns(seed.plan.slot(tslot).table):
+                return loc, f"{tcol!r} is not a column of {seed.plan.slot(tslot).table}"
+            if lk.previous and seed.plan.shape == "selection":
+                return loc, "a selection has no order, so no previous-unit links"
+        if s.cost and seed.table_columns(s.table).get(s.cost) != "INTEGER":
             return ("plan", "slots", i, "cost"), f"cost column {s.cost!r} must be an INTEGER column of {s.table}"
+        if not _finder_exists(seed, s):
+            links = [lk.column for lk in seed.slot_links(s)]
+            return ("plan", "slots", i), (f"no tool lists slot {s.name!r}: add a [[tools]] entry on {s.table} with no "
+                                          f"filters" + (f", or filtered by its link columns ({', '.join(links)})" if links else ""))
     return None
+
+
+def _finder_exists(seed: Seed, slot) -> bool:
+    links = {lk.column for lk in seed.slot_links(slot)}
+    return any(t.table == slot.table and set(t.filters) <= links for t in seed.tools)
 
 
 def _tools(seed: Seed, known: set[str]):
@@ -81,30 +222,60 @@ def _tools(seed: Seed, known: set[str]):
     return None
 
 
-def _ladder(seed: Seed):
-    from envfactory.verifiers.constraints import KINDS
+def _schema_problem(seed: Seed):
+    """A problem with the seed's slots and no rows: enough to validate stated constraints."""
+    from envfactory.verifiers.problem import Problem, slot_views
 
+    return Problem(seed.plan.unit, seed.plan.units, slot_views(seed), {}, None, {}, seed.plan.shape == "selection")
+
+
+def _entry(seed: Seed, text: str, p):
+    from envfactory.verifiers.constraints import KINDS, ConstraintError, validate
+
+    item = parse_pool_item(text)
+    if item.kind not in KINDS:
+        raise ValueError(f"unknown constraint kind {item.kind!r} in {text!r} (known: {', '.join(sorted(KINDS))})")
+    kind = KINDS[item.kind]
     slots = {s.name: s for s in seed.plan.slots}
+    if kind.target in ("slot", "column") and item.slot not in slots:
+        raise ValueError(f"{text!r} needs a slot of the plan ({', '.join(slots)})")
+    if kind.target == "column" and (not item.column or item.column not in seed.table_columns(slots[item.slot].table)):
+        raise ValueError(f"{text!r} needs a column of {slots[item.slot].table}")
+    if item.kind in ("sum", "aggregate") and seed.table_columns(slots[item.slot].table)[item.column] not in ("INTEGER", "DOUBLE"):
+        raise ValueError(f"{text!r}: {item.kind} needs a numeric column; {item.column} is "
+                         f"{seed.table_columns(slots[item.slot].table)[item.column]}")
+    if kind.ordered and p.unordered:
+        raise ValueError(f"{text!r}: a selection has no order, so {item.kind} does not apply")
+    if item.kind == "distance":
+        pt = seed.partition
+        if pt.kind != "region" or slots[item.slot].table != pt.table:
+            raise ValueError(f"{text!r}: distances exist between the rows of a region partition's table ({pt.table})")
+    if item.kind in ("total_budget", "unit_budget", "conditional_budget") and not any(s.cost for s in seed.plan.slots):
+        raise ValueError(f"{text!r}: no slot has a cost column")
+    if item.has_value:
+        got = kind.propose(item, p, [], None, random.Random(0), {"conditional_unit": seed.ladder.conditional_unit})
+        try:
+            for c in got:
+                validate(c, p)
+        except ConstraintError as e:
+            raise ValueError(f"{text!r}: {e}") from None
+
+
+def _ladder(seed: Seed):
+    p = _schema_problem(seed)
     for field in ("base", "prefer", "pool"):
-        for i, text in enumerate(getattr(seed.ladder, field)):
-            loc = ("ladder", field)
+        for text in getattr(seed.ladder, field):
             try:
-                item = parse_pool_item(text)
+                _entry(seed, text, p)
             except ValueError as e:
-                return loc, str(e)
-            if item.kind not in KINDS:
-                return loc, f"unknown constraint kind {item.kind!r} in {text!r} (known: {', '.join(sorted(KINDS))})"
-            if (item.kind in COLUMN_KINDS | SLOT_KINDS) and item.slot not in slots:
-                return loc, f"{text!r} needs a slot of the plan ({', '.join(slots)})"
-            if item.kind in COLUMN_KINDS:
-                if not item.column or item.column not in seed.table_columns(slots[item.slot].table):
-                    return loc, f"{text!r} needs a column of {slots[item.slot].table}"
+                return ("ladder", field), str(e)
     if seed.ladder.conditional_unit > seed.plan.units:
         return ("ladder", "conditional_unit"), f"unit {seed.ladder.conditional_unit} is beyond plan.units"
     return None
 
 
-def check_seed(seed: Seed):
+def check_seed(seed: Seed, seed_dir: Path | None = None):
     known = {s.table for s in seed.sources}
-    return (_sources(seed) or _tables(seed, known) or _plan(seed, known) or _tools(seed, known)
-            or _ladder(seed))
+    seed_dir = seed_dir or Path(".")
+    return (_sources(seed, seed_dir) or _tables(seed, known) or _partition(seed, known) or _plan(seed, known)
+            or _tools(seed, known) or _ladder(seed))

@@ -26,6 +26,7 @@ class PackageTable:
     key: str
     columns: dict[str, str]
     rows: Callable[[list[str]], list[dict]]  # region city ids -> records
+    catalog: Callable[[], list[dict]] | None = None  # every row, cheap columns only (partition choice)
 
     @property
     def url(self) -> str:
@@ -58,6 +59,11 @@ def _city_rows(city_ids: list[str]) -> list[dict]:
     return rows
 
 
+def _city_catalog() -> list[dict]:
+    """Every GeoNames city without the per-city airport search (`has_airport`)."""
+    return [dict(c) for _, c in sorted(world.load_cities().items())]
+
+
 def _airport_rows(city_ids: list[str]) -> list[dict]:
     cities = world.load_cities()
     best: dict[str, dict] = {}
@@ -77,7 +83,7 @@ PACKAGE_TABLES: dict[str, PackageTable] = {
         {"city_id": "VARCHAR", "name": "VARCHAR", "country_code": "VARCHAR", "admin1": "VARCHAR",
          "latitude": "DOUBLE", "longitude": "DOUBLE", "population": "INTEGER", "timezone": "VARCHAR",
          "has_airport": "BOOLEAN"},
-        _city_rows),
+        _city_rows, _city_catalog),
     "airportsdata.airports": PackageTable(
         "airportsdata.airports", "iata",
         {"iata": "VARCHAR", "name": "VARCHAR", "city_id": "VARCHAR", "latitude": "DOUBLE",

@@ -45,7 +45,7 @@ def singular(table: str) -> str:
 
 def from_seed(seed, origin_id: str | None) -> list[ToolDef]:
     out = []
-    anchor = seed.plan.anchor.table
+    anchor = seed.partition.table  # the origin is a row of the partition table: never listed
     for t in seed.tools:
         types = seed.table_columns(t.table)
         key = seed.table_key(t.table)
@@ -57,8 +57,16 @@ def from_seed(seed, origin_id: str | None) -> list[ToolDef]:
 
 def _param_doc(col: str, seed) -> str:
     for s in seed.plan.slots:
-        if s.table != seed.plan.anchor.table and s.link == col:
-            return f"Id of the {seed.plan.anchor.name} (from the {seed.plan.anchor.name} list)."
+        for lk in seed.slot_links(s):
+            if lk.column != col:
+                continue
+            slot, target = lk.target
+            if lk.previous:
+                return (f"The previous {seed.plan.unit}'s {slot} {target.replace('_', ' ')}"
+                        + (" (for the first, the origin's id)." if seed.plan.origin else "."))
+            if target == seed.table_key(seed.plan.slot(slot).table):
+                return f"Id of the {slot} (from the {slot} list)."
+            return f"The {slot}'s {target.replace('_', ' ')}."
     return f"Value of {col.replace('_', ' ')} to match exactly."
 
 

@@ -32,12 +32,14 @@ def _template() -> jinja2.Template:
 
 def render_verifier(task_id: str, seed_name: str, level: int, p: Problem, constraints: list[Constraint]) -> str:
     kinds = sorted({c.kind for c in constraints})
-    slots = [{"name": s.name, "table": s.table, "key": s.key, "link": s.link, "columns": list(s.columns)}
+    slots = [{"name": s.name, "table": s.table, "key": s.key, "columns": list(s.columns),
+              "links": [{"column": lk.column, "slot": lk.slot, "target": lk.target, "previous": lk.previous}
+                        for lk in s.links]}
              for s in p.slots]
     scaled_src = inspect.getsource(scaled).replace("def scaled(", "def _scaled(", 1)
     return _template().render(
         task_id=task_id, seed_name=seed_name, level=level, unit_key=p.key, units=p.units, slots=slots,
-        anchor=p.anchor.name, origin=p.origin[p.anchor.key] if p.origin else None,
+        anchor=p.anchor.name, origin=p.origin_id, origin_table=p.origin_table,
         constraints_json=json.dumps([c.to_json() for c in constraints], sort_keys=True),
         scaled_source=scaled_src, check_sources=[check_source(k) for k in kinds], kinds=kinds)
 

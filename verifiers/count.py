@@ -2,10 +2,11 @@
 
 Why not CP-SAT's enumeration: it blocks each found plan with a nogood over every variable
 and restarts, which measured ~20 ms per plan on a 3-day, 7-city trip (2,460 plans in 51 s,
-`python benchmarks/generate.py`'s region). Plans here have a small fixed structure (units
-of one anchor entity plus linked entities), so a DFS over each unit's options, cheapest
-first, with each kind's `local` filter and `prefix` pruning, counts the same plans in
-milliseconds. Every counted plan also passes every kind's `check`, and tests compare counts
+`python benchmarks/generate.py`'s region). Plans here have a small fixed structure (units of
+linked entities, `verifiers.structure`), so a DFS over each unit's options, cheapest first,
+following the chain (each unit's options indexed by what they need from the one before),
+with each kind's `local` filter and `prefix` pruning, counts the same plans in
+milliseconds. A selection is counted as a set: its units in increasing first-slot id. Every counted plan also passes every kind's `check`, and tests compare counts
 with CP-SAT enumeration on small instances; CP-SAT still proves each reference feasible
 under its own encoding (`verifiers.solver.confirm`).
 """
@@ -13,10 +14,10 @@ under its own encoding (`verifiers.solver.confirm`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import product
 
 from envfactory.verifiers.constraints import Constraint, get_kind
 from envfactory.verifiers.problem import Plan, Problem
+from envfactory.verifiers.structure import offer, options_by_need, start_need, unit_options
 
 __all__ = ["count_plans", "CountResult"]
 
@@ -36,34 +37,10 @@ class _Full(Exception):
     pass
 
 
-def _unit_options(p: Problem) -> list[tuple[tuple[str, ...], dict, int]]:
-    """Every (ids, rows, cost) a single unit can take, cheapest first."""
-    cached = getattr(p, "_unit_options", None)
-    if cached is not None:
-        return cached
-    anchor, linked = p.anchor, p.slots[1:]
-    by_anchor = {s.name: {} for s in linked}
-    for s in linked:
-        for eid, row in p.rows[s.name].items():
-            by_anchor[s.name].setdefault(str(row[s.link]), []).append(eid)
-    out = []
-    for aid, arow in p.rows[anchor.name].items():
-        lists = [by_anchor[s.name].get(aid, []) for s in linked]
-        for combo in product(*lists):
-            ids = (aid, *combo)
-            rows = {anchor.name: dict(arow, _id=aid)}
-            rows.update({s.name: dict(p.rows[s.name][e], _id=e) for s, e in zip(linked, combo)})
-            cost = sum(p.cost(s.name, e) for s, e in zip(p.slots, ids) if s.cost)
-            out.append((ids, rows, cost))
-    out.sort(key=lambda t: (t[2], t[0]))
-    p._unit_options = out
-    return out
-
-
 def count_plans(p: Problem, constraints: list[Constraint], cap: int) -> CountResult:
     n, ctx = p.units, p.ctx()
     kinds = [(get_kind(c.kind), c) for c in constraints]
-    options = _unit_options(p)
+    options = unit_options(p)
     per_unit = [[o for o in options if all(k.local(u, o[1], c.params) for k, c in kinds if k.local)]
                 for u in range(n)]
     prefixes = [(k.prefix, c.params) for k, c in kinds if k.prefix]
@@ -73,27 +50,41 @@ def count_plans(p: Problem, constraints: list[Constraint], cap: int) -> CountRes
                   if c.kind == "total_budget" and set(c.params["costs"]) == all_costs], default=None)
     cheapest = [lst[0][2] if lst else 0 for lst in per_unit]
     rest = [sum(cheapest[u + 1:]) for u in range(n)]
+    # a chain: each unit's options grouped by what they need from the unit before
+    by_need = [options_by_need(p, lst) for lst in per_unit] if p.chained else None
     plans: list[Plan] = []
 
-    def dfs(u: int, ids: list, rows: list, spent: int) -> None:
-        for oid, orow, ocost in per_unit[u]:
+    def candidates(u: int, prev):
+        if by_need is None:
+            return per_unit[u]
+        want = start_need(p) if prev is None else offer(p, prev)
+        return per_unit[u] if want is None else by_need[u].get(want, [])
+
+    def dfs(u: int, ids: list, rows: list, opts: list, spent: int) -> None:
+        prev = opts[-1] if opts else None
+        for o in candidates(u, prev):
+            oid, orow, ocost = o
             if budget is not None and spent + ocost + rest[u] > budget:
                 break  # options are sorted by cost: every later one is dearer
+            if p.unordered and ids and oid[0] <= ids[-1][0]:
+                continue  # a selection is counted once, in increasing order of its first slot
             rows.append(orow)
             ids.append(oid)
+            opts.append(o)
             if all(fn(rows, prm, ctx, n, p) for fn, prm in prefixes):
                 if u + 1 < n:
-                    dfs(u + 1, ids, rows, spent + ocost)
+                    dfs(u + 1, ids, rows, opts, spent + ocost)
                 elif all(fn(rows, prm, ctx)[0] for fn, prm in checks):
                     plans.append(tuple(ids))
                     if len(plans) >= cap:
                         raise _Full
             rows.pop()
             ids.pop()
+            opts.pop()
 
     if all(per_unit):
         try:
-            dfs(0, [], [], 0)
+            dfs(0, [], [], [], 0)
         except _Full:
             pass
     return CountResult(len(plans), len(plans) >= cap, plans)

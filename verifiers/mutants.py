@@ -24,6 +24,7 @@ import json
 import random
 from dataclasses import dataclass
 
+from envfactory.verifiers import structure
 from envfactory.verifiers.constraints import Constraint, get_kind
 from envfactory.verifiers.count import count_plans
 from envfactory.verifiers.problem import Plan, Problem, scaled
@@ -90,27 +91,19 @@ def judge(p: Problem, constraints: list[Constraint], answer, use_cpsat: bool = T
     plan, why = _shape(p, answer)
     if plan is None:
         return Verdict(False, why)
-    a = p.anchor
-    for ids in plan:
-        for s, eid in zip(p.slots, ids):
-            if eid not in p.rows[s.name]:
-                return Verdict(False, f"{s.name} {eid} is not a candidate of this region")
-        for s, eid in zip(p.slots[1:], ids[1:]):
-            if str(p.rows[s.name][eid][s.link]) != ids[0]:
-                return Verdict(False, f"{s.name} {eid} is not in {a.name} {ids[0]}")
+    broken = structure.problems(p, plan)
+    if broken:
+        return Verdict(False, broken[0])
     rows, ctx = p.plan_rows(plan), p.ctx()
     failed = [c.name for c in constraints if not get_kind(c.kind).check(rows, c.params, ctx)[0]]
     lib = not failed
     if not use_cpsat:
         return Verdict(lib, "feasible" if lib else f"breaks {', '.join(failed)}")
-    sat = confirm(p, constraints, plan)
+    # CP-SAT sees a selection in one canonical order; a set's other orders are the same plan
+    sat = confirm(p, constraints, tuple(sorted(plan)) if p.unordered else plan)
     if sat != lib:
         return Verdict(lib, f"library checks say {lib}, CP-SAT says {sat}", disagree=True)
     return Verdict(lib, "feasible" if lib else f"breaks {', '.join(failed)}")
-
-
-def _linked(p: Problem, slot, anchor_id: str) -> list[str]:
-    return [eid for eid, row in p.rows[slot.name].items() if str(row[slot.link]) == anchor_id]
 
 
 def _plan_cost(p: Problem, plan: Plan) -> int:
@@ -121,34 +114,48 @@ def _with(plan: Plan, u: int, i: int, eid: str) -> Plan:
     return tuple(tuple(eid if (uu == u and ii == i) else x for ii, x in enumerate(ids)) for uu, ids in enumerate(plan))
 
 
-def _neighbours(p: Problem, plan: Plan):
-    """Every plan one entity away from `plan` that keeps the links: a non-anchor slot
-    swapped within its unit's anchor, or a unit's anchor swapped together with the first
-    linked entities of the new anchor."""
+MAX_NEIGHBOURS = 600  # unit options tried per unit (a seeded sample beyond that)
+
+
+def _neighbours(p: Problem, plan: Plan, rng: random.Random):
+    """Plans one unit away from `plan` that keep the structure (links and chain): options
+    differing in one slot first (the nearest mutants), then a sample of the rest."""
+    options = structure.unit_options(p)
     for u, ids in enumerate(plan):
-        for i, s in enumerate(p.slots[1:], start=1):
-            for eid in _linked(p, s, ids[0]):
-                if eid != ids[i]:
-                    yield _with(plan, u, i, eid)
-        for aid in p.rows[p.anchor.name]:
-            if aid == ids[0]:
-                continue
-            picks = [_linked(p, s, aid) for s in p.slots[1:]]
-            if all(picks):
-                new = (aid, *(lst[0] for lst in picks))
-                yield tuple(new if uu == u else x for uu, x in enumerate(plan))
+        near = [o for o in options if sum(a != b for a, b in zip(o[0], ids)) == 1]
+        far = [o for o in options if sum(a != b for a, b in zip(o[0], ids)) > 1]
+        if len(far) > MAX_NEIGHBOURS:
+            far = rng.sample(far, MAX_NEIGHBOURS)
+        for o in near + far:
+            if o[0] != ids:
+                new = tuple(o[0] if uu == u else x for uu, x in enumerate(plan))
+                if not structure.problems(p, new):
+                    yield new
 
 
 def _random_plan(p: Problem, rng: random.Random) -> Plan | None:
-    anchors = list(p.rows[p.anchor.name])
-    plan = []
+    """A random plan that keeps the structure: each unit drawn among those that may follow."""
+    options = structure.unit_options(p)
+    by_need = structure.options_by_need(p, options) if p.chained else None
+    plan, prev = [], None
     for _ in range(p.units):
-        aid = rng.choice(anchors)
-        picks = [_linked(p, s, aid) for s in p.slots[1:]]
-        if not all(picks):
+        if by_need is None:
+            cands = options
+        else:
+            want = structure.start_need(p) if prev is None else structure.offer(p, prev)
+            cands = options if want is None else by_need.get(want, [])
+        if not cands:
             return None
-        plan.append((aid, *(rng.choice(lst) for lst in picks)))
+        prev = rng.choice(cands)
+        plan.append(prev[0])
     return tuple(plan)
+
+
+def _breaking(p: Problem, ref: Plan, u: int, i: int, rng: random.Random) -> Plan | None:
+    """`ref` with unit u's slot-i entity swapped for one that breaks a link, if any does."""
+    s = p.slots[i]
+    bad = [e for e in p.rows[s.name] if e != ref[u][i] and structure.problems(p, _with(ref, u, i, e))]
+    return _with(ref, u, i, rng.choice(bad)) if bad else None
 
 
 def _violators(p: Problem, constraints: list[Constraint], ref: Plan, rng: random.Random) -> dict[str, tuple[Plan, bool]]:
@@ -166,7 +173,7 @@ def _violators(p: Problem, constraints: list[Constraint], ref: Plan, rng: random
             if name not in best or key < best[name][0]:
                 best[name] = (key, plan, len(broken) == 1)
 
-    for plan in _neighbours(p, ref):
+    for plan in _neighbours(p, ref, rng):
         consider(plan)
     tries = 0
     while len(best) < len(constraints) and tries < 3000:  # some constraints need more than one swap
@@ -218,13 +225,22 @@ def cases(p: Problem, constraints: list[Constraint], reference: dict, rng: rando
             twin = [u for u in range(1, p.units) if ref[u][0] == ref[0][0]]
             if twin:
                 add_plan(f"repeat:{s.name}", "mutant", _with(ref, twin[0], i, ref[0][i]), note="same anchor, entity reused")
-    for i, s in enumerate(p.slots[1:], start=1):
-        elsewhere = [eid for eid, row in p.rows[s.name].items() if str(row[s.link]) != ref[0][0]]
-        if elsewhere:
-            add_plan(f"unlinked:{s.name}", "mutant", _with(ref, 0, i, rng.choice(elsewhere)),
-                     note=f"a {s.name} outside the unit's {p.anchor.name}")
-    if origin_id is not None:
-        add_plan("origin_as_stop", "mutant", _with(ref, 0, 0, origin_id))
+    for i, s in enumerate(p.slots):
+        if s.same_unit_links:
+            plan = _breaking(p, ref, 0, i, rng)
+            if plan is not None:
+                add_plan(f"unlinked:{s.name}", "mutant", plan, note=f"a {s.name} that breaks its link")
+        if s.previous_links:
+            u = 1 if p.units > 1 else 0
+            plan = _breaking(p, ref, u, i, rng)
+            if plan is not None:
+                add_plan(f"broken_chain:{s.name}", "mutant", plan, note=f"unit {u + 1} does not continue the chain")
+    if origin_id is not None and p.origin_table is not None:
+        for i, s in enumerate(p.slots):
+            if s.table == p.origin_table:
+                add_plan("origin_as_stop", "mutant", _with(ref, 0, i, origin_id))
+    if p.unordered and p.units > 1:
+        add_plan("reordered", "alternative", tuple(reversed(ref)), note="the same selection in another order")
     for i, s in enumerate(p.slots):
         add_plan(f"unknown_id:{s.name}", "mutant", _with(ref, p.units - 1, i, ref[-1][i] + "-404"))
     for s in names:

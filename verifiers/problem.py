@@ -1,8 +1,10 @@
 """The solver's and the verifier's view of one environment: candidate entities per slot.
 
-A plan has `units` units (days, nights, ...); each unit picks one entity per slot. The first
-slot is the anchor (e.g. the city); every other slot is linked to it by a column (a hotel's
-`city_id` must be the unit's city). Numbers on DOUBLE columns are compared at 0.1
+A plan has `units` units (days, legs, picks, ...); each unit picks one entity per slot.
+Slots are tied together by links: a slot's column equals another slot's column in the same
+unit (a hotel's `city_id` is the day's city), or in the previous unit (a flight departs
+where the previous one landed; the first from the origin). A selection's units are a set:
+distinct first-slot entities in any order. Numbers on DOUBLE columns are compared at 0.1
 resolution (`scaled`), in the solver and in generated verifiers alike.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["SlotView", "Problem", "load_problem", "scaled", "Plan"]
+__all__ = ["SlotView", "LinkView", "Problem", "load_problem", "slot_views", "scaled", "Plan"]
 
 Plan = tuple[tuple[str, ...], ...]  # units x slots of entity ids
 
@@ -25,13 +27,29 @@ def scaled(v) -> int:
 
 
 @dataclass(frozen=True)
+class LinkView:
+    column: str      # this slot's column ...
+    slot: str        # ... equals this slot's
+    target: str      # column,
+    previous: bool   # of the previous unit (for the first unit: the origin's id) or of the same unit
+
+
+@dataclass(frozen=True)
 class SlotView:
     name: str
     table: str
     key: str
-    link: str | None
+    links: tuple[LinkView, ...]
     cost: str | None
     columns: dict[str, str]  # column -> DuckDB type
+
+    @property
+    def same_unit_links(self) -> tuple[LinkView, ...]:
+        return tuple(lk for lk in self.links if not lk.previous)
+
+    @property
+    def previous_links(self) -> tuple[LinkView, ...]:
+        return tuple(lk for lk in self.links if lk.previous)
 
 
 @dataclass
@@ -40,8 +58,10 @@ class Problem:
     units: int
     slots: list[SlotView]
     rows: dict[str, dict[str, dict]]  # slot -> id -> row
-    origin: dict | None             # the origin's anchor row (not a candidate)
+    origin_id: str | None = None    # the partition's center, where a plan starts (never a stop)
     km: dict[tuple[str, str], float] = field(default_factory=dict)
+    unordered: bool = False         # a selection: units are a set of distinct first-slot entities
+    origin_table: str | None = None  # the table the origin is a row of (no slot over it may pick it)
 
     @property
     def anchor(self) -> SlotView:
@@ -49,7 +69,13 @@ class Problem:
 
     @property
     def key(self) -> str:
-        return self.unit + "s"
+        from envfactory.verifiers.constraints.base import plural
+
+        return plural(self.unit)
+
+    @property
+    def chained(self) -> bool:
+        return any(s.previous_links for s in self.slots)
 
     def slot(self, name: str) -> SlotView:
         for s in self.slots:
@@ -74,34 +100,40 @@ class Problem:
 
     def ctx(self) -> dict:
         """The context a check function sees: origin id and the distances it may need."""
-        return {"origin": self.origin[self.anchor.key] if self.origin else None, "km": self.km}
+        return {"origin": self.origin_id, "km": self.km}
 
 
-def load_problem(con, seed, region) -> Problem:
-    """Read the candidates of every slot for a region from the sandbox connection."""
-    plan = seed.plan
-    slots = [SlotView(s.name, s.table, seed.table_key(s.table), s.link, s.cost, seed.table_columns(s.table))
-             for s in plan.slots]
-    anchor_ids = list(region.city_ids)
+def slot_views(seed) -> list[SlotView]:
+    out = []
+    for s in seed.plan.slots:
+        links = tuple(LinkView(lk.column, *lk.target, lk.previous) for lk in seed.slot_links(s))
+        out.append(SlotView(s.name, s.table, seed.table_key(s.table), links, s.cost, seed.table_columns(s.table)))
+    return out
+
+
+def _meta(con, key: str) -> str | None:
+    got = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    return got[0] if got else None
+
+
+def load_problem(con, seed) -> Problem:
+    """Every candidate of every slot from the sandbox connection: the sandbox holds only the
+    environment's partition, so a slot's candidates are its table's rows, less the origin."""
+    slots = slot_views(seed)
+    part = seed.partition
+    origin_id = _meta(con, "origin_id") if seed.plan.origin and part.center else None
     rows: dict[str, dict[str, dict]] = {}
     for s in slots:
         cols = list(s.columns)
         sel = ", ".join(f'"{c}"' for c in cols)
-        if s.link is None:
-            where, arg = f'"{s.key}" IN (SELECT unnest(?))', anchor_ids
-        else:
-            where, arg = f'"{s.link}" IN (SELECT unnest(?))', anchor_ids
-        cur = con.execute(f'SELECT {sel} FROM "{s.table}" WHERE {where} ORDER BY "{s.key}"', [arg])
-        rows[s.name] = {str(r[cols.index(s.key)]): dict(zip(cols, r)) for r in cur.fetchall()}
-    a = slots[0]
-    origin = None
-    if plan.origin:
-        cols = list(a.columns)
-        r = con.execute(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{a.table}" WHERE "{a.key}" = ?',
-                        [region.origin_id]).fetchone()
-        origin = dict(zip(cols, r))
+        cur = con.execute(f'SELECT {sel} FROM "{s.table}" ORDER BY "{s.key}"')
+        got = {str(r[cols.index(s.key)]): dict(zip(cols, r)) for r in cur.fetchall()}
+        if origin_id is not None and s.table == part.table:
+            got.pop(origin_id, None)
+        rows[s.name] = got
     km = {}
     has = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'distances'").fetchone()[0]
-    if has:  # seeds whose anchor table has no coordinates have no distances
+    if has:  # seeds whose partition table has no coordinates have no distances
         km = {(f, t): d for f, t, d in con.execute("SELECT from_id, to_id, km FROM distances").fetchall()}
-    return Problem(plan.unit, plan.units, slots, rows, origin, km)
+    return Problem(seed.plan.unit, seed.plan.units, slots, rows, origin_id, km, seed.plan.shape == "selection",
+                   part.table if origin_id is not None else None)

@@ -136,11 +136,9 @@ def _prepare(env_dir: str) -> dict:
     env = Path(env_dir)
     try:
         seed = load_seed(env / "seed.toml")
-        rebuild = json.loads((env / "db" / "rebuild.json").read_text())
-        region = _Region(rebuild["region"]["origin_id"], tuple(rebuild["region"]["city_ids"]))
         con = duckdb.connect(str(env / "db" / "sandbox.duckdb"), read_only=True)
         try:
-            p = load_problem(con, seed, region)
+            p = load_problem(con, seed)
         finally:
             con.close()
         records = [json.loads(line) for line in (env / "tasks" / "tasks.jsonl").read_text().splitlines() if line]
@@ -151,19 +149,13 @@ def _prepare(env_dir: str) -> dict:
         cs = [Constraint.from_json(c) for c in r["constraints"]]
         rng = random.Random(f"validate:{r['task_id']}")
         try:
-            cc = cases(p, cs, r["reference_answer"], rng, region.origin_id if seed.plan.origin else None)
+            cc = cases(p, cs, r["reference_answer"], rng, p.origin_id)
         except (ValueError, KeyError, TypeError) as e:
             tasks.append({"record": _slim(r), "error": f"cannot build cases: {e}"})
             continue
         tasks.append({"record": _slim(r), "constraints": [c.name for c in cs], "cases": [asdict(c) for c in cc],
                       "ref_ids": sorted({v for u in r["reference_answer"][p.key] for v in u.values()})})
     return {"tasks": tasks}
-
-
-@dataclass(frozen=True)
-class _Region:
-    origin_id: str
-    city_ids: tuple[str, ...]
 
 
 def _slim(r: dict) -> dict:

@@ -137,14 +137,8 @@ def test_ladder_filtered_counts_equal_full_counts(runs):
     ra, _ = runs
     env = Path(ra.envs[0].path)
     seed = load_seed(resolve_seed("trip_planning"))
-    rebuild = json.loads((env / "db" / "rebuild.json").read_text())
-
-    class R:
-        origin_id = rebuild["region"]["origin_id"]
-        city_ids = tuple(rebuild["region"]["city_ids"])
-
     con = duckdb.connect(str(env / "db" / "sandbox.duckdb"), read_only=True)
-    p = load_problem(con, seed, R)
+    p = load_problem(con, seed)
     con.close()
     for t in _tasks(env):
         cons = [Constraint.from_json(c) for c in t["constraints"]]

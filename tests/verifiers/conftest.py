@@ -7,7 +7,7 @@ import random
 import duckdb
 import pytest
 
-from envfactory.verifiers.problem import Problem, SlotView
+from envfactory.verifiers.problem import LinkView, Problem, SlotView
 
 CUISINES = ["thai", "italian", "sichuan", "seafood"]
 
@@ -64,13 +64,14 @@ def env(tmp_path_factory):
     con.execute("CREATE TABLE distances (from_id VARCHAR, to_id VARCHAR, km DOUBLE)")
     con.executemany("INSERT INTO distances VALUES (?, ?, ?)", [(a, b, d) for (a, b), d in km.items()])
     con.close()
+    in_city = (LinkView("city_id", "city", "city_id", False),)
     slots = [
-        SlotView("city", "cities", "city_id", None, None, TYPES["cities"]),
-        SlotView("hotel", "hotels", "hotel_id", "city_id", "price_per_night", TYPES["hotels"]),
-        SlotView("restaurant", "restaurants", "restaurant_id", "city_id", "avg_cost", TYPES["restaurants"]),
-        SlotView("attraction", "attractions", "attraction_id", "city_id", "ticket_price", TYPES["attractions"]),
+        SlotView("city", "cities", "city_id", (), None, TYPES["cities"]),
+        SlotView("hotel", "hotels", "hotel_id", in_city, "price_per_night", TYPES["hotels"]),
+        SlotView("restaurant", "restaurants", "restaurant_id", in_city, "avg_cost", TYPES["restaurants"]),
+        SlotView("attraction", "attractions", "attraction_id", in_city, "ticket_price", TYPES["attractions"]),
     ]
     candidates = {k: v for k, v in cities.items() if k != "C0"}
     p = Problem("day", 3, slots, {"city": candidates, "hotel": hotels, "restaurant": rests, "attraction": attrs},
-                cities["C0"], km)
+                "C0", km, origin_table="cities")
     return p, db

@@ -31,6 +31,8 @@ CASES = {
     "distance": Constraint("distance", "distance", {"slot": "city", "max_km": 150, "from_origin": True}),
     "distinct_count": Constraint("distinct_count", "distinct_restaurant_cuisine",
                                  {"slot": "restaurant", "column": "cuisine", "min": 3}),
+    "sum": Constraint("sum", "sum_hotel_rating", {"slot": "hotel", "column": "rating", "op": ">=", "value": 12.5,
+                                                  "scope": "total"}),
 }
 
 

@@ -7,9 +7,10 @@ from envfactory.verifiers.constraints import (  # noqa: F401  (imported to regis
     conditional_budget,
     distance,
     distinct_count,
+    sums,
     total_budget,
     unit_budget,
 )
-from envfactory.verifiers.constraints.base import KINDS, Constraint, Need, check_source, get_kind
+from envfactory.verifiers.constraints.base import KINDS, Constraint, ConstraintError, Need, check_source, get_kind, validate
 
-__all__ = ["KINDS", "Constraint", "Need", "check_source", "get_kind"]
+__all__ = ["KINDS", "Constraint", "ConstraintError", "Need", "check_source", "get_kind", "validate"]

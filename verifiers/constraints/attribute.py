@@ -2,7 +2,8 @@
 
 `{slot, column, op, value, unit}`: with unit 0 the filter holds on every unit, otherwise
 only on that (1-based) unit, e.g. "every hotel has at least 4 stars" or "the day-3 city
-has an airport".
+has an airport". Ops: >=, <=, >, <, ==, != (numbers and booleans compare exactly, DOUBLE at
+0.1 resolution), and `in` / `not in` a list of values. Text compares by equality only.
 """
 
 from __future__ import annotations
@@ -10,7 +11,13 @@ from __future__ import annotations
 from envfactory.verifiers.constraints.base import Constraint, Need, register
 from envfactory.verifiers.problem import scaled as _scaled
 
-OPS = {">=": "at least", "<=": "at most", "==": "exactly", "!=": "other than"}
+OPS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than", "==": "exactly",
+       "!=": "other than"}
+SCHEMA = {"required": ["slot", "column", "op", "value", "unit"], "properties": {
+    "slot": {"type": "string"}, "column": {"type": "string"},
+    "op": {"enum": [">=", "<=", ">", "<", "==", "!=", "in", "not in"]},
+    "value": {"type": ["number", "string", "boolean", "array"], "items": {"type": ["number", "string", "boolean"]}},
+    "unit": {"type": "integer", "minimum": 0}}}
 
 
 def check(units, params, ctx):
@@ -22,11 +29,15 @@ def check(units, params, ctx):
         got = units[i][slot][col]
         if got is None:
             return False, f"{slot} {units[i][slot]['_id']} has no {col}"
-        if isinstance(want, str):
-            ok = (got == want) if op == "==" else (got != want)
+        if op in ("in", "not in"):
+            hit = any((got == w) if isinstance(w, str) or isinstance(got, str) else _scaled(got) == _scaled(w)
+                      for w in want)
+            ok = hit if op == "in" else not hit
+        elif isinstance(want, str) or isinstance(got, str):
+            ok = (got == want) if op == "==" else (got != want) if op == "!=" else False
         else:
             a, b = _scaled(got), _scaled(want)
-            ok = {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b}[op]
+            ok = {">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b, "==": a == b, "!=": a != b}[op]
         if not ok:
             return False, f"unit {i + 1}: {slot} {units[i][slot]['_id']} has {col} {got}, needs {op} {want}"
     return True, f"{slot} {col} {op} {want} holds"
@@ -47,6 +58,9 @@ def encode(model, x, c, p):
 def describe(c, p):
     slot, col, op, v = c.params["slot"], c.params["column"].replace("_", " "), c.params["op"], c.params["value"]
     where = f"Every {slot}" if c.params["unit"] == 0 else f"The {slot} of {p.unit} {c.params['unit']}"
+    if op in ("in", "not in"):
+        listed = ", ".join(repr(x) if isinstance(x, str) else str(x) for x in v)
+        return f"{where} must have a {col} {'among' if op == 'in' else 'other than any of'} {listed}."
     if isinstance(v, bool):
         return f"{where} must {'have' if v == (op == '==') else 'not have'} {col.removeprefix('has ')}."
     if isinstance(v, str):
@@ -60,6 +74,9 @@ def needs(c, p):
 
 def propose(item, p, current, reference, rng, opts):
     slot, col = item.slot, item.column
+    if item.has_value:  # stated in the seed: exactly this filter, on every unit
+        return [Constraint("attribute", f"attribute_{slot}_{col}",
+                           {"slot": slot, "column": col, "op": item.op, "value": item.value, "unit": 0})]
     rows = list(p.rows[slot].values())
     vals = [r[col] for r in rows if r[col] is not None]
     ctype = p.slot(slot).columns[col]
@@ -93,4 +110,5 @@ def local(u, unit, params):
     return _ok(unit[params["slot"]], params)
 
 
-register("attribute", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local)
+register("attribute", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local,
+         target="column", schema=SCHEMA)

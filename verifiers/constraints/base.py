@@ -10,7 +10,11 @@ A kind supplies five things:
   one unit's entities, or a necessary condition on a plan's first units. Both only prune;
   every counted plan also passes `check`.
 - `propose(item, problem, current, reference, rng, opts) -> [Constraint]`: candidate new or
-  tightened constraints for the difficulty ladder (the specialist agent's moves).
+  tightened constraints for the difficulty ladder (the specialist agent's moves); an item
+  that states its operator and value (`attribute:hotel.stars >= 4`) proposes exactly that.
+- `target`: what a ladder entry of the kind names: nothing, a slot, or a slot's column;
+  `schema`: the JSON Schema of its parameters. `validate(c, problem)` checks any proposed
+  constraint against both before use, and casts values to their column's type.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Constraint", "Kind", "Need", "KINDS", "register", "get_kind", "check_source", "Vars", "plural"]
+__all__ = ["Constraint", "Kind", "Need", "KINDS", "register", "get_kind", "check_source", "Vars", "plural",
+           "ConstraintError", "validate", "NUMERIC"]
+
+NUMERIC = ("INTEGER", "DOUBLE")
 
 
 def plural(noun: str) -> str:
@@ -75,15 +82,98 @@ class Kind:
     propose: Callable
     local: Callable | None = None    # (u, unit_rows, params) -> bool for constraints on one unit
     prefix: Callable | None = None   # (prefix_units, params, ctx, n_units, p) -> may a completion pass?
+    target: str = "none"             # what a ladder entry names: "none", "slot" or "column"
+    schema: dict = field(default_factory=dict)  # JSON Schema of `params`
+    ordered: bool = False            # refers to unit positions or legs: meaningless for a selection
 
 
 KINDS: dict[str, Kind] = {}
 
 
-def register(name: str, *, check, encode, describe, needs, propose, local=None, prefix=None) -> Kind:
-    kind = Kind(name, check, encode, describe, needs, propose, local, prefix)
+def register(name: str, *, check, encode, describe, needs, propose, local=None, prefix=None,
+             target="none", schema=None, ordered=False) -> Kind:
+    schema = {"type": "object", "additionalProperties": False, **(schema or {})}
+    kind = Kind(name, check, encode, describe, needs, propose, local, prefix, target, schema, ordered)
     KINDS[name] = kind
     return kind
+
+
+class ConstraintError(ValueError):
+    """A proposed constraint that cannot be used: one line saying why."""
+
+
+def _cast(value, ctype: str, what: str):
+    """A stated value in its column's type: numbers compare by the column's type, not by how
+    the value happened to be written (4 on a DOUBLE column is 4.0; 4.5 on an INTEGER one is
+    refused rather than silently compared at another scale)."""
+    if isinstance(value, list):
+        return [_cast(v, ctype, what) for v in value]
+    if ctype == "VARCHAR":
+        if not isinstance(value, str):
+            raise ConstraintError(f"{what}: {value!r} must be a string (the column is VARCHAR)")
+        return value
+    if ctype == "BOOLEAN":
+        if not isinstance(value, bool):
+            raise ConstraintError(f"{what}: {value!r} must be true or false (the column is BOOLEAN)")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConstraintError(f"{what}: {value!r} must be a number (the column is {ctype})")
+    if ctype == "INTEGER":
+        if float(value) != int(value):
+            raise ConstraintError(f"{what}: {value!r} is not a whole number (the column is INTEGER)")
+        return int(value)
+    return float(value)
+
+
+def _column(p, slot: str, column: str, what: str) -> str:
+    try:
+        sv = p.slot(slot)
+    except KeyError:
+        raise ConstraintError(f"{what}: no slot {slot!r} (slots: {', '.join(s.name for s in p.slots)})") from None
+    if column not in sv.columns:
+        raise ConstraintError(f"{what}: {column!r} is not a column of {sv.table}")
+    return sv.columns[column]
+
+
+def validate(c: "Constraint", p) -> "Constraint":
+    """`c` checked against its kind's schema and the problem's slots and columns, with stated
+    values cast to their column's type; ConstraintError (one line) if it cannot be used."""
+    import jsonschema
+
+    what = f"constraint {c.name!r} ({c.kind})"
+    if c.kind not in KINDS:
+        raise ConstraintError(f"{what}: unknown kind (known: {', '.join(sorted(KINDS))})")
+    kind = KINDS[c.kind]
+    if not isinstance(c.params, dict):
+        raise ConstraintError(f"{what}: params must be an object")
+    try:
+        jsonschema.validate(c.params, kind.schema)
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(x) for x in e.absolute_path) or "params"
+        raise ConstraintError(f"{what}: {where}: {e.message}") from None
+    if getattr(p, "unordered", False) and (kind.ordered or c.params.get("unit") not in (None, 0)):
+        raise ConstraintError(f"{what}: refers to unit order, but a selection's units have none")
+    params = dict(c.params)
+    if "slot" in params:
+        if "column" in params and params["column"] is not None:
+            ctype = _column(p, params["slot"], params["column"], what)
+            if "value" in params:
+                if params.get("op") in (">=", "<=", ">", "<") and ctype not in NUMERIC:
+                    raise ConstraintError(f"{what}: {params['op']} needs a numeric column, {params['column']} is {ctype}")
+                if params.get("op") in ("in", "not in") and not isinstance(params["value"], list):
+                    raise ConstraintError(f"{what}: {params['op']} needs a list of values")
+                params["value"] = _cast(params["value"], ctype, what)
+        elif params["slot"] not in [s.name for s in p.slots]:
+            raise ConstraintError(f"{what}: no slot {params['slot']!r} (slots: {', '.join(s.name for s in p.slots)})")
+    for field_ in ("costs", "terms", "then_costs"):
+        types = {_column(p, s, col, what) for s, col in params.get(field_, {}).items()}
+        if types - set(NUMERIC):
+            raise ConstraintError(f"{what}: {field_} must name numeric columns")
+        if len(types) > 1:
+            raise ConstraintError(f"{what}: {field_} mixes INTEGER and DOUBLE columns")
+    if "unit" in params and isinstance(params["unit"], int) and params["unit"] > p.units:
+        raise ConstraintError(f"{what}: unit {params['unit']} is beyond the plan's {p.units} units")
+    return Constraint(c.kind, c.name, params)
 
 
 def get_kind(name: str) -> Kind:

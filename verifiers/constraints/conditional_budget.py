@@ -76,4 +76,10 @@ def local(u, unit, params):
     return check([unit], dict(params, unit=1), {})[0]
 
 
-register("conditional_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local)
+SCHEMA = {"required": ["unit", "if_slot", "if_cost", "threshold", "then_costs", "max"], "properties": {
+    "unit": {"type": "integer", "minimum": 1}, "if_slot": {"type": "string"}, "if_cost": {"type": "string"},
+    "threshold": {"type": "number"}, "max": {"type": "number"},
+    "then_costs": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}}}
+
+register("conditional_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local,
+         schema=SCHEMA, ordered=True)

@@ -34,15 +34,15 @@ def encode(model, x, c, p):
         for a in ids:
             # picking a on unit u forces unit u+1 into a's neighbourhood
             model.add(sum(x.x[u + 1][slot][b] for b in near[a]) >= 1).only_enforce_if(x.x[u][slot][a])
-    if c.params["from_origin"] and p.origin is not None:
-        o = p.origin[p.anchor.key]
+    if c.params["from_origin"] and p.origin_id is not None:
+        o = p.origin_id
         for a in ids:
             if p.km.get((o, a), float("inf")) > limit:
                 model.add(x.x[0][slot][a] == 0)
 
 
 def describe(c, p):
-    first = "the origin to the first stop and " if c.params["from_origin"] and p.origin else ""
+    first = "the origin to the first stop and " if c.params["from_origin"] and p.origin_id else ""
     return (f"Each leg of the route ({first}every {p.unit}'s {c.params['slot']} to the next) "
             f"must be at most {c.params['max_km']} km.")
 
@@ -80,4 +80,8 @@ def prefix(units, params, ctx, n, p):
     return a == b or ctx["km"].get((a, b), float("inf")) <= params["max_km"]
 
 
-register("distance", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix)
+SCHEMA = {"required": ["slot", "max_km", "from_origin"], "properties": {
+    "slot": {"type": "string"}, "max_km": {"type": "number", "exclusiveMinimum": 0}, "from_origin": {"type": "boolean"}}}
+
+register("distance", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix,
+         target="slot", schema=SCHEMA, ordered=True)

@@ -41,6 +41,9 @@ def needs(c, p):
 
 
 def propose(item, p, current, reference, rng, opts):
+    if item.has_value:
+        return [Constraint("distinct_count", f"distinct_{item.slot}_{item.column}",
+                           {"slot": item.slot, "column": item.column, "min": item.value})]
     old = next((k.params["min"] for k in current if k.kind == "distinct_count" and k.params["slot"] == item.slot), 1)
     out = []
     for n in range(old + 1, p.units + 1):
@@ -55,4 +58,8 @@ def prefix(units, params, ctx, n, p):
     return len(seen) + (n - len(units)) >= params["min"]
 
 
-register("distinct_count", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix)
+SCHEMA = {"required": ["slot", "column", "min"], "properties": {
+    "slot": {"type": "string"}, "column": {"type": "string"}, "min": {"type": "integer", "minimum": 1}}}
+
+register("distinct_count", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix,
+         target="column", schema=SCHEMA)

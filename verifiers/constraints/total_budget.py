@@ -62,4 +62,8 @@ def prefix(units, params, ctx, n, p):
     return sum(_scaled(u[s][c] or 0) for u in units for s, c in params["costs"].items()) <= cap
 
 
-register("total_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix)
+SCHEMA = {"required": ["max", "costs"], "properties": {
+    "max": {"type": "number"}, "costs": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}}}
+
+register("total_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, prefix=prefix,
+         schema=SCHEMA)

@@ -49,4 +49,8 @@ def local(u, unit, params):
     return check([unit], params, {})[0]
 
 
-register("unit_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local)
+SCHEMA = {"required": ["max", "costs"], "properties": {
+    "max": {"type": "number"}, "costs": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"}}}}
+
+register("unit_budget", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local,
+         schema=SCHEMA)
