@@ -95,18 +95,21 @@ class SpecialistAgent:
         best_v = extreme_sum(p, cons, terms, minimize)
         if best_v is None:
             raise AgentError("the base constraints admit no plan")
+        free = count_plans(p, cons, self.cap)
+        # too few plans overall to reach cap/8: aim at about half of them, so the bound binds
+        target = self.cap // 8 if free.capped else max(1, free.count // 2)
         sign = 1 if minimize else -1
-        lo, hi = 0, None  # slack bounds: lo gives too few plans, hi too many
+        lo, hi = 0, None  # slack bounds: lo gives too few plans, hi too many (or every plan)
         slack = max(1, abs(best_v) // 10)
         best = None
-        for _ in range(14):
+        for _ in range(16):
             trial = _replace(cons, validate(make(best_v + sign * slack), p))
             res = count_plans(p, trial, self.cap)
-            if res.capped:
+            if res.capped or (not free.capped and res.count >= free.count):
                 hi = slack
             else:
                 best = (trial, res)
-                if res.count >= self.cap // 8:
+                if res.count >= target:
                     return best
                 lo = slack
             if hi is not None and hi - lo <= 1:

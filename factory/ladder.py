@@ -81,6 +81,16 @@ def _finder(tools: list[ToolDef], s) -> ToolDef | None:
     return None
 
 
+def _revealing(tools: list[ToolDef], s, column: str, row: dict, eid: str) -> tuple[str, dict]:
+    """A call that shows `column` of this row: the table's details tool, else any tool that
+    returns the column and whose filters the row's own values fill."""
+    det = next((t for t in tools if t.table == s.table and t.shape == "details"), None)
+    if det is not None and column in det.returns:
+        return det.name, {det.filters[0]: eid}
+    other = next(t for t in tools if t.table == s.table and column in t.returns and set(t.filters) <= set(row))
+    return other.name, {f: row[f] for f in other.filters}
+
+
 def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constraint], plan: Plan) -> list[tuple[str, dict]]:
     """The distinct tool calls that reveal every fact the reference plan's checks use."""
     calls: list[tuple[str, dict]] = []
@@ -98,8 +108,7 @@ def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constrai
                 add(search.name, {f: row[f] for f in search.filters})
             for n in needs:
                 if n.table == s.table and n.column and not (search and n.column in search.returns):
-                    det = next(t for t in tools if t.table == s.table and t.shape == "details")
-                    add(det.name, {det.filters[0]: plan[u][i]})
+                    add(*_revealing(tools, s, n.column, row, plan[u][i]))
     if any(n.column is None for n in needs):
         dist = next(t for t in tools if t.shape == "relation")
         stops = [ids[0] for ids in plan]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from envfactory.verifiers.constraints import Constraint, get_kind
-from envfactory.verifiers.constraints.base import plural
+from envfactory.verifiers.constraints.base import article, plural
 from envfactory.verifiers.problem import Problem
 
 __all__ = ["task_prompt", "SYSTEM_PROMPT", "intro_fields"]
@@ -34,11 +34,13 @@ def _structure(p: Problem) -> list[str]:
             if lk.slot == anchor.name and lk.target == anchor.key:
                 rules.append(f"Every {s.name} chosen for a {p.unit} must be in that {p.unit}'s {anchor.name}.")
             else:
-                rules.append(f"Each {p.unit}'s {s.name} must have a {lk.column.replace('_', ' ')} equal to the "
+                col = lk.column.replace('_', ' ')
+                rules.append(f"Each {p.unit}'s {s.name} must have {article(col)} {col} equal to the "
                              f"{lk.target.replace('_', ' ')} of that {p.unit}'s {lk.slot}.")
         for lk in s.previous_links:
             start = f" (for the first {p.unit}: {p.origin_id}, the origin)" if p.origin_id is not None else ""
-            rules.append(f"Each {p.unit}'s {s.name} must have a {lk.column.replace('_', ' ')} equal to the "
+            col = lk.column.replace('_', ' ')
+            rules.append(f"Each {p.unit}'s {s.name} must have {article(col)} {col} equal to the "
                          f"{lk.target.replace('_', ' ')} of the previous {p.unit}'s {lk.slot}{start}.")
     if p.unordered:
         rules.append(f"Choose {p.units} different {plural(anchor.name)}; their order does not matter.")

@@ -362,7 +362,9 @@ def resolve_seed(name_or_path: str) -> Path:
     raise SeedError(f"no seed {name_or_path!r}: not a file and not a built-in ({', '.join(builtins)})")
 
 
-def load_seed(path: str | Path) -> Seed:
+def load_seed(path: str | Path, check_data: bool = True) -> Seed:
+    """The validated seed at `path`. `check_data=False` skips reading the files a seed's
+    sources name: for the copy inside a bundle, whose data is in its sandbox database."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -386,7 +388,7 @@ def load_seed(path: str | Path) -> Seed:
         raise _error(path, text, loc, msg) from None
     from envfactory.factory.seedcheck import check_seed
 
-    problem = check_seed(seed, path.parent)
+    problem = check_seed(seed, path.parent, check_data)
     if problem:
         loc, msg = problem
         raise _error(path, text, loc, msg)

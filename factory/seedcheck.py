@@ -28,7 +28,7 @@ def _set(src, fields) -> str | None:
     return next((f for f in fields if getattr(src, f) not in (None, {}, [])), None)
 
 
-def _file_source(i: int, s, seed_dir: Path):
+def _file_source(i: int, s, seed_dir: Path | None):
     from envfactory.sandboxes.catalog import file_table
     from envfactory.sandboxes.tables import TableSourceError, preview_columns
 
@@ -51,6 +51,8 @@ def _file_source(i: int, s, seed_dir: Path):
         return ("sources", i, "path"), "a file source needs a path (relative to the seed, or inside package)"
     elif s.rows is not None:
         return ("sources", i, "rows"), "a file source takes no inline rows"
+    if seed_dir is None:
+        return None  # a bundle's copy of the seed: its data is in the sandbox database
     try:
         have = preview_columns(file_table(s), seed_dir)
     except TableSourceError as e:
@@ -93,7 +95,7 @@ def _web_source(i: int, s, seed):
     return None
 
 
-def _sources(seed: Seed, seed_dir: Path):
+def _sources(seed: Seed, seed_dir: Path | None):
     from envfactory.sandboxes.package import PACKAGE_TABLES
 
     for i, s in enumerate(seed.sources):
@@ -274,8 +276,8 @@ def _ladder(seed: Seed):
     return None
 
 
-def check_seed(seed: Seed, seed_dir: Path | None = None):
+def check_seed(seed: Seed, seed_dir: Path | None = None, check_data: bool = True):
     known = {s.table for s in seed.sources}
-    seed_dir = seed_dir or Path(".")
+    seed_dir = (seed_dir or Path(".")) if check_data else None
     return (_sources(seed, seed_dir) or _tables(seed, known) or _partition(seed, known) or _plan(seed, known)
             or _tools(seed, known) or _ladder(seed))

@@ -73,7 +73,7 @@ class Catalog:
 
     def arrow(self, sql: str, args: list | None = None):
         with self.lock:
-            return self.con.execute(sql, args or []).fetch_arrow_table()
+            return self.con.sql(sql, params=args or None).to_arrow_table()
 
     def has(self, table: str) -> bool:
         return bool(self.query("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table])[0][0])

@@ -261,6 +261,20 @@ def cases(p: Problem, constraints: list[Constraint], reference: dict, rng: rando
     add_raw(f"empty_{key}", "mutant", {key: []})
     add_raw(f"{key}_not_list", "mutant", {key: first[0]})
     add_raw("unit_not_object", "mutant", {key: [list(u.values()) for u in first]})
+    # the mistakes a model makes with ids: bare ids instead of objects, padded or re-cased
+    # ids, the list without its key, a unit left null
+    add_raw("bare_ids", "mutant", {key: [u[names[0]] for u in first]})
+    add_raw("no_key", "mutant", [dict(u) for u in first])
+    add_raw("null_unit", "mutant", {key: first[:-1] + [None]})
+    for s in names:
+        units = [dict(u) for u in first]
+        units[0][s] = " " + units[0][s] + " "
+        add_raw(f"padded_id:{s}", "mutant", {key: units})
+        other = first[0][s].swapcase()
+        if other != first[0][s]:
+            units = [dict(u) for u in first]
+            units[0][s] = other
+            add_raw(f"recased_id:{s}", "mutant", {key: units})
 
     # junk
     for name, ans in (("null", None), ("empty_object", {}), ("empty_list", []), ("empty_string", ""),

@@ -135,7 +135,7 @@ def _prepare(env_dir: str) -> dict:
 
     env = Path(env_dir)
     try:
-        seed = load_seed(env / "seed.toml")
+        seed = load_seed(env / "seed.toml", check_data=False)
         con = duckdb.connect(str(env / "db" / "sandbox.duckdb"), read_only=True)
         try:
             p = load_problem(con, seed)

@@ -93,7 +93,7 @@ def _doc_example():
      "links = [", "plan.slots[0].links[0]", "'teacher.level' names no slot"),
     ('origin = false', 'origin = true', 'origin = true', "plan.origin", "only with a region partition that has center = true"),
     ('returns = ["course_id", "title", "credits"]', 'returns = ["course_id", "title", "credits"]\nfilters = ["level"]',
-     'name = "list_courses"', "plan.slots[0]", "no tool lists slot 'course'"),
+     "[[plan.slots]]", "plan.slots[0]", "no tool lists slot 'course'"),
     ('"aggregate:course.rating"', '"aggregate:course.title"', "pool = [", "ladder.pool", "needs a numeric column"),
     ('"attribute:course.rating"', '"attribute:course.rating >= \\"high\\""', "pool = [", "ladder.pool", "must be a number"),
     ('"sum:course.credits >= 22"', '"sum:course.credits >= 22.5"', "pool = [", "ladder.pool", "not a whole number"),

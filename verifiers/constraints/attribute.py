@@ -8,7 +8,7 @@ has an airport". Ops: >=, <=, >, <, ==, != (numbers and booleans compare exactly
 
 from __future__ import annotations
 
-from envfactory.verifiers.constraints.base import Constraint, Need, register
+from envfactory.verifiers.constraints.base import Constraint, Need, article, register
 from envfactory.verifiers.problem import scaled as _scaled
 
 OPS = {">=": "at least", "<=": "at most", ">": "more than", "<": "less than", "==": "exactly",
@@ -60,12 +60,12 @@ def describe(c, p):
     where = f"Every {slot}" if c.params["unit"] == 0 else f"The {slot} of {p.unit} {c.params['unit']}"
     if op in ("in", "not in"):
         listed = ", ".join(repr(x) if isinstance(x, str) else str(x) for x in v)
-        return f"{where} must have a {col} {'among' if op == 'in' else 'other than any of'} {listed}."
+        return f"{where} must have {article(col)} {col} {'among' if op == 'in' else 'other than any of'} {listed}."
     if isinstance(v, bool):
         return f"{where} must {'have' if v == (op == '==') else 'not have'} {col.removeprefix('has ')}."
     if isinstance(v, str):
         return f"{where} must have {col} {'equal to' if op == '==' else 'other than'} '{v}'."
-    return f"{where} must have a {col} of {OPS[op]} {v}."
+    return f"{where} must have {article(col)} {col} of {OPS[op]} {v}."
 
 
 def needs(c, p):

@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = ["Constraint", "Kind", "Need", "KINDS", "register", "get_kind", "check_source", "Vars", "plural",
-           "ConstraintError", "validate", "NUMERIC"]
+           "ConstraintError", "validate", "NUMERIC", "article"]
 
 NUMERIC = ("INTEGER", "DOUBLE")
+
+
+def article(phrase: str) -> str:
+    """`a` or `an` before a phrase, by its first letter (an altitude, a rating)."""
+    return "an" if phrase[:1].lower() in "aeiou" else "a"
 
 
 def plural(noun: str) -> str:

@@ -8,7 +8,7 @@ tuned at level 0 (the `<=` case, like a budget) or tightened from the current on
 
 from __future__ import annotations
 
-from envfactory.verifiers.constraints.base import Constraint, Need, plural, register
+from envfactory.verifiers.constraints.base import Constraint, Need, article, plural, register
 from envfactory.verifiers.problem import scaled as _scaled
 
 SCHEMA = {"required": ["slot", "column", "op", "value", "scope"], "properties": {
@@ -48,7 +48,7 @@ def describe(c, p):
     col = prm["column"].replace("_", " ")
     word = "at most" if prm["op"] == "<=" else "at least"
     if prm["scope"] == "each":
-        return f"Every chosen {prm['slot']} must have a {col} of {word} {prm['value']}."
+        return f"Every chosen {prm['slot']} must have {article(col)} {col} of {word} {prm['value']}."
     return f"The {col} of the chosen {plural(prm['slot'])}, added up over all {plural(p.unit)}, must be {word} {prm['value']}."
 
 
