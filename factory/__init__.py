@@ -1,4 +1,4 @@
-"""The factory pipeline: seeds, regions, the agent and its difficulty ladder, bundles, CLI.
+"""The factory pipeline: seeds, partitions, the agent and its difficulty ladder, bundles, CLI.
 
 Contract: a task-type seed in; a directory of self-contained environments out (sandbox
 database, generated tools, per-task verifiers, tasks whose solvability and feasible-plan

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a small batch: set up, generate 3 trip-planning environments (4 levels
+# The main job on a small batch: set up, generate 3 trip-planning environments (6 levels
 # each), validate every task in the Docker sandbox (reference reruns, mutants, other
 # feasible plans, tool calls, manifest), score one reference answer by hand, and export
 # the batch for every trainer target (OUT/exports/TARGET).
