@@ -48,7 +48,7 @@ class SpecialistAgent:
     def __init__(self, seed: Seed):
         self.seed = seed
         self.cap = seed.ladder.count_cap
-        self.opts = {"conditional_unit": seed.ladder.conditional_unit}
+        self.opts = {"conditional_unit": seed.ladder.conditional_unit, "schedule": seed.ladder.schedule}
         self.rejected: list[str] = []  # proposals that failed, with the reason (never fatal)
 
     def _propose(self, text: str, p: Problem, current: list[Constraint], reference, rng) -> list[Constraint]:

@@ -169,6 +169,7 @@ class Ladder(_Strict):
     prefer: list[str] = []
     pool: list[str] = []
     conditional_unit: int = Field(default=1, ge=1)
+    schedule: dict | None = None      # the `schedule` move's timetable: slots, start, duration, opens, closes
 
 
 class Seed(_Strict):

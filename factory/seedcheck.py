@@ -263,6 +263,28 @@ def _entry(seed: Seed, text: str, p):
             raise ValueError(f"{text!r}: {e}") from None
 
 
+def _schedule_problem(seed: Seed, sched: dict, p) -> str | None:
+    from envfactory.verifiers.constraints import Constraint, ConstraintError, validate
+
+    try:
+        validate(Constraint("schedule", "schedule", dict(sched, end=24.0)), p)
+    except ConstraintError as e:
+        return str(e)
+    slots = {s.name: s for s in seed.plan.slots}
+    for slot in sched["slots"]:
+        if slot not in slots:
+            return f"{slot!r} is not a slot of the plan"
+        if slot not in sched["duration"]:
+            return f"slot {slot!r} has no duration column"
+    for field in ("duration", "opens", "closes"):
+        for slot, col in (sched.get(field) or {}).items():
+            if slot not in sched["slots"]:
+                return f"{field}: {slot!r} is not one of the schedule's slots"
+            if seed.table_columns(slots[slot].table).get(col) not in ("INTEGER", "DOUBLE"):
+                return f"{field}: {slot}.{col} is not a numeric column"
+    return None
+
+
 def _ladder(seed: Seed):
     p = _schema_problem(seed)
     for field in ("base", "prefer", "pool"):
@@ -271,6 +293,14 @@ def _ladder(seed: Seed):
                 _entry(seed, text, p)
             except ValueError as e:
                 return ("ladder", field), str(e)
+    sched = seed.ladder.schedule
+    uses = any(parse_pool_item(t).kind == "schedule" for f in ("base", "prefer", "pool") for t in getattr(seed.ladder, f))
+    if uses and sched is None:
+        return ("ladder", "pool"), "a schedule move needs [ladder] schedule = { slots, start, duration, opens, closes }"
+    if sched is not None:
+        why = _schedule_problem(seed, sched, p)
+        if why:
+            return ("ladder", "schedule"), f"bad schedule: {why}"
     if seed.ladder.conditional_unit > seed.plan.units:
         return ("ladder", "conditional_unit"), f"unit {seed.ladder.conditional_unit} is beyond plan.units"
     return None

@@ -261,6 +261,10 @@ def _restaurants(city: dict, n: int) -> list[dict]:
             "avg_cost": _distinct(max(8, min(90, round(raw))), costs, 8, 90),
             "rating": _rating(d, d.unit()),
         })
+        # drawn after every older field, so those keep their values
+        opens = d.choice((11, 11, 12, 17, 18))
+        out[-1].update({"opens_hour": opens, "closes_hour": min(24, opens + d.integer(4, 11)),
+                        "meal_hours": round(d.between(0.8, 2.5), 1)})
     return out
 
 
@@ -279,6 +283,8 @@ def _attractions(city: dict, n: int) -> list[dict]:
             "rating": _rating(d, d.unit()),
             "duration_hours": round(d.between(lo_h, hi_h), 1),
         })
+        opens = d.choice((8, 9, 9, 10, 10, 11, 13))
+        out[-1].update({"opens_hour": opens, "closes_hour": min(23, opens + d.integer(4, 10))})
     return out
 
 

@@ -17,15 +17,18 @@ SPEC = {  # kind -> (count range, {field: type})
     "hotels": ((4, 8), {"hotel_id": str, "city_id": str, "name": str, "price_per_night": int,
                         "stars": int, "rating": float}),
     "restaurants": ((5, 9), {"restaurant_id": str, "city_id": str, "name": str, "cuisine": str,
-                             "avg_cost": int, "rating": float}),
+                             "avg_cost": int, "rating": float, "opens_hour": int, "closes_hour": int,
+                             "meal_hours": float}),
     "attractions": ((3, 6), {"attraction_id": str, "city_id": str, "name": str, "category": str,
-                             "ticket_price": int, "rating": float, "duration_hours": float}),
+                             "ticket_price": int, "rating": float, "duration_hours": float, "opens_hour": int,
+                             "closes_hour": int}),
     "venues": ((2, 5), {"venue_id": str, "city_id": str, "name": str, "venue_type": str,
                         "capacity": int, "rental_fee": int, "rating": float}),
 }
 RANGES = {"price_per_night": (40, 400), "stars": (1, 5), "rating": (2.5, 5.0),
           "avg_cost": (8, 90), "ticket_price": (0, 60), "duration_hours": (0.5, 5.0),
-          "capacity": (150, 20000), "rental_fee": (300, 20000)}
+          "capacity": (150, 20000), "rental_fee": (300, 20000), "opens_hour": (8, 18), "closes_hour": (12, 24),
+          "meal_hours": (0.8, 2.5)}
 
 
 @pytest.fixture(scope="module")

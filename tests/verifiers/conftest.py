@@ -26,10 +26,13 @@ def _world(rng: random.Random):
                            "stars": rng.randint(2, 5), "rating": round(rng.uniform(3.0, 5.0), 1)}
             rid = f"R{cid}{j}"
             rests[rid] = {"restaurant_id": rid, "city_id": cid, "name": rid, "cuisine": rng.choice(CUISINES),
-                          "avg_cost": rng.randint(10, 60), "rating": round(rng.uniform(3.0, 5.0), 1)}
+                          "avg_cost": rng.randint(10, 60), "rating": round(rng.uniform(3.0, 5.0), 1),
+                          "opens_hour": rng.choice([11, 12, 17, 18]), "closes_hour": rng.choice([21, 22, 23]),
+                          "meal_hours": round(rng.uniform(0.8, 2.5), 1)}
         aid = f"A{cid}"
         attrs[aid] = {"attraction_id": aid, "city_id": cid, "name": aid, "ticket_price": rng.randint(0, 30),
-                      "rating": round(rng.uniform(3.0, 5.0), 1)}
+                      "rating": round(rng.uniform(3.0, 5.0), 1), "duration_hours": round(rng.uniform(1.0, 5.0), 1),
+                      "opens_hour": rng.choice([8, 9, 10, 13]), "closes_hour": rng.choice([15, 17, 19])}
     return cities, hotels, rests, attrs
 
 
@@ -38,9 +41,10 @@ TYPES = {
     "hotels": {"hotel_id": "VARCHAR", "city_id": "VARCHAR", "name": "VARCHAR", "price_per_night": "INTEGER",
                "stars": "INTEGER", "rating": "DOUBLE"},
     "restaurants": {"restaurant_id": "VARCHAR", "city_id": "VARCHAR", "name": "VARCHAR", "cuisine": "VARCHAR",
-                    "avg_cost": "INTEGER", "rating": "DOUBLE"},
+                    "avg_cost": "INTEGER", "rating": "DOUBLE", "opens_hour": "INTEGER", "closes_hour": "INTEGER",
+                    "meal_hours": "DOUBLE"},
     "attractions": {"attraction_id": "VARCHAR", "city_id": "VARCHAR", "name": "VARCHAR", "ticket_price": "INTEGER",
-                    "rating": "DOUBLE"},
+                    "rating": "DOUBLE", "duration_hours": "DOUBLE", "opens_hour": "INTEGER", "closes_hour": "INTEGER"},
 }
 
 

@@ -31,6 +31,11 @@ CASES = {
     "distance": Constraint("distance", "distance", {"slot": "city", "max_km": 150, "from_origin": True}),
     "distinct_count": Constraint("distinct_count", "distinct_restaurant_cuisine",
                                  {"slot": "restaurant", "column": "cuisine", "min": 3}),
+    "schedule": Constraint("schedule", "schedule", {
+        "slots": ["attraction", "restaurant"], "start": 9, "end": 19.5,
+        "duration": {"attraction": "duration_hours", "restaurant": "meal_hours"},
+        "opens": {"attraction": "opens_hour", "restaurant": "opens_hour"},
+        "closes": {"attraction": "closes_hour", "restaurant": "closes_hour"}}),
     "sum": Constraint("sum", "sum_hotel_rating", {"slot": "hotel", "column": "rating", "op": ">=", "value": 12.5,
                                                   "scope": "total"}),
 }

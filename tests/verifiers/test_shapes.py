@@ -190,3 +190,18 @@ def test_values_are_cast_to_the_column_type(selection):
     c = validate(Constraint("attribute", "a", {"slot": "film", "column": "rating", "op": ">=", "value": 7,
                                                "unit": 0}), p)
     assert c.params["value"] == 7.0 and isinstance(c.params["value"], float)
+
+
+def test_time_windows_combined_with_other_constraints(env):
+    """A day's timetable (attraction from 9:00 or its opening, then dinner, each within its
+    opening hours, the day ending by a set hour) with budgets, distinctness and distances:
+    the counter and CP-SAT agree plan for plan, and the timetable itself bites."""
+    from tests.verifiers.test_constraints import CASES
+
+    p, _ = env
+    sched = CASES["schedule"]
+    for cons in ([sched], [sched, CASES["all_different"], CASES["total_budget"]],
+                 [sched, CASES["all_different"], CASES["distance"]], [sched, CASES["unit_budget"], CASES["attribute"]]):
+        with_t = _agree(p, cons)
+        without = count_plans(p, [c for c in cons if c is not sched], 10 ** 6)
+        assert 0 < with_t.count < without.count

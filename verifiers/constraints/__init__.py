@@ -7,6 +7,7 @@ from envfactory.verifiers.constraints import (  # noqa: F401  (imported to regis
     conditional_budget,
     distance,
     distinct_count,
+    schedule,
     sums,
     total_budget,
     unit_budget,
