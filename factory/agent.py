@@ -12,7 +12,8 @@ from __future__ import annotations
 import random
 from typing import Iterator, Protocol
 
-from envfactory.factory.seed import Seed, parse_pool_item
+from envfactory.factory.seed import Seed
+from envfactory.verifiers.constraints.entry import parse_pool_item
 from envfactory.verifiers.constraints import Constraint, get_kind, validate
 from envfactory.verifiers.constraints.sums import name_of
 from envfactory.verifiers.problem import Plan, Problem

@@ -10,13 +10,14 @@ Errors name the file, the line and the field: `seed.toml:12: plan.slots[1].table
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from envfactory.verifiers.constraints.entry import OPS, PoolItem, parse_pool_item  # noqa: F401  (re-exported)
 
 __all__ = ["Seed", "SeedError", "load_seed", "builtin_seeds", "resolve_seed", "PoolItem", "parse_pool_item",
            "Partition", "Source", "Slot", "Link", "OPS"]
@@ -244,46 +245,6 @@ class Seed(_Strict):
         return out
 
 
-OPS = (">=", "<=", ">", "<", "==", "!=", "in", "not in")
-
-
-class PoolItem(BaseModel):
-    """One ladder entry, `kind[:slot[.column]] [op [value]]`, e.g. `aggregate:restaurant.rating`,
-    `attribute:hotel.stars >= 4`, `attribute:film.genre in ["Drama", "Comedy"]`, or
-    `sum:flight.distance_km <=` (the ladder chooses the value). A stated value is JSON."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: str
-    slot: str | None = None
-    column: str | None = None
-    op: str | None = None
-    value: object = None
-    has_value: bool = False
-
-    def __str__(self) -> str:
-        s = self.kind
-        if self.slot:
-            s += ":" + self.slot + (("." + self.column) if self.column else "")
-        if self.op:
-            s += " " + self.op + ((" " + json.dumps(self.value)) if self.has_value else "")
-        return s
-
-
-def parse_pool_item(text: str) -> PoolItem:
-    m = re.fullmatch(r"\s*([a-z_]+)(?::([a-z_][a-z0-9_]*)(?:\.([A-Za-z_][A-Za-z0-9_]*))?)?"
-                     r"(?:\s+(>=|<=|==|!=|>|<|not in|in)(?:\s+(.+?))?)?\s*", text)
-    if not m:
-        raise ValueError(f"bad ladder entry {text!r}: expected kind[:slot[.column]] [op [value]]")
-    value, has = None, m[5] is not None
-    if has:
-        try:
-            value = json.loads(m[5])
-        except ValueError:
-            raise ValueError(f"bad ladder entry {text!r}: the value {m[5]!r} is not JSON "
-                             "(strings in double quotes, lists in [ ])") from None
-    return PoolItem(kind=m[1], slot=m[2], column=m[3], op=m[4], value=value, has_value=has)
-
-
 def _plural(noun: str) -> str:
     from envfactory.verifiers.constraints.base import plural
 
@@ -387,10 +348,11 @@ def load_seed(path: str | Path, check_data: bool = True) -> Seed:
         elif err["type"] == "missing":
             msg = "required field missing"
         raise _error(path, text, loc, msg) from None
-    from envfactory.factory.seedcheck import check_seed
-
     problem = check_seed(seed, path.parent, check_data)
     if problem:
         loc, msg = problem
         raise _error(path, text, loc, msg)
     return seed
+
+
+from envfactory.factory.seedcheck import check_seed  # noqa: E402  (it reads the classes above)

@@ -15,7 +15,12 @@ import random
 import re
 from pathlib import Path
 
-from envfactory.factory.seed import Seed, parse_pool_item
+from typing import TYPE_CHECKING
+
+from envfactory.verifiers.constraints.entry import parse_pool_item
+
+if TYPE_CHECKING:
+    from envfactory.factory.seed import Seed
 
 __all__ = ["check_seed"]
 
