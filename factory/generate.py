@@ -81,6 +81,26 @@ def _parts(seed, seed_path: Path, run_seed: int, n_envs: int) -> list:
     return parts
 
 
+def _publish(seed, seed_path: Path, web) -> None:
+    """Put the file tables a web source scrapes (`/data/TABLE...` paths) on the offline web."""
+    import re
+
+    from envfactory.sandboxes.catalog import catalog_for
+
+    wanted = {m[1] for s in seed.sources if s.is_web and s.path
+              for m in [re.match(r"^/data/([a-z][a-z0-9_]*)\.", s.path)] if m}
+    if not wanted:
+        return
+    cat = catalog_for(seed, seed_path)
+    for table in sorted(wanted):
+        cols = seed.table_columns(table)
+        key = seed.table_key(table)
+        order = [key] + [c for c in cols if c != key]  # the offline web takes the first column as the row key
+        sel = ", ".join(f'"{c}"' for c in order)
+        rows = cat.query(f'SELECT {sel} FROM "{table}" ORDER BY "{key}"')
+        web.add_table(table, [dict(zip(order, r)) for r in rows])
+
+
 def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, workers: int | None = None,
              force: bool = False, progress=None) -> BatchResult:
     """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
@@ -98,6 +118,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     failed: list[tuple[str, str]] = []
     with OfflineWeb() as web, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                                   initializer=_worker_init) as pool:
+        _publish(seed, seed_path, web)
         queue = list(enumerate(regions))
         running = {}
 

@@ -94,6 +94,7 @@ class Source(_Strict):
     key: str | None = None
     references: dict[str, str] = {}
     synthetic: bool = False               # web: synthetic listings served by the factory's offline web
+    scrape: dict | None = None            # web: where a page keeps its rows and fields (sandboxes.sources.rules)
 
     @property
     def is_web(self) -> bool:

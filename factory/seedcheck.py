@@ -29,6 +29,9 @@ LISTING_ROUTE = re.compile(r"^/(?:html/(?P<h>[a-z]+)/\{(?:member|city_id)\}|api/
                            r"|js/(?P<j>[a-z]+)/\{(?:member|city_id)\})$")
 
 
+DATA_ROUTE = re.compile(r"^/data/(?P<table>[a-z][a-z0-9_]*)\.(?P<ext>json|html|js)(?:\?.*)?$")
+
+
 def _set(src, fields) -> str | None:
     return next((f for f in fields if getattr(src, f) not in (None, {}, [])), None)
 
@@ -83,7 +86,28 @@ def _web_source(i: int, s, seed):
         return ("sources", i, "path"), "a web source needs a path on the offline web (/...) or an http(s) URL"
     if "{member}" not in s.path and "{city_id}" not in s.path:
         return ("sources", i, "path"), "a web source's path must contain {member}: it is fetched once per partition member"
-    if s.path.startswith("/"):
+    if s.scrape is not None:
+        from envfactory.sandboxes.sources.rules import ScrapeRule, validate_rule
+
+        try:
+            why = validate_rule(ScrapeRule(kind=s.kind, **s.scrape))
+        except TypeError as e:
+            why = f"unknown field: {e}"
+        if why:
+            return ("sources", i, "scrape"), why
+    if s.path.startswith("/data/"):
+        m = DATA_ROUTE.match(s.path)
+        if not m or {"json": "api", "html": "html", "js": "js"}[m["ext"]] != s.kind:
+            return ("sources", i, "path"), (f"the offline web serves a {s.kind} table at /data/TABLE."
+                                            f"{ {'api': 'json', 'html': 'html', 'js': 'js'}[s.kind]}?COLUMN={{member}}")
+        other = next((x for x in seed.sources if x.table == m["table"]), None)
+        if other is None or not other.is_file:
+            return ("sources", i, "path"), f"/data/{m['table']}: the offline web republishes file and inline tables only"
+        if s.scrape is None:
+            return ("sources", i, "scrape"), "a /data/ route needs scrape = { rows = ..., fields = ... }"
+    elif s.path.startswith("/"):
+        if s.scrape is not None:
+            return ("sources", i, "scrape"), "the offline web's listing routes have fixed formats: no scrape rule"
         m = LISTING_ROUTE.match(s.path)
         route_kind = m and (m["h"] and "html" or m["a"] and "api" or m["j"] and "js")
         listing = m and (m["h"] or m["a"] or m["j"])

@@ -25,6 +25,7 @@ import duckdb
 from envfactory.sandboxes import world
 from envfactory.sandboxes.package import PACKAGE_TABLES, package_records
 from envfactory.sandboxes.sources import FetchContext, SourceError, fetch
+from envfactory.sandboxes.sources.rules import ScrapeRule, scrape
 
 __all__ = ["build_sandbox", "SandboxError", "Provenance"]
 
@@ -90,7 +91,10 @@ def _fetch_web(seed, src, members, base_url, ctx) -> tuple[list[dict], Provenanc
     for m in members:
         path = src.path.replace("{member}", m).replace("{city_id}", m)
         url = path if path.startswith(("http://", "https://")) else base_url.rstrip("/") + path
-        res = fetch(src.kind, src.table, url, ctx)
+        if src.scrape is not None:
+            res = scrape(src.table, url, ScrapeRule(kind=src.kind, **src.scrape), ctx)
+        else:
+            res = fetch(src.kind, src.table, url, ctx)
         records.extend(res.records)
         digest.update(res.content_sha256.encode())
         pages += res.pages
