@@ -64,18 +64,6 @@ def _wait_for_listing(source: str, url: str, ctx: FetchContext, page) -> None:
                                           f"{ctx.timeout_s:g} s") from exc
 
 
-def _close(page) -> None:
-    from playwright.sync_api import Error as PlaywrightError
-
-    # After a failed goto Chromium is still committing its error page; a close() that
-    # lands mid-navigation can hang forever (seen with Chromium 156). Let it finish first.
-    try:
-        page.wait_for_load_state("load", timeout=2000)
-    except PlaywrightError:
-        pass
-    page.close()
-
-
 @register("js")
 def fetch_js(source: str, url: str, ctx: FetchContext) -> FetchResult:
     page = ctx.shared_page()
@@ -85,7 +73,7 @@ def fetch_js(source: str, url: str, ctx: FetchContext) -> FetchResult:
         records = page.eval_on_selector_all(LISTING_SELECTOR, _READ_DATA_ATTRS)
         rendered = page.content().encode("utf-8")
     except BaseException:
-        _close(page)  # a page left mid-error is not reused; the next fetch opens a new one
+        ctx.discard_page(page)  # a page left mid-error is not reused; the next fetch opens a new one
         raise
     return FetchResult(source=source, url=url, records=records,
                        content_sha256=sha256_of([rendered]), pages=1)

@@ -302,8 +302,8 @@ def _wait_for_rows(source: str, url: str, rule: ScrapeRule, ctx: FetchContext, p
 
 def _read_js(source: str, url: str, rule: ScrapeRule, fields: list[_Field],
              ctx: FetchContext) -> _Page:
-    # The fixed-format js scraper's navigation (retries, status check) and its careful close.
-    from envfactory.sandboxes.sources.js import _close, _navigate
+    # The fixed-format js scraper's navigation (retries, status check).
+    from envfactory.sandboxes.sources.js import _navigate
 
     page = ctx.shared_page()
     try:
@@ -311,7 +311,7 @@ def _read_js(source: str, url: str, rule: ScrapeRule, fields: list[_Field],
         _wait_for_rows(source, url, rule, ctx, page)
         rendered, base = page.content(), page.url
     except BaseException:
-        _close(page)  # a page left mid-error is not reused; the next fetch opens a new one
+        ctx.discard_page(page)  # a page left mid-error is not reused; the next fetch opens a new one
         raise
     return _extract(source, url, base, rendered, rule, fields, rendered.encode("utf-8"))
 

@@ -33,16 +33,21 @@ def _line_of(text: str, needle: str) -> int:
      "'price' is not a column"),
 ])
 def test_malformed_seed_names_file_line_and_field(tmp_path, old, new, anchor, field, message):
-    assert old in TRIP
-    text = TRIP.replace(old, new, 1)
+    _fails_at(tmp_path, TRIP, old, new, anchor, field, message)
+
+
+def _fails_at(tmp_path, base: str, old: str, new: str, anchor: str, field: str, message: str) -> None:
+    """`base` with `old` replaced by `new` fails to load with one line naming the file, the
+    line holding `anchor`, the field and `message`."""
+    assert old in base, old
+    text = base.replace(old, new, 1)
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(SeedError) as e:
         load_seed(path)
     msg = str(e.value)
     assert msg.startswith(f"{path}:{_line_of(text, anchor)}: {field}: "), msg
-    assert message in msg
-    assert "\n" not in msg
+    assert message in msg and "\n" not in msg
 
 
 def test_syntax_error_gives_line(tmp_path):
@@ -104,16 +109,7 @@ def _doc_example():
 def test_malformed_new_fields_name_file_line_and_field(tmp_path, old, new, anchor, field, message):
     files = _doc_example()
     (tmp_path / "courses.csv").write_text(files["courses.csv"])
-    base = files["courses.toml"]
-    assert old in base, old
-    text = base.replace(old, new, 1)
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(SeedError) as e:
-        load_seed(path)
-    msg = str(e.value)
-    assert msg.startswith(f"{path}:{_line_of(text, anchor)}: {field}: "), msg
-    assert message in msg and "\n" not in msg
+    _fails_at(tmp_path, files["courses.toml"], old, new, anchor, field, message)
 
 
 @pytest.mark.parametrize("old,new,field,message", [
