@@ -24,7 +24,7 @@ from envfactory.verifiers.solver import confirm, pick_reference
 
 __all__ = ["Level", "build_ladder", "LadderError", "reference_calls"]
 
-MAX_TRIES_PER_STEP = 24  # candidate moves counted per step before taking the best of them
+MAX_TRIES_PER_STEP = 16  # candidate moves counted per step, the best of them taken
 SHRINK_TARGET = 0.05     # the top level keeps at most ~5% of level 0's plans
 
 
