@@ -112,3 +112,17 @@ def test_proposals_only_restrict(env, kind):
         cons = [c for c in base if c.name != cand.name] + [cand]
         after = set(count_plans(p, cons, 100_000).plans)
         assert after <= before
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_every_kind_publishes_a_schema_its_constraints_meet(env, kind):
+    import jsonschema
+
+    from envfactory.verifiers.constraints import ConstraintError, validate
+
+    p, _ = env
+    schema = KINDS[kind].schema
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    assert validate(CASES[kind], p).params.keys() == CASES[kind].params.keys()
+    with pytest.raises(ConstraintError, match=r"params|is a required property|Additional properties"):
+        validate(Constraint(kind, "x", dict(CASES[kind].params, surprise=1)), p)
