@@ -25,6 +25,7 @@ from envfactory.verifiers.solver import confirm, pick_reference
 __all__ = ["Level", "build_ladder", "LadderError", "reference_calls"]
 
 MAX_TRIES_PER_STEP = 16  # candidate moves counted per step, the best of them taken
+MAX_MOVES_PER_STEP = 200  # moves looked at before a step gives up, when none of the first bite
 SHRINK_TARGET = 0.05     # the top level keeps at most ~5% of level 0's plans
 
 
@@ -177,7 +178,9 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
         remaining = levels - len(out) - 1  # levels still to build after this one
         step, hit, best = None, None, None
         for tries, (move, cand) in enumerate(agent.moves(p, prev.constraints, prev.reference, rng, len(out))):
-            if tries >= MAX_TRIES_PER_STEP:
+            if tries >= MAX_TRIES_PER_STEP and (hit or best):
+                break  # enough moves counted to choose among; with none usable yet, go on
+            if tries >= MAX_MOVES_PER_STEP:
                 break
             cand, _why = _usable(p, cand, prev.constraints)
             if cand is None:
