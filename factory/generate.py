@@ -83,12 +83,10 @@ def _parts(seed, seed_path: Path, run_seed: int, n_envs: int) -> list:
 
 def _publish(seed, seed_path: Path, web) -> None:
     """Put the file tables a web source scrapes (`/data/TABLE...` paths) on the offline web."""
-    import re
-
+    from envfactory.factory.seedcheck import DATA_ROUTE
     from envfactory.sandboxes.catalog import catalog_for
 
-    wanted = {m[1] for s in seed.sources if s.is_web and s.path
-              for m in [re.match(r"^/data/([a-z][a-z0-9_]*)\.", s.path)] if m}
+    wanted = {m["table"] for s in seed.sources if s.is_web and s.path for m in [DATA_ROUTE.match(s.path)] if m}
     if not wanted:
         return
     cat = catalog_for(seed, seed_path)

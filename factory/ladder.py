@@ -145,9 +145,9 @@ def _confirmed(p: Problem, constraints: list[Constraint], plan: Plan) -> Plan:
     return plan
 
 
-def _usable(p: Problem, cand: list[Constraint], prev: list[Constraint]) -> tuple[list[Constraint] | None, str]:
+def _usable(p: Problem, cand: list[Constraint], prev: list[Constraint]) -> list[Constraint] | None:
     """The candidate with its new or changed constraints validated (values cast to their
-    column types), or None and the reason it cannot be used."""
+    column types), or None if one cannot be used."""
     out = []
     for c in cand:
         if c in prev:
@@ -155,9 +155,9 @@ def _usable(p: Problem, cand: list[Constraint], prev: list[Constraint]) -> tuple
             continue
         try:
             out.append(validate(c, p))
-        except (ConstraintError, KeyError, TypeError, ValueError) as e:
-            return None, str(e)
-    return out, ""
+        except (ConstraintError, KeyError, TypeError, ValueError):
+            return None
+    return out
 
 
 def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
@@ -182,7 +182,7 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
                 break  # enough moves counted to choose among; with none usable yet, go on
             if tries >= MAX_MOVES_PER_STEP:
                 break
-            cand, _why = _usable(p, cand, prev.constraints)
+            cand = _usable(p, cand, prev.constraints)
             if cand is None:
                 continue  # a malformed proposal is skipped, never trusted
             r = _narrow(p, cand, prev)
