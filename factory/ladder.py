@@ -92,6 +92,19 @@ def _revealing(tools: list[ToolDef], s, column: str, row: dict, eid: str) -> tup
     return other.name, {f: row[f] for f in other.filters}
 
 
+def _relation_call(tools: list[ToolDef], lk, value) -> tuple[str, dict]:
+    """The call that lists a link's relation rows for a known linked value: a search on the
+    relation table filtered by its `that` column, else an unfiltered list of it (the seed
+    checker makes sure one exists)."""
+    table, _, that = lk.via
+    mine = [t for t in tools if t.table == table and t.shape == "search"]
+    hit = next((t for t in mine if tuple(t.filters) == (that,)), None)
+    if hit:
+        return hit.name, {that: value}
+    hit = next(t for t in mine if not t.filters)
+    return hit.name, {}
+
+
 def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constraint], plan: Plan) -> list[tuple[str, dict]]:
     """The distinct tool calls that reveal every fact the reference plan's checks use."""
     calls: list[tuple[str, dict]] = []
@@ -101,7 +114,8 @@ def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constrai
             calls.append((name, args))
 
     needs = [n for c in constraints for n in get_kind(c.kind).needs(c, p)]
-    for u, rows in enumerate(p.plan_rows(plan)):
+    every = p.plan_rows(plan)
+    for u, rows in enumerate(every):
         for i, s in enumerate(p.slots):
             row = rows[s.name]
             search = _finder(tools, s)
@@ -110,6 +124,13 @@ def reference_calls(p: Problem, tools: list[ToolDef], constraints: list[Constrai
             for n in needs:
                 if n.table == s.table and n.column and not (search and n.column in search.returns):
                     add(*_revealing(tools, s, n.column, row, plan[u][i]))
+            for lk in (lk for lk in s.links if lk.via):  # the relation rows pairing it with the linked value
+                if not lk.previous:
+                    add(*_relation_call(tools, lk, rows[lk.slot][lk.target]))
+                elif u:
+                    add(*_relation_call(tools, lk, every[u - 1][lk.slot][lk.target]))
+                elif p.origin_id is not None:
+                    add(*_relation_call(tools, lk, p.origin_id))
     if any(n.column is None for n in needs):
         dist = next(t for t in tools if t.shape == "relation")
         stops = [ids[0] for ids in plan]

@@ -25,13 +25,21 @@ def intro_fields(part, p: Problem) -> dict:
             "members": len(part.members)}
 
 
+def _via_rule(p: Problem, s, lk, other: str, theirs: str) -> str:
+    table, this, that = (x.replace("_", " ") for x in lk.via)
+    return (f"Each {p.unit}'s {s.name} must be paired with {other} by a row of {table}: a row whose {this} is "
+            f"the {s.name}'s {lk.column.replace('_', ' ')} and whose {that} is {theirs} {lk.target.replace('_', ' ')}.")
+
+
 def _structure(p: Problem) -> list[str]:
     """The plan's structure in words: links, the chain, a selection's rules."""
     rules = []
     anchor = p.anchor
     for s in p.slots:
         for lk in s.same_unit_links:
-            if lk.slot == anchor.name and lk.target == anchor.key:
+            if lk.via:
+                rules.append(_via_rule(p, s, lk, f"that {p.unit}'s {lk.slot}", f"the {lk.slot}'s"))
+            elif lk.slot == anchor.name and lk.target == anchor.key:
                 rules.append(f"Every {s.name} chosen for a {p.unit} must be in that {p.unit}'s {anchor.name}.")
             else:
                 col = lk.column.replace('_', ' ')
@@ -40,6 +48,10 @@ def _structure(p: Problem) -> list[str]:
         for lk in s.previous_links:
             start = f" (for the first {p.unit}: {p.origin_id}, the origin)" if p.origin_id is not None else ""
             col = lk.column.replace('_', ' ')
+            if lk.via:
+                rules.append(_via_rule(p, s, lk, f"the previous {p.unit}'s {lk.slot}{start}",
+                                       f"the previous {lk.slot}'s"))
+                continue
             rules.append(f"Each {p.unit}'s {s.name} must have {article(col)} {col} equal to the "
                          f"{lk.target.replace('_', ' ')} of the previous {p.unit}'s {lk.slot}{start}.")
     if p.unordered:

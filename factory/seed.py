@@ -111,11 +111,21 @@ class TableSpec(_Strict):
     references: dict[str, str] = {}
 
 
+class Via(_Strict):
+    """A relation table a link goes through: some row of `table` has `this` equal to the
+    slot's column and `that` equal to the linked slot's column."""
+    table: str
+    this: str
+    that: str
+
+
 class Link(_Strict):
     """`column` of this slot equals `to`: `slot.column` of the same unit, or
-    `previous.slot.column` of the previous unit (for the first unit: the origin's id)."""
+    `previous.slot.column` of the previous unit (for the first unit: the origin's id).
+    With `via`, the two values need not be equal but must be a pair of the relation table."""
     column: str
     to: str = Field(pattern=r"^(previous\.)?[a-z][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
+    via: Via | None = None
 
     @property
     def previous(self) -> bool:

@@ -221,12 +221,32 @@ def _plan(seed: Seed, known: set[str]):
                 return loc, f"{tcol!r} is not a column of {seed.plan.slot(tslot).table}"
             if lk.previous and seed.plan.shape == "selection":
                 return loc, "a selection has no order, so no previous-unit links"
+            if lk.via is not None:
+                got = _via(seed, known, lk.via)
+                if got:
+                    return (*loc, "via", got[0]), got[1]
         if s.cost and seed.table_columns(s.table).get(s.cost) != "INTEGER":
             return ("plan", "slots", i, "cost"), f"cost column {s.cost!r} must be an INTEGER column of {s.table}"
         if not _finder_exists(seed, s):
             links = [lk.column for lk in seed.slot_links(s)]
             return ("plan", "slots", i), (f"no tool lists slot {s.name!r}: add a [[tools]] entry on {s.table} with no "
                                           f"filters" + (f", or filtered by its link columns ({', '.join(links)})" if links else ""))
+    return None
+
+
+def _via(seed: Seed, known: set[str], via):
+    """A relation table a link goes through: a known table with both columns, and a tool
+    that lists its rows (unfiltered, or filtered by its `that` column) so a solver can see
+    which pairs exist."""
+    if via.table not in known:
+        return "table", f"unknown table {via.table!r} (tables: {', '.join(sorted(known))})"
+    cols = seed.table_columns(via.table)
+    for field in ("this", "that"):
+        if getattr(via, field) not in cols:
+            return field, f"{getattr(via, field)!r} is not a column of {via.table}"
+    if not any(t.table == via.table and set(t.filters) <= {via.that} for t in seed.tools):
+        return "table", (f"no tool lists {via.table}'s pairs: add a [[tools]] entry on {via.table} with no filters "
+                         f"or filtered by {via.that!r}")
     return None
 
 

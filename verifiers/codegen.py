@@ -33,7 +33,8 @@ def _template() -> jinja2.Template:
 def render_verifier(task_id: str, seed_name: str, level: int, p: Problem, constraints: list[Constraint]) -> str:
     kinds = sorted({c.kind for c in constraints})
     slots = [{"name": s.name, "table": s.table, "key": s.key, "columns": list(s.columns),
-              "links": [{"column": lk.column, "slot": lk.slot, "target": lk.target, "previous": lk.previous}
+              "links": [{"column": lk.column, "slot": lk.slot, "target": lk.target, "previous": lk.previous,
+                         "via": list(lk.via) if lk.via else None}
                         for lk in s.links]}
              for s in p.slots]
     scaled_src = inspect.getsource(scaled).replace("def scaled(", "def _scaled(", 1)

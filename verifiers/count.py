@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from envfactory.verifiers.constraints import Constraint, get_kind
 from envfactory.verifiers.problem import Plan, Problem
-from envfactory.verifiers.structure import offer, options_by_need, start_need, unit_options
+from envfactory.verifiers.structure import Successors, unit_options
 
 __all__ = ["count_plans", "CountResult"]
 
@@ -50,19 +50,13 @@ def count_plans(p: Problem, constraints: list[Constraint], cap: int) -> CountRes
                   if c.kind == "total_budget" and set(c.params["costs"]) == all_costs], default=None)
     cheapest = [lst[0][2] if lst else 0 for lst in per_unit]
     rest = [sum(cheapest[u + 1:]) for u in range(n)]
-    # a chain: each unit's options grouped by what they need from the unit before
-    by_need = [options_by_need(p, lst) for lst in per_unit] if p.chained else None
+    # a chain: each unit's options indexed by what they need from the unit before
+    after = [Successors(p, lst).after for lst in per_unit]
     plans: list[Plan] = []
-
-    def candidates(u: int, prev):
-        if by_need is None:
-            return per_unit[u]
-        want = start_need(p) if prev is None else offer(p, prev)
-        return per_unit[u] if want is None else by_need[u].get(want, [])
 
     def dfs(u: int, ids: list, rows: list, opts: list, spent: int) -> None:
         prev = opts[-1] if opts else None
-        for o in candidates(u, prev):
+        for o in after[u](prev):
             oid, orow, ocost = o
             if budget is not None and spent + ocost + rest[u] > budget:
                 break  # options are sorted by cost: every later one is dearer

@@ -135,15 +135,10 @@ def _neighbours(p: Problem, plan: Plan, rng: random.Random):
 
 def _random_plan(p: Problem, rng: random.Random) -> Plan | None:
     """A random plan that keeps the structure: each unit drawn among those that may follow."""
-    options = structure.unit_options(p)
-    by_need = structure.options_by_need(p, options) if p.chained else None
+    after = structure.Successors(p, structure.unit_options(p)).after
     plan, prev = [], None
     for _ in range(p.units):
-        if by_need is None:
-            cands = options
-        else:
-            want = structure.start_need(p) if prev is None else structure.offer(p, prev)
-            cands = options if want is None else by_need.get(want, [])
+        cands = after(prev)
         if not cands:
             return None
         prev = rng.choice(cands)

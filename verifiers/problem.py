@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["SlotView", "LinkView", "Problem", "load_problem", "slot_views", "scaled", "Plan"]
+__all__ = ["SlotView", "LinkView", "Problem", "load_problem", "load_pairs", "slot_views", "scaled", "Plan"]
 
 Plan = tuple[tuple[str, ...], ...]  # units x slots of entity ids
 
@@ -32,6 +32,19 @@ class LinkView:
     slot: str        # ... equals this slot's
     target: str      # column,
     previous: bool   # of the previous unit (for the first unit: the origin's id) or of the same unit
+    via: tuple[str, str, str] | None = None  # (table, this, that): (column, target) is a (this, that) row
+
+    def holds(self, p: "Problem", mine, theirs) -> bool:
+        """This link between this slot's column value and the linked value."""
+        if self.via is None:
+            return str(mine) == str(theirs)
+        return (str(mine), str(theirs)) in p.pairs[self.via]
+
+    def allowed(self, p: "Problem", theirs) -> set[str] | None:
+        """The column values this link allows next to `theirs` (None: only `theirs` itself)."""
+        if self.via is None:
+            return None
+        return p.partners(self.via).get(str(theirs), set())
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,17 @@ class Problem:
     km: dict[tuple[str, str], float] = field(default_factory=dict)
     unordered: bool = False         # a selection: units are a set of distinct first-slot entities
     origin_table: str | None = None  # the table the origin is a row of (no slot over it may pick it)
+    pairs: dict[tuple[str, str, str], frozenset[tuple[str, str]]] = field(default_factory=dict)  # via -> (this, that)
+
+    def partners(self, via: tuple[str, str, str]) -> dict[str, set[str]]:
+        """A relation's pairs indexed by their `that` value: which `this` values each allows."""
+        cache = self.__dict__.setdefault("_partners", {})
+        if via not in cache:
+            out: dict[str, set[str]] = {}
+            for this, that in self.pairs[via]:
+                out.setdefault(that, set()).add(this)
+            cache[via] = out
+        return cache[via]
 
     @property
     def anchor(self) -> SlotView:
@@ -106,7 +130,9 @@ class Problem:
 def slot_views(seed) -> list[SlotView]:
     out = []
     for s in seed.plan.slots:
-        links = tuple(LinkView(lk.column, *lk.target, lk.previous) for lk in seed.slot_links(s))
+        links = tuple(LinkView(lk.column, *lk.target, lk.previous,
+                               (lk.via.table, lk.via.this, lk.via.that) if lk.via else None)
+                      for lk in seed.slot_links(s))
         out.append(SlotView(s.name, s.table, seed.table_key(s.table), links, s.cost, seed.table_columns(s.table)))
     return out
 
@@ -136,4 +162,15 @@ def load_problem(con, seed) -> Problem:
     if has:  # seeds whose partition table has no coordinates have no distances
         km = {(f, t): d for f, t, d in con.execute("SELECT from_id, to_id, km FROM distances").fetchall()}
     return Problem(seed.plan.unit, seed.plan.units, slots, rows, origin_id, km, seed.plan.shape == "selection",
-                   part.table if origin_id is not None else None)
+                   part.table if origin_id is not None else None, load_pairs(con, slots))
+
+
+def load_pairs(con, slots: list[SlotView]) -> dict[tuple[str, str, str], frozenset[tuple[str, str]]]:
+    """Every relation a link goes through, as (this, that) pairs of text values."""
+    out = {}
+    for lk in (lk for s in slots for lk in s.links if lk.via):
+        table, this, that = lk.via
+        got = con.execute(f'SELECT DISTINCT CAST("{this}" AS VARCHAR), CAST("{that}" AS VARCHAR) FROM "{table}" '
+                          f'WHERE "{this}" IS NOT NULL AND "{that}" IS NOT NULL').fetchall()
+        out[lk.via] = frozenset(got)
+    return out

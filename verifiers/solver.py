@@ -76,16 +76,21 @@ def _links(m: cp_model.CpModel, p: Problem, x: list[dict[str, dict]]) -> None:
             by_val: dict[str, list[str]] = {}
             for eid, row in p.rows[lk.slot].items():
                 by_val.setdefault(str(row[lk.target]), []).append(eid)
+            thats: dict[str, set[str]] = {}  # this value -> the linked values it pairs with
+            for this, that in p.pairs.get(lk.via, ()) if lk.via else ():
+                thats.setdefault(this, set()).add(that)
             for u in range(p.units):
                 if lk.previous and u == 0:
                     if p.origin_id is not None:
                         for eid, row in p.rows[s.name].items():
-                            if str(row[lk.column]) != p.origin_id:
+                            if not lk.holds(p, row[lk.column], p.origin_id):
                                 m.add(x[0][s.name][eid] == 0)
                     continue
                 other = x[u - 1 if lk.previous else u][lk.slot]
                 for eid, row in p.rows[s.name].items():
-                    match = [other[e] for e in by_val.get(str(row[lk.column]), [])]
+                    v = str(row[lk.column])
+                    values = sorted(thats.get(v, ())) if lk.via else [v]
+                    match = [other[e] for t in values for e in by_val.get(t, [])]
                     if match:
                         m.add_bool_or(match).only_enforce_if(x[u][s.name][eid])
                     else:

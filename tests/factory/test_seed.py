@@ -128,3 +128,16 @@ def test_malformed_web_sources(tmp_path, old, new, field, message):
     with pytest.raises(SeedError) as e:
         load_seed(path)
     assert f": {field}: " in str(e.value) and message in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("old,new,field,message", [
+    ('table = "routes", this', 'table = "flights", this', "plan.slots[0].links[0].via.table", "unknown table 'flights'"),
+    ('this = "dst"', 'this = "arrival"', "plan.slots[0].links[0].via.this", "'arrival' is not a column of routes"),
+    ('that = "src"', 'that = "from"', "plan.slots[0].links[0].via.that", "'from' is not a column of routes"),
+    ('filters = ["src"]', 'filters = ["dst"]', "plan.slots[0].links[0].via.table", "no tool lists routes's pairs"),
+    ('this = "dst", that = "src" }', 'this = "dst" }', "plan.slots[0].links[0].via.that", "required field missing"),
+])
+def test_malformed_relation_links(tmp_path, old, new, field, message):
+    from tests.factory.test_relation_seed import SEED
+
+    _fails_at(tmp_path, SEED, old, new, "links = [", field, message)

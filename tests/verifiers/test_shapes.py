@@ -205,3 +205,84 @@ def test_time_windows_combined_with_other_constraints(env):
         with_t = _agree(p, cons)
         without = count_plans(p, [c for c in cons if c is not sched], 10 ** 6)
         assert 0 < with_t.count < without.count
+
+
+AIRLINES = {"code": "VARCHAR", "name": "VARCHAR", "alliance": "VARCHAR"}
+
+
+@pytest.fixture(scope="module")
+def hops(tmp_path_factory):
+    """Links through a relation table: 3 stops from hub A0, each reached from the previous
+    stop by some route (`routes(dst, src)`), each with a carrier that flies into it
+    (`routes(airline, dst)`, a same-unit link). No slot picks a route itself."""
+    rng = random.Random(SEED + 2)
+    print(f"relation instance seed {SEED + 2}")
+    airports = {f"A{i}": {"iata": f"A{i}", "name": f"Airport {i}", "altitude_ft": rng.randint(0, 3000),
+                          "size": rng.choice(["large", "medium"])} for i in range(7)}
+    airlines = {c: {"code": c, "name": f"{c} Air", "alliance": rng.choice(["sky", "star"])}
+                for c in ("XA", "YB", "ZC")}
+    routes = {}
+    for a, b in itertools.permutations(airports, 2):
+        for airline in airlines:
+            if rng.random() < 0.3:
+                rid = f"{airline}-{a}-{b}"
+                routes[rid] = {"route_id": rid, "airline": airline, "src": a, "dst": b,
+                               "distance_km": rng.randint(200, 1500)}
+    db = tmp_path_factory.mktemp("hops") / "sandbox.duckdb"
+    _write(db, {"airports": (AIRPORTS, airports), "airlines": (AIRLINES, airlines), "routes": (ROUTES, routes)})
+    hop, fly = ("routes", "dst", "src"), ("routes", "airline", "dst")
+    slots = [SlotView("stop", "airports", "iata", (LinkView("iata", "stop", "iata", True, hop),), None, AIRPORTS),
+             SlotView("carrier", "airlines", "code", (LinkView("code", "stop", "iata", False, fly),), None, AIRLINES)]
+    pairs = {hop: frozenset((r["dst"], r["src"]) for r in routes.values()),
+             fly: frozenset((r["airline"], r["dst"]) for r in routes.values())}
+    rows = {"stop": {k: v for k, v in airports.items() if k != "A0"}, "carrier": airlines}
+    return Problem("stop", 3, slots, rows, "A0", origin_table="airports", pairs=pairs), db, routes
+
+
+HOPS = {
+    "all_different": Constraint("all_different", "all_different_stop", {"slot": "stop"}),
+    "altitude": Constraint("sum", "sum_stop_altitude_ft", {"slot": "stop", "column": "altitude_ft", "op": "<=",
+                                                          "value": 4500, "scope": "total"}),
+    "carriers": Constraint("distinct_count", "distinct_carrier_code", {"slot": "carrier", "column": "code", "min": 2}),
+    "alliance": Constraint("attribute", "attribute_carrier_alliance", {"slot": "carrier", "column": "alliance",
+                                                                       "op": "in", "value": ["star"], "unit": 2}),
+}
+
+
+@pytest.mark.parametrize("combo", range(len(_sets(HOPS, (2, 4)))))
+def test_relation_links_counter_matches_cp_sat(hops, combo):
+    p, _, routes = hops
+    cons = _sets(HOPS, (2, 4))[combo]
+    res = _agree(p, cons)
+    assert res.count < count_plans(p, [], 10 ** 6).count
+    flown = {(r["src"], r["dst"]) for r in routes.values()}
+    into = {(r["airline"], r["dst"]) for r in routes.values()}
+    for plan in res.plans:  # each stop reached by a real route, each carrier flying into its stop
+        stops = ["A0"] + [u[0] for u in plan]
+        assert all((a, b) in flown for a, b in zip(stops, stops[1:]))
+        assert all((u[1], u[0]) in into for u in plan)
+
+
+def test_relation_links_free_count_by_hand(hops):
+    """With no constraints: every stop sequence along routes, times the carriers into each."""
+    p, _, routes = hops
+    nxt: dict[str, set] = {}
+    carriers: dict[str, set] = {}
+    for r in routes.values():
+        if r["dst"] != "A0":
+            nxt.setdefault(r["src"], set()).add(r["dst"])
+            carriers.setdefault(r["dst"], set()).add(r["airline"])
+    want = sum(len(carriers[a]) * len(carriers[b]) * len(carriers[c])
+               for a in nxt.get("A0", ()) for b in nxt.get(a, ()) for c in nxt.get(b, ()))
+    assert want > 0 and count_plans(p, [], 10 ** 6).count == want
+
+
+def test_relation_verifier_agrees_with_the_oracle(hops, tmp_path):
+    p, db, _ = hops
+    cons = [HOPS["all_different"], HOPS["carriers"]]
+    rng = random.Random(SEED + 2)
+    good = count_plans(p, cons, 10 ** 6).plans
+    stops, carriers = sorted(p.rows["stop"]), sorted(p.rows["carrier"])
+    broken = [tuple((rng.choice(stops), rng.choice(carriers)) for _ in range(3)) for _ in range(60)]
+    assert good and sum(bool(structure.problems(p, b)) for b in broken) > 30
+    _verdicts(p, db, cons, good + broken, tmp_path)
