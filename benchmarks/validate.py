@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from envfactory.factory.generate import generate
-from envfactory.verifiers.validate import find_envs, validate
+from envfactory.factory.validate import find_envs, validate
 from envfactory.sandboxes.isolate import SandboxPool
 from envfactory.verifiers.codegen import load_verifier
 

@@ -32,6 +32,7 @@ def cmd_generate(a) -> int:
 
     if a.envs < 1:
         raise UsageError("--envs must be at least 1")
+    spec = _agent_spec(a)
     load_seed(resolve_seed(a.seed_ref))  # a bad seed fails here, before any progress display
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]generate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -41,13 +42,27 @@ def cmd_generate(a) -> int:
         def progress(done, total, env):
             bar.update(task, completed=done, description=f"{env.env_id} (levels {env.levels}, plans {env.counts})")
 
-        res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress)
+        res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress, spec)
     for e in res.envs:
         print(f"{e.env_id}\tlevels={e.levels}\tplans={','.join(map(str, e.counts))}\t"
               f"calls={','.join(map(str, e.tool_calls))}\ttools={len(e.tools)}")
     rate = len(res.envs) / res.seconds * 60
     print(f"{len(res.envs)} environments in {res.seconds:.1f} s ({rate:.1f}/min) -> {res.out_dir}", file=sys.stderr)
+    if spec.kind != "specialist":
+        made = sum(e.agent.get("proposals", 0) for e in res.envs)
+        bad = sum(e.agent.get("rejected", 0) for e in res.envs)
+        print(f"agent {spec.kind} ({spec.model or 'server default'}): {made} proposals, {bad} rejected; "
+              f"{len(res.failed)} environments replaced", file=sys.stderr)
     return 0
+
+
+def _agent_spec(a):
+    from envfactory.factory.agents.base import AgentSpec
+
+    try:
+        return AgentSpec(a.agent, a.model, a.base_url, a.api_key_env)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 class _Unscorable(Exception):
@@ -134,7 +149,7 @@ def cmd_seeds(a) -> int:
 def cmd_validate(a) -> int:
     import warnings
 
-    from envfactory.verifiers.validate import format_table, validate
+    from envfactory.factory.validate import format_table, validate
     from envfactory.sandboxes.isolate import SandboxWarning
 
     def progress(done, total, env):
@@ -173,6 +188,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _agent_args(ap, kinds=("specialist", "openai"), default="specialist") -> None:
+    ap.add_argument("--agent", choices=kinds, default=default,
+                    help=f"who makes the decisions (default {default}; openai: any OpenAI-compatible server)")
+    ap.add_argument("--model", default=None, help="model name sent to the server (default: the server's own)")
+    ap.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1")
+    ap.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                    help="environment variable holding the API key (default OPENAI_API_KEY; unset: no key)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="factory", description="Agentic environment and task synthesis factory.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -183,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="run seed: same seed, same output (default 0)")
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     g.add_argument("--force", action="store_true", help="replace environments that already exist")
+    _agent_args(g)
     g.set_defaults(fn=cmd_generate)
     v = sub.add_parser("verify", help="score an answer with a task's verifier")
     v.add_argument("env_dir", metavar="ENV_DIR")
@@ -213,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     from envfactory.factory.partition import PartitionError
     from envfactory.sandboxes.catalog import CatalogError
     from envfactory.factory.seed import SeedError
-    from envfactory.verifiers.validate import ValidateError
+    from envfactory.factory.validate import ValidateError
     from envfactory.sandboxes.duck import SandboxError
 
     args = build_parser().parse_args(argv)

@@ -11,12 +11,12 @@ import random
 import re
 import shutil
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
-from envfactory.factory.agent import SpecialistAgent
+from envfactory.factory.agents.base import AgentSpec, agent_stats, make_agent
 from envfactory.factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
 from envfactory.factory.ladder import Level, build_ladder
 from envfactory.factory.prompt import SYSTEM_PROMPT, task_prompt
@@ -45,6 +45,7 @@ class EnvSummary:
     capped: list[bool]
     tool_calls: list[int]
     tools: list[str]
+    agent: dict = field(default_factory=dict)  # which agent built it, and its proposals' fate
 
 
 def _slug(text: str) -> str:
@@ -122,7 +123,7 @@ Score an answer: `factory verify {env_id} <task_id> answer.json` (exact: 1 only 
 
 
 def build_env(seed, seed_path: Path, region: Part, index: int, run_seed: int, base_url: str, ctx,
-              out_dir: Path, force: bool = False) -> EnvSummary:
+              out_dir: Path, force: bool = False, agent: AgentSpec = AgentSpec()) -> EnvSummary:
     env_id = env_id_for(seed.name, run_seed, index, region)
     final = out_dir / env_id
     if final.exists() and not force:
@@ -131,7 +132,7 @@ def build_env(seed, seed_path: Path, region: Part, index: int, run_seed: int, ba
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "db").mkdir(parents=True)
     try:
-        summary = _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url, ctx)
+        summary = _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url, ctx, agent)
         finalize(tmp, final, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -139,7 +140,7 @@ def build_env(seed, seed_path: Path, region: Part, index: int, run_seed: int, ba
     return summary
 
 
-def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url, ctx) -> EnvSummary:
+def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url, ctx, spec) -> EnvSummary:
     db = tmp / "db" / "sandbox.duckdb"
     cat = catalog_for(seed, seed_path) if any(s.is_file for s in seed.sources) else None
     provs = build_sandbox(db, seed, region, base_url, ctx, cat)
@@ -149,8 +150,9 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     finally:
         con.close()
     rng = random.Random(f"{seed.name}:{run_seed}:{region.origin_id}")
-    levels, tools = build_ladder(p, SpecialistAgent(seed), seed, from_seed(seed, region.center_id), rng,
-                                 seed.ladder.levels)
+    agent = make_agent(spec, seed)
+    levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels)
+    agent_info = {"kind": spec.kind, "model": spec.model} | agent_stats(agent)
     tools_py = tmp / "tools" / "tools.py"
     tools_py.parent.mkdir()
     tools_py.write_text(render_tools(tools, env_id, seed.name), encoding="utf-8")
@@ -180,9 +182,9 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     (tmp / "README.md").write_text(_card(env_id, seed, region, levels, tools, provs), encoding="utf-8")
     write_manifest(tmp, {
         "env_id": env_id, "seed": seed.name, "seed_sha256": sha256_file(seed_path), "run_seed": run_seed,
-        "generator": generator_info(),
+        "generator": generator_info(), "agent": agent_info,
         "levels": {str(lv.level): {"tasks": 1, "solution_count": lv.count, "capped": lv.capped,
                                    "min_tool_calls": len(lv.calls)} for lv in levels}})
     return EnvSummary(env_id, str(tmp.parent / env_id), region.origin_name, region.country_name, len(levels),
                       [lv.count for lv in levels], [lv.capped for lv in levels], [len(lv.calls) for lv in levels],
-                      [t.name for t in tools])
+                      [t.name for t in tools], agent_info)

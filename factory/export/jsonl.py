@@ -24,7 +24,7 @@ from pathlib import Path
 
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
-    Source,
+    InputBundle,
     copy_envs,
     copy_runtime,
     duckdb_requirement,
@@ -89,7 +89,7 @@ with it. Tool calls in model text are hermes blocks `<tool_call>{{"name", "argum
 """
 
 
-def write(src: Source, dest: Path, splits: dict) -> dict:
+def write(src: InputBundle, dest: Path, splits: dict) -> dict:
     schemas = {e.env_id: {s["function"]["name"]: s for s in e.schemas} for e in src.envs}
     files = {}
     for split, rs in task_rows(src, splits).items():

@@ -15,7 +15,7 @@ from envfactory.factory.errors import UsageError
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
     RUNTIME_DIR,
-    Source,
+    InputBundle,
     copy_envs,
     copy_runtime,
     duckdb_requirement,
@@ -30,7 +30,7 @@ __all__ = ["MCP_REQUIREMENT", "serve", "write"]
 MCP_REQUIREMENT = "mcp>=2.3,<3"
 
 
-def write(src: Source, dest: Path, splits: dict) -> dict:
+def write(src: InputBundle, dest: Path, splits: dict) -> dict:
     limit = max_tool_chars(src)
     copy_envs(src, dest)
     copy_runtime(dest, "mcp_server.py")

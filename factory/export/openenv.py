@@ -26,7 +26,7 @@ import yaml
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
     duckdb_requirement,
-    Source,
+    InputBundle,
     copy_envs,
     copy_runtime,
     max_tool_chars,
@@ -47,7 +47,7 @@ REQUIRES_PYTHON = ">=3.10"  # openenv 0.10 and openenv-core 0.3 both require 3.1
 DEPENDENCIES = ("openenv>=0.10,<0.11", "duckdb>=1.1", "uvicorn>=0.24")  # duckdb: raised to the databases' writer
 
 
-def _dependencies(src: Source) -> tuple[str, ...]:
+def _dependencies(src: InputBundle) -> tuple[str, ...]:
     return tuple(duckdb_requirement(src) if d.startswith("duckdb") else d for d in DEPENDENCIES)
 OPENENV_CORE = "openenv-core>=0.3,<0.4"
 
@@ -71,7 +71,7 @@ CMD ["python", "-m", "server.app", "--host", "0.0.0.0", "--port", "{PORT}"]
 '''
 
 
-def _manifest(src: Source, splits: dict, name: str, envs_dir: Path) -> dict:
+def _manifest(src: InputBundle, splits: dict, name: str, envs_dir: Path) -> dict:
     rows = task_rows(src, splits)
     return {
         "spec_version": 1, "name": name, "type": "space", "runtime": "fastapi", "app": "server.app:app", "port": PORT,
@@ -94,7 +94,7 @@ def _requirements(deps: tuple[str, ...]) -> str:
             + "\n".join(deps) + "\n")
 
 
-def write(src: Source, dest: Path, splits: dict) -> dict:
+def write(src: InputBundle, dest: Path, splits: dict) -> dict:
     limit = max_tool_chars(src)
     deps = _dependencies(src)
     name = "envfactory_" + "_".join(src.seeds)
@@ -119,7 +119,7 @@ def _curl(path: str, body: dict) -> str:
             f"     -d '{json.dumps(body)}'")
 
 
-def _usage(src: Source) -> str:
+def _usage(src: InputBundle) -> str:
     task = src.tasks[0]
     calls = task["reference_tool_calls"] or [{"name": task["tools"][0], "arguments": {}}]
     call = calls[0]

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from envfactory.factory.errors import UsageError
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
-    Source,
+    InputBundle,
     copy_envs,
     copy_runtime,
     duckdb_requirement,
@@ -151,7 +151,7 @@ def grpo_settings(lengths: Lengths) -> dict:
             "remove_unused_columns": False}
 
 
-def write(src: Source, dest: Path, splits: dict) -> dict:
+def write(src: InputBundle, dest: Path, splits: dict) -> dict:
     schemas = union_schemas(src)
     files = {}
     for split, rs in task_rows(src, splits).items():

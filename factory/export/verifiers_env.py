@@ -31,7 +31,7 @@ from pathlib import Path
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
     duckdb_requirement,
-    Source,
+    InputBundle,
     copy_envs,
     copy_runtime,
     json_text,
@@ -46,7 +46,7 @@ from envfactory.factory.export.common import (
 __all__ = ["VF_MIN", "VF_NEXT", "VF_V1", "package_names", "write"]
 
 
-def package_names(src: Source) -> tuple[str, str]:
+def package_names(src: InputBundle) -> tuple[str, str]:
     """(distribution name, module name): envfactory-<env id> for one environment, else
     envfactory-<seeds>-<n>envs."""
     base = src.envs[0].env_id if len(src.envs) == 1 else f"{'-'.join(src.seeds)}-{len(src.envs)}envs"
@@ -91,7 +91,7 @@ def _version(v: tuple) -> str:
     return ".".join(map(str, v))
 
 
-def write(src: Source, dest: Path, splits: dict) -> dict:
+def write(src: InputBundle, dest: Path, splits: dict) -> dict:
     schemas = union_schemas(src)
     dist, module = package_names(src)
     pkg = dest / module

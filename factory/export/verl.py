@@ -37,7 +37,7 @@ import yaml
 from envfactory.factory.errors import UsageError
 from envfactory.factory.export import register
 from envfactory.factory.export.common import (
-    Source,
+    InputBundle,
     copy_envs,
     copy_runtime,
     duckdb_requirement,
@@ -104,7 +104,7 @@ def measure_budget(dest: Path, tasks: list[dict], tool_schemas: list[dict]) -> L
     return measure(dest, tasks, lambda t: tool_schemas, TURN_TEMPLATE_BYTES)
 
 
-def _config(src: Source, n_train: int, limit: int, budget: Lengths) -> dict:
+def _config(src: InputBundle, n_train: int, limit: int, budget: Lengths) -> dict:
     """The Hydra config main_ppo reads (`--config-name=verl_config`): verl's ppo_trainer plus
     these settings. `???` marks the paths run_verl.sh passes and the model the user names."""
     batch = min(16, n_train)
@@ -221,7 +221,7 @@ comparing with it.
 """
 
 
-def write(src: Source, dest: Path, splits: dict) -> dict:
+def write(src: InputBundle, dest: Path, splits: dict) -> dict:
     schemas = union_schemas(src)
     names = [s["function"]["name"] for s in schemas]
     narrowed = [narrow_schema(s) for s in schemas]

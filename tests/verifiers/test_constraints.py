@@ -12,7 +12,7 @@ from envfactory.factory.seed import PoolItem
 from envfactory.verifiers.codegen import load_verifier, render_verifier
 from envfactory.verifiers.constraints import KINDS, Constraint, get_kind
 from envfactory.verifiers.count import count_plans
-from envfactory.verifiers.solver import confirm, count_solutions
+from envfactory.verifiers.solver import confirm, count_solutions, extreme_sum
 
 COSTS = {"hotel": "price_per_night", "restaurant": "avg_cost", "attraction": "ticket_price"}
 
@@ -108,7 +108,8 @@ def test_proposals_only_restrict(env, kind):
             "distance": PoolItem(kind=kind, slot="city"),
             "distinct_count": PoolItem(kind=kind, slot="restaurant", column="cuisine")}.get(kind, PoolItem(kind=kind))
     before = set(count_plans(p, base, 100_000).plans)
-    for cand in get_kind(kind).propose(item, p, base, ref, random.Random(0), {"conditional_unit": 2}):
+    for cand in get_kind(kind).propose(item, p, base, ref, random.Random(0),
+                                     {"conditional_unit": 2, "optimum": extreme_sum}):
         cons = [c for c in base if c.name != cand.name] + [cand]
         after = set(count_plans(p, cons, 100_000).plans)
         assert after <= before

@@ -12,6 +12,9 @@ A kind supplies five things:
 - `propose(item, problem, current, reference, rng, opts) -> [Constraint]`: candidate new or
   tightened constraints for the difficulty ladder (the specialist agent's moves); an item
   that states its operator and value (`attribute:hotel.stars >= 4`) proposes exactly that.
+  `opts` carries the seed's ladder settings and `opts["optimum"](problem, constraints,
+  {slot: column}, minimize)`, the best sum under constraints (the agent passes CP-SAT's,
+  `verifiers.solver.extreme_sum`, so no kind imports the solver that imports the kinds).
 - `target`: what a ladder entry of the kind names: nothing, a slot, or a slot's column;
   `schema`: the JSON Schema of its parameters. `validate(c, problem)` checks any proposed
   constraint against both before use, and casts values to their column's type.

@@ -62,8 +62,6 @@ def name_of(slot: str, column: str, scope: str = "total") -> str:
 
 def propose(item, p, current, reference, rng, opts):
     """A stated bound as is; else tighten the current total bound towards the best plan's."""
-    from envfactory.verifiers.solver import extreme_sum
-
     slot, col, op = item.slot, item.column, item.op or "<="
     if item.has_value:
         return [Constraint("sum", name_of(slot, col), {"slot": slot, "column": col, "op": op,
@@ -71,7 +69,7 @@ def propose(item, p, current, reference, rng, opts):
     old = next((k for k in current if k.name == name_of(slot, col)), None)
     if old is None:
         return []
-    best = extreme_sum(p, [k for k in current if k.name != old.name], {slot: col}, minimize=op == "<=")
+    best = opts["optimum"](p, [k for k in current if k.name != old.name], {slot: col}, minimize=op == "<=")
     if best is None:
         return []
     cur = _scaled(old.params["value"])

@@ -40,12 +40,10 @@ def costs(p) -> dict[str, str]:
 
 def propose(item, p, current, reference, rng, opts):
     """Tighten an existing budget to a point between the cheapest plan and the current cap."""
-    from envfactory.verifiers.solver import min_total_cost
-
     old = next((k for k in current if k.kind == "total_budget"), None)
     if old is None:
         return []
-    low = min_total_cost(p, [k for k in current if k.kind != "total_budget"], costs(p))
+    low = opts["optimum"](p, [k for k in current if k.kind != "total_budget"], costs(p), minimize=True)
     if low is None or low >= old.params["max"]:
         return []
     out = []

@@ -17,7 +17,7 @@ import pytest
 from envfactory.factory.generate import generate
 from envfactory.verifiers.mutants import cases, judge
 from envfactory.factory.seed import load_seed
-from envfactory.verifiers.validate import find_envs, validate
+from envfactory.factory.validate import find_envs, validate
 from envfactory.sandboxes.image import docker_ready
 from envfactory.verifiers.constraints import Constraint, get_kind
 from envfactory.verifiers.problem import load_problem, scaled

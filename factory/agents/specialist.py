@@ -10,8 +10,9 @@ interface; whatever any agent proposes is re-solved and checked, never trusted.
 from __future__ import annotations
 
 import random
-from typing import Iterator, Protocol
+from typing import Iterator
 
+from envfactory.factory.agents.base import AgentError
 from envfactory.factory.seed import Seed
 from envfactory.verifiers.constraints.entry import parse_pool_item
 from envfactory.verifiers.constraints import Constraint, get_kind, validate
@@ -20,20 +21,7 @@ from envfactory.verifiers.problem import Plan, Problem
 from envfactory.verifiers.count import CountResult, count_plans
 from envfactory.verifiers.solver import extreme_sum
 
-__all__ = ["Agent", "SpecialistAgent", "AgentError"]
-
-
-class AgentError(RuntimeError):
-    pass
-
-
-class Agent(Protocol):
-    def base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
-        """Level 0: few constraints, solvable, with its plans counted."""
-
-    def moves(self, p: Problem, current: list[Constraint], reference: Plan, rng: random.Random,
-              level: int) -> Iterator[tuple[str, list[Constraint]]]:
-        """Candidate harder constraint sets, best first, each with a short description."""
+__all__ = ["SpecialistAgent"]
 
 
 def _replace(current: list[Constraint], new: Constraint) -> list[Constraint]:
@@ -49,7 +37,8 @@ class SpecialistAgent:
     def __init__(self, seed: Seed):
         self.seed = seed
         self.cap = seed.ladder.count_cap
-        self.opts = {"conditional_unit": seed.ladder.conditional_unit, "schedule": seed.ladder.schedule}
+        self.opts = {"conditional_unit": seed.ladder.conditional_unit, "schedule": seed.ladder.schedule,
+                     "optimum": extreme_sum}
         self.rejected: list[str] = []  # proposals that failed, with the reason (never fatal)
 
     def _propose(self, text: str, p: Problem, current: list[Constraint], reference, rng) -> list[Constraint]:
@@ -135,3 +124,6 @@ class SpecialistAgent:
             for cand in cands:
                 verb = "tighten" if cand.name in have else "add"
                 yield f"{verb} {text}", _replace(current, cand)
+
+    def feedback(self, move: str, accepted: bool, reason: str) -> None:
+        """The specialist's moves follow from the pool and the counts; verdicts change nothing."""
