@@ -49,9 +49,10 @@ def cmd_generate(a) -> int:
     rate = len(res.envs) / res.seconds * 60
     print(f"{len(res.envs)} environments in {res.seconds:.1f} s ({rate:.1f}/min) -> {res.out_dir}", file=sys.stderr)
     if spec.kind != "specialist":
-        made = sum(e.agent.get("proposals", 0) for e in res.envs)
-        bad = sum(e.agent.get("rejected", 0) for e in res.envs)
-        print(f"agent {spec.kind} ({spec.model or 'server default'}): {made} proposals, {bad} rejected; "
+        t = res.agent
+        print(f"agent {spec.kind} ({spec.model or 'server default'}): {t.get('proposals', 0)} proposals, "
+              f"{t.get('rejected', 0)} rejected, {t.get('requests', 0)} requests, "
+              f"{t.get('prompt_tokens', 0) + t.get('completion_tokens', 0)} tokens; "
               f"{len(res.failed)} environments replaced", file=sys.stderr)
     return 0
 

@@ -18,7 +18,7 @@ import duckdb
 
 from envfactory.factory.agents.base import AgentSpec, agent_stats, make_agent
 from envfactory.factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
-from envfactory.factory.ladder import Level, build_ladder
+from envfactory.factory.ladder import LadderError, Level, build_ladder
 from envfactory.factory.prompt import SYSTEM_PROMPT, task_prompt
 from envfactory.factory.partition import Part
 from envfactory.sandboxes.catalog import catalog_for
@@ -151,7 +151,14 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
         con.close()
     rng = random.Random(f"{seed.name}:{run_seed}:{region.origin_id}")
     agent = make_agent(spec, seed)
-    levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels)
+    try:
+        levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels)
+    except LadderError as e:
+        e.agent = {"kind": spec.kind, "model": spec.model} | agent_stats(agent)  # the run counts its rejections
+        raise
+    finally:
+        if hasattr(agent, "close"):
+            agent.close()
     agent_info = {"kind": spec.kind, "model": spec.model} | agent_stats(agent)
     tools_py = tmp / "tools" / "tools.py"
     tools_py.parent.mkdir()

@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from envfactory.factory.bundle import write_json
@@ -36,6 +36,13 @@ class BatchResult:
     envs: list[EnvSummary]
     failed: list[tuple[str, str]]  # (origin, reason) of regions that were replaced
     seconds: float
+    agent: dict = field(default_factory=dict)  # the agent, and its proposals and rejections over the run
+
+
+def agent_totals(totals: dict, stats: dict) -> None:
+    for k in ("proposals", "rejected", "prompt_tokens", "completion_tokens", "requests"):
+        if k in stats:
+            totals[k] = totals.get(k, 0) + stats[k]
 
 
 _CTX = None  # the worker's fetch context
@@ -60,7 +67,7 @@ def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_d
         return "ok", build_env(seed, Path(seed_path), region, index, run_seed, base_url, _CTX, Path(out_dir), force,
                                agent)
     except (LadderError, EnvBuildError, ToolCheckError, AgentError) as e:
-        return "skip", f"{region.origin_name}: {e}"
+        return "skip", (f"{region.origin_name}: {e}", getattr(e, "agent", {}))
     except SandboxError as e:
         return "fail", str(e)
 
@@ -119,6 +126,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     workers = max(1, min(workers or os.cpu_count() or 1, n_envs or 1))
     done: dict[int, EnvSummary] = {}
     failed: list[tuple[str, str]] = []
+    totals: dict = {"kind": agent.kind, "model": agent.model, "proposals": 0, "rejected": 0}
     with OfflineWeb() as web, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                                   initializer=_worker_init) as pool:
         _publish(seed, seed_path, web)
@@ -140,24 +148,29 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
                 if status == "fail":
                     raise GenerateError(value)
                 if status == "skip":
-                    failed.append((region.origin_name, value))
+                    reason, stats = value
+                    failed.append((region.origin_name, reason))
+                    agent_totals(totals, stats)
                 else:
                     done[i] = value
+                    agent_totals(totals, value.agent)
                     if progress:
                         progress(min(len(done), n_envs), n_envs, value)
             while queue and len(running) + len(done) < n_envs:
                 submit()
     if len(done) < n_envs:
+        said = (f" The {agent.kind} agent made {totals['proposals']} proposals; {totals['rejected']} were rejected."
+                if agent.kind != "specialist" else "")
         raise GenerateError(f"only {len(done)} of {n_envs} environments could be built; "
-                            f"last problems: {'; '.join(r for _, r in failed[-3:])}")
+                            f"last problems: {'; '.join(r for _, r in failed[-3:])}.{said}")
     envs = [done[i] for i in sorted(done)][:n_envs]
     # environments beyond the first n (built in parallel as replacements finished) are dropped
     keep = {e.env_id for e in envs}
     for i, e in done.items():
         if e.env_id not in keep:
             shutil.rmtree(e.path, ignore_errors=True)
-    result = BatchResult(str(out), envs, failed, time.perf_counter() - t0)
-    write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed,
+    result = BatchResult(str(out), envs, failed, time.perf_counter() - t0, totals)
+    write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals,
                                     "envs": [asdict(e) | {"path": Path(e.path).name} for e in envs],
                                     "replaced": [{"origin": o, "reason": m} for o, m in failed]})
     return result

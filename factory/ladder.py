@@ -86,6 +86,15 @@ def _usable(p: Problem, cand: list[Constraint], prev: list[Constraint]) -> tuple
     return out, ""
 
 
+def _guarded(moves):
+    """An agent's moves; an agent that fails mid-step (a model server down, nothing usable
+    proposed) ends the environment with its reason, not the run."""
+    try:
+        yield from moves
+    except AgentError as e:
+        raise LadderError(str(e)) from None
+
+
 def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
                  levels: int) -> tuple[list[Level], list[ToolDef]]:
     def tell(move: str, accepted: bool, reason: str) -> None:
@@ -107,7 +116,8 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
         prev = out[-1]
         remaining = levels - len(out) - 1  # levels still to build after this one
         step, hit, best = None, None, None
-        for tries, (move, cand) in enumerate(agent.moves(p, prev.constraints, prev.reference, rng, len(out))):
+        for tries, (move, cand) in enumerate(_guarded(agent.moves(p, prev.constraints, prev.reference, rng,
+                                                                  len(out)))):
             if tries >= MAX_TRIES_PER_STEP and (hit or best):
                 break  # enough moves counted to choose among; with none usable yet, go on
             if tries >= MAX_MOVES_PER_STEP:

@@ -1,0 +1,243 @@
+"""A model agent: an OpenAI-compatible chat model proposes the level-0 task and each
+escalation, as JSON constraints from the constraint library.
+
+What the model sees: the plan's shape (units, slots, links), every slot's columns with their
+types and the range or a sample of their values in this environment, the constraint kinds
+with their JSON Schemas, the current constraints in words, how many plans they admit, and
+the ladder's verdict on its earlier proposals. What it answers: a JSON object, asked for
+with the server's structured-output mode and then checked here: the shape against the
+schema, each constraint with `verifiers.constraints.validate` (columns exist, values cast to
+their column types), and for level 0 the plan count (solvable, and countable under the
+seed's cap). An unusable reply goes back with the reason, a bounded number of times. The
+model never decides whether a move is accepted: the ladder counts and judges.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from typing import Iterator
+
+from envfactory.factory.agents.base import AgentError, AgentSpec
+from envfactory.factory.agents.chat import ChatClient, ChatConfig, ChatError, Conversation, Usage, decide
+from envfactory.verifiers.constraints import KINDS, Constraint, ConstraintError, get_kind, validate
+from envfactory.verifiers.count import CountResult, count_plans
+from envfactory.verifiers.problem import Plan, Problem
+
+__all__ = ["ModelAgent", "constraint_schema", "describe_problem"]
+
+DECISION_ATTEMPTS = 4    # replies per decision before it counts as failed
+BASE_ATTEMPTS = 6        # level 0 gets more: the count feedback (loosen, tighten) usually needs a few rounds
+ROUNDS_PER_STEP = 3      # proposal rounds per ladder step (each after the ladder's verdicts)
+MOVES_PER_ROUND = 8
+SAMPLE_VALUES = 6
+
+SYSTEM = ("You design tasks for planning agents: a task is a set of constraints over a plan, and a harder task "
+          "admits fewer plans. You answer with JSON only, meeting the schema you are given.")
+
+
+def _kind_doc(name: str) -> str:
+    mod = sys.modules.get(KINDS[name].check.__module__)
+    doc = (mod.__doc__ or name).strip().split("\n\n")[0]
+    return " ".join(doc.split())
+
+
+def constraint_schema(kinds: list[str], min_items: int = 1, max_items: int = MOVES_PER_ROUND,
+                      key: str = "constraints") -> dict:
+    """{key: [constraint, ...]}: each item one kind's `kind` and its own parameter schema."""
+    items = [{"type": "object", "additionalProperties": False, "required": ["kind", "params"],
+              "properties": {"kind": {"const": k}, "params": KINDS[k].schema,
+                             "replaces": {"type": "string"}}} for k in kinds]
+    return {"type": "object", "additionalProperties": False, "required": [key],
+            "properties": {key: {"type": "array", "minItems": min_items, "maxItems": max_items,
+                                 "items": {"anyOf": items}}}}
+
+
+def _values(p: Problem, slot: str, col: str, ctype: str) -> str:
+    vals = [r[col] for r in p.rows[slot].values() if r.get(col) is not None]
+    if not vals:
+        return "no values"
+    if ctype in ("INTEGER", "DOUBLE"):
+        return f"{min(vals)} to {max(vals)}"
+    distinct = sorted({str(v) for v in vals})
+    more = f", ... ({len(distinct)} distinct)" if len(distinct) > SAMPLE_VALUES else ""
+    return ", ".join(json.dumps(v) for v in distinct[:SAMPLE_VALUES]) + more
+
+
+def describe_problem(p: Problem) -> str:
+    """The plan's structure and data in words and numbers, for the model."""
+    shape = (f"a set of {p.units} distinct {p.anchor.name} choices (order does not matter)" if p.unordered
+             else f"{p.units} {p.unit}s in order")
+    lines = [f"The plan is {shape}; each {p.unit} picks one row per slot."]
+    if p.origin_id is not None:
+        lines.append(f"The plan starts from the origin {p.origin_id}.")
+    if p.cost_slots:
+        from envfactory.verifiers.solver import extreme_sum
+
+        costs = {s.name: s.cost for s in p.cost_slots}
+        low = extreme_sum(p, [], costs)
+        lines.append(f"Priced slots (cost columns, INTEGER): {', '.join(f'{k}.{v}' for k, v in costs.items())}; "
+                     f"the cheapest plan costs {low} in total." if low is not None else "No plan exists.")
+    for s in p.slots:
+        links = "; ".join(
+            f"{lk.column} {'pairs through ' + lk.via[0] + ' with' if lk.via else '='} "
+            f"{'the previous unit' + chr(39) + 's ' if lk.previous else ''}{lk.slot}.{lk.target}" for lk in s.links)
+        lines.append(f"- slot {s.name!r} (table {s.table}, {len(p.rows[s.name])} candidates"
+                     + (f"; links: {links}" if links else "") + ")")
+        for col, ctype in s.columns.items():
+            if col == s.key:
+                continue
+            lines.append(f"    {col} ({ctype}): {_values(p, s.name, col, ctype)}")
+    return "\n".join(lines)
+
+
+def _catalog(kinds: list[str]) -> str:
+    return "\n".join(f"- {k}: {_kind_doc(k)} Parameters: {json.dumps(KINDS[k].schema['properties'])}" for k in kinds)
+
+
+def _describe(cons: list[Constraint], p: Problem) -> str:
+    if not cons:
+        return "(none)"
+    return "\n".join(f"- [{c.name}] {get_kind(c.kind).describe(c, p)}" for c in cons)
+
+
+class ModelAgent:
+    """Proposals from a chat model; every one checked before the ladder counts it."""
+
+    def __init__(self, seed, spec: AgentSpec):
+        opts = dict(spec.options)
+        self.seed = seed
+        self.cap = seed.ladder.count_cap
+        self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **opts))
+        self.proposals = 0
+        self.rejected: list[str] = []
+        self.verdicts: list[str] = []     # the ladder's words on this step's proposals, for the next prompt
+        self.usage = Usage()
+        self._names = 0
+        self._described: dict[int, str] = {}
+
+    def _problem(self, p: Problem) -> str:
+        if id(p) not in self._described:  # one environment's problem, described once
+            self._described = {id(p): describe_problem(p)}
+        return self._described[id(p)]
+
+    # -------------------------------------------------------------- what the model may use
+
+    def _kinds(self, p: Problem) -> list[str]:
+        out = []
+        for k, kind in sorted(KINDS.items()):
+            if p.unordered and kind.ordered:
+                continue
+            if k in ("total_budget", "unit_budget", "conditional_budget") and not p.cost_slots:
+                continue
+            if k == "schedule" and not self.seed.ladder.schedule:
+                continue
+            if k == "distance" and not p.km:
+                continue
+            out.append(k)
+        return out
+
+    def _constraints(self, p: Problem, items: list[dict], current: list[Constraint]) -> tuple[list, list[str]]:
+        """Validated constraints from the model's items, and a reason for each refused one."""
+        names = {c.name for c in current}
+        ok, bad = [], []
+        for it in items:
+            kind, params = it.get("kind"), it.get("params")
+            name = it.get("replaces") if it.get("replaces") in names else None
+            if name is None:
+                self._names += 1
+                name = f"{kind}_{self._names}"
+            try:
+                ok.append(validate(Constraint(str(kind), name, dict(params or {})), p))
+            except (ConstraintError, KeyError, TypeError, ValueError) as e:
+                bad.append(f"{kind} {json.dumps(params)[:200]}: {e}")
+        return ok, bad
+
+    def _ask(self, conv: Conversation, schema: dict, check, attempts: int = DECISION_ATTEMPTS) -> object | None:
+        try:
+            d = decide(self.client, conv, schema, check, attempts=attempts)
+        except ChatError as e:
+            raise AgentError(f"model server: {e}") from None
+        self.usage.add(d.usage)
+        self.rejected.extend(d.errors)
+        self.proposals += len(d.errors)  # each unusable reply was a proposal, refused
+        return d.value
+
+    # ---------------------------------------------------------------------------- level 0
+
+    def base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
+        kinds = self._kinds(p)
+        conv = Conversation().system(SYSTEM).user(
+            f"{self._problem(p)}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
+            f"Propose the level-0 task: 1 to 5 constraints that some plans meet (at least 1 and fewer than "
+            f"{self.cap} plans). Answer as {{\"constraints\": [{{\"kind\": ..., \"params\": {{...}}}}]}}.")
+        found: dict = {}
+
+        def check(value) -> str | None:
+            cons, bad = self._constraints(p, value["constraints"], [])
+            if bad:
+                return "refused: " + "; ".join(bad)
+            res = count_plans(p, cons, self.cap)
+            if not res.solvable:
+                return "no plan meets these constraints together: loosen them"
+            if res.capped:
+                return f"at least {self.cap} plans meet them: the level-0 task must admit fewer; tighten them"
+            found["task"] = (cons, res)
+            return None
+
+        self._ask(conv, constraint_schema(kinds, 1, 5), check, BASE_ATTEMPTS)
+        if "task" in found:
+            self.proposals += 1
+        else:
+            raise AgentError(f"the model proposed no usable level-0 task in {BASE_ATTEMPTS} replies "
+                             f"(last: {self.rejected[-1] if self.rejected else 'none'})")
+        return found["task"]
+
+    # -------------------------------------------------------------------------- escalation
+
+    def moves(self, p: Problem, current: list[Constraint], reference: Plan, rng: random.Random,
+              level: int) -> Iterator[tuple[str, list[Constraint]]]:
+        kinds = self._kinds(p)
+        self.verdicts = []
+        offered = 0
+        for _ in range(ROUNDS_PER_STEP):
+            heard = ("\n\nThe ladder's verdicts on your earlier proposals for this level:\n"
+                     + "\n".join(f"- {v}" for v in self.verdicts[-12:])) if self.verdicts else ""
+            conv = Conversation().system(SYSTEM).user(
+                f"{self._problem(p)}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
+                f"Level {level - 1} has these constraints:\n{_describe(current, p)}\n"
+                f"One plan that meets them: {json.dumps(p.plan_dict(reference))}\n{heard}\n\n"
+                f"Propose up to {MOVES_PER_ROUND} alternative ways to make level {level}: each one new constraint, "
+                f"or a tighter version of an existing one (set \"replaces\" to its [name]). A good move removes "
+                f"many plans but not all of them.")
+            value = self._ask(conv, constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves"), None)
+            if value is None:
+                continue
+            self.proposals += len(value["moves"])
+            cons, bad = self._constraints(p, value["moves"], current)
+            self.rejected.extend(bad)
+            self.verdicts.extend(f"refused before counting: {b}" for b in bad)
+            for c in cons:
+                offered += 1
+                replaced = [k for k in current if k.name != c.name]
+                verb = "tighten" if len(replaced) < len(current) else "add"
+                yield f"{verb} model:{c.kind} {c.name}", replaced + [c]
+        if not offered:
+            raise AgentError(f"the model proposed no usable move for level {level} in {ROUNDS_PER_STEP} rounds "
+                             f"({len(self.rejected)} proposals rejected; last: "
+                             f"{self.rejected[-1] if self.rejected else 'none'})")
+
+    def feedback(self, move: str, accepted: bool, reason: str) -> None:
+        if not accepted:
+            self.verdicts.append(f"{move}: {reason}")
+            if not reason.startswith("counted"):
+                self.rejected.append(f"{move}: {reason}")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def stats(self) -> dict:
+        return {"proposals": self.proposals, "rejected": len(self.rejected), "reasons": self.rejected[:5],
+                "prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
+                "requests": self.usage.requests}
