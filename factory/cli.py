@@ -52,7 +52,8 @@ def cmd_generate(a) -> int:
         t = res.agent
         print(f"agent {spec.kind} ({spec.model or 'server default'}): {t.get('proposals', 0)} proposals, "
               f"{t.get('rejected', 0)} rejected, {t.get('requests', 0)} requests, "
-              f"{t.get('prompt_tokens', 0) + t.get('completion_tokens', 0)} tokens; "
+              f"{t.get('prompt_tokens', 0) + t.get('completion_tokens', 0)} tokens, "
+              f"{t.get('fallbacks', 0)} decisions fell back to the specialist; "
               f"{len(res.failed)} environments replaced", file=sys.stderr)
     return 0
 
@@ -61,9 +62,44 @@ def _agent_spec(a):
     from envfactory.factory.agents.base import AgentSpec
 
     try:
-        return AgentSpec(a.agent, a.model, a.base_url, a.api_key_env)
+        return AgentSpec(a.agent, a.model, a.base_url, a.api_key_env,
+                         None if getattr(a, "fallback", "none") == "none" else a.fallback,
+                         _options(getattr(a, "agent_option", None) or []))
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def cmd_solve(a) -> int:
+    from envfactory.factory.solve import format_solve_table, solve_bundle
+
+    if a.k < 1:
+        raise UsageError("-k must be at least 1")
+    from envfactory.factory.agents.solvers import SOLVERS
+
+    agents = a.agent.split(",")
+    bad = [x for x in agents if x not in SOLVERS]
+    if bad:
+        raise UsageError(f"unknown solving agent {bad[0]!r} (agents: {', '.join(SOLVERS)})")
+    spec = None
+    if "openai" in agents:
+        from envfactory.factory.agents.base import AgentSpec
+
+        try:
+            spec = AgentSpec("openai", a.model, a.base_url, a.api_key_env)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    reports = []
+    for agent in agents:
+        def progress(done, total, name, agent=agent):
+            if not a.quiet:
+                print(f"solve {agent}: {done}/{total} {name}", file=sys.stderr)
+
+        reports.append(solve_bundle(a.bundle, agent, a.k, a.seed, a.workers, spec, a.max_tasks, progress))
+    print(format_solve_table(reports))
+    for r in reports:
+        print(f"{r.agent}: {sum(v['tasks'] for v in r.levels.values())} tasks x {r.k} attempts in {r.seconds:.1f} s "
+              f"-> {Path(a.bundle) / f'solve-{r.agent}.json'}", file=sys.stderr)
+    return 0
 
 
 class _Unscorable(Exception):
@@ -189,6 +225,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _options(items: list[str]) -> tuple:
+    """`KEY=VALUE` agent options, values read as JSON where they parse (numbers, true/false)."""
+    out = []
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--agent-option {it!r}: expected KEY=VALUE")
+        try:
+            out.append((key, json.loads(value)))
+        except ValueError:
+            out.append((key, value))
+    return tuple(out)
+
+
 def _agent_args(ap, kinds=("specialist", "openai"), default="specialist") -> None:
     ap.add_argument("--agent", choices=kinds, default=default,
                     help=f"who makes the decisions (default {default}; openai: any OpenAI-compatible server)")
@@ -196,6 +246,9 @@ def _agent_args(ap, kinds=("specialist", "openai"), default="specialist") -> Non
     ap.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY",
                     help="environment variable holding the API key (default OPENAI_API_KEY; unset: no key)")
+    ap.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
+                    help="model agent settings: rounds, attempts, base_attempts; chat: timeout_s, max_tokens, "
+                         "temperature, stream, context_tokens, strategy (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     g.add_argument("--force", action="store_true", help="replace environments that already exist")
     _agent_args(g)
+    g.add_argument("--fallback", choices=["none", "specialist"], default="none",
+                   help="when the model cannot make a decision usably: fail that environment (none, the default) "
+                        "or let the specialist make it (counted in the report)")
     g.set_defaults(fn=cmd_generate)
     v = sub.add_parser("verify", help="score an answer with a task's verifier")
     v.add_argument("env_dir", metavar="ENV_DIR")
@@ -217,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--backend", choices=["auto", "docker", "local"], default="auto",
                    help="where the verifier runs (default: docker if a daemon answers, else local with a warning)")
     v.set_defaults(fn=cmd_verify)
+    so = sub.add_parser("solve", help="run a solving agent on every task; pass@1 and pass@k per level")
+    so.add_argument("bundle", metavar="BUNDLE", help="a generated bundle directory or one environment")
+    so.add_argument("--agent", default="greedy",
+                    help="random, greedy (no model) or openai; several comma-separated (default greedy)")
+    so.add_argument("-k", type=int, default=1, help="attempts per task (default 1)")
+    so.add_argument("--seed", type=int, default=0, help="seed of the attempts' randomness (default 0)")
+    so.add_argument("--workers", type=int, default=None, help="processes, one environment each (default: CPU count)")
+    so.add_argument("--max-tasks", type=int, default=None, help="tasks per environment, lowest levels first")
+    so.add_argument("--quiet", action="store_true", help="no per-environment progress")
+    so.add_argument("--model", default=None, help="model name sent to the server (openai)")
+    so.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1 (openai)")
+    so.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    so.set_defaults(fn=cmd_solve)
     s = sub.add_parser("seeds", help="list the built-in seeds")
     s.set_defaults(fn=cmd_seeds)
     va = sub.add_parser("validate", help="check every task: reference passes, mutants fail, tools suffice, manifest intact")
@@ -240,12 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     from envfactory.sandboxes.catalog import CatalogError
     from envfactory.factory.seed import SeedError
     from envfactory.factory.validate import ValidateError
+    from envfactory.factory.solve import SolveError
     from envfactory.sandboxes.duck import SandboxError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (UsageError, SeedError, PartitionError, CatalogError, GenerateError, SandboxError, ValidateError, FileExistsError) as e:
+    except (UsageError, SeedError, PartitionError, CatalogError, GenerateError, SandboxError, ValidateError, SolveError,
+            FileExistsError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -70,6 +70,7 @@ def _task_record(env_id, seed, region, p: Problem, lv: Level) -> dict:
         "tools": lv.tools, "tools_added": lv.tools_added, "move": lv.move,
         "reference_tool_calls": [{"name": n, "arguments": a} for n, a in lv.calls],
         "min_tool_calls": len(lv.calls),
+        "greedy_solves": lv.greedy_solves,  # the greedy baseline, given every row, finds a feasible plan
         "verifier": f"verifiers/{task_id}.py",
     }
 

@@ -40,7 +40,7 @@ class BatchResult:
 
 
 def agent_totals(totals: dict, stats: dict) -> None:
-    for k in ("proposals", "rejected", "prompt_tokens", "completion_tokens", "requests"):
+    for k in ("proposals", "rejected", "fallbacks", "prompt_tokens", "completion_tokens", "requests"):
         if k in stats:
             totals[k] = totals.get(k, 0) + stats[k]
 
@@ -70,6 +70,12 @@ def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_d
         return "skip", (f"{region.origin_name}: {e}", getattr(e, "agent", {}))
     except SandboxError as e:
         return "fail", str(e)
+    except Exception as e:  # one environment's bug is that environment's failure, reported with where it was
+        import traceback
+
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        return "skip", (f"{region.origin_name}: unexpected {type(e).__name__}: {e} "
+                        f"(at {Path(where.filename).name}:{where.lineno})", getattr(e, "agent", {}))
 
 
 def _parts(seed, seed_path: Path, run_seed: int, n_envs: int) -> list:

@@ -30,6 +30,11 @@ MAX_MOVES_PER_STEP = 200  # moves looked at before a step gives up, when none of
 SHRINK_TARGET = 0.05     # the top level keeps at most ~5% of level 0's plans
 
 
+# what a proposed constraint's check may raise on real rows when its parameters passed
+# validation but still do not fit the data (a model's proposal, a seed's stated value)
+CHECK_ERRORS = (KeyError, TypeError, ValueError, ZeroDivisionError, IndexError, AttributeError, ArithmeticError)
+
+
 class LadderError(RuntimeError):
     pass
 
@@ -46,6 +51,7 @@ class Level:
     tools_added: list[str] = field(default_factory=list)
     calls: list[tuple[str, dict]] = field(default_factory=list)
     plans: list[Plan] | None = field(default=None, repr=False)  # every feasible plan, when not capped
+    greedy_solves: bool | None = None  # whether the greedy baseline, given every row, solves it
 
 
 def _narrow(p: Problem, constraints: list[Constraint], prev: "Level") -> CountResult:
@@ -86,6 +92,25 @@ def _usable(p: Problem, cand: list[Constraint], prev: list[Constraint]) -> tuple
     return out, ""
 
 
+def greedy_solves(p: Problem, constraints: list[Constraint], plans: list[Plan] | None, rng: random.Random) -> bool:
+    """Whether the greedy baseline (`agents.solvers.GreedySolver`: cheapest first, then local
+    repair), given every row, finds a feasible plan; its plan is checked against the counted
+    feasible set (a few milliseconds on the built-in seeds)."""
+    from envfactory.factory.agents.solvers import GreedySolver
+    from envfactory.verifiers.structure import unit_options
+
+    try:
+        plan = GreedySolver().plan(p, constraints, unit_options(p), random.Random(rng.random()))
+    except CHECK_ERRORS:
+        return False
+    if plan is None:
+        return False
+    if plans is not None:
+        key = tuple(sorted(plan)) if p.unordered else plan
+        return key in {tuple(sorted(x)) if p.unordered else x for x in plans}
+    return False
+
+
 def _guarded(moves):
     """An agent's moves; an agent that fails mid-step (a model server down, nothing usable
     proposed) ends the environment with its reason, not the run."""
@@ -108,7 +133,8 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
     ref = _confirmed(p, cons, pick_reference(res, rng))
     tools, added = extend_tools(p, tools, cons, seed)
     out = [Level(0, cons, res.count, res.capped, ref, "base task", [t.name for t in tools], added,
-                 reference_calls(p, tools, cons, ref), None if res.capped else res.plans)]
+                 reference_calls(p, tools, cons, ref), None if res.capped else res.plans,
+                 None if res.capped else greedy_solves(p, cons, res.plans, rng))]
     # each step should keep at most this share of the previous level's plans, so the top
     # level keeps about SHRINK_TARGET of level 0's
     per_step = SHRINK_TARGET ** (1 / max(1, levels - 1))
@@ -126,7 +152,11 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
             if cand is None:
                 tell(move, False, f"malformed: {why}")  # skipped, never trusted
                 continue
-            r = _narrow(p, cand, prev)
+            try:
+                r = _narrow(p, cand, prev)
+            except CHECK_ERRORS as e:  # validated, yet its check fails on real plans: refused, never fatal
+                tell(move, False, f"its check fails on this environment's plans: {type(e).__name__}: {e}")
+                continue
             # strictly fewer plans, and room left for the remaining levels to shrink further
             if r.capped:
                 tell(move, False, f"not harder: it keeps all {prev.count} plans of level {prev.level}")
@@ -138,21 +168,24 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
             if move.split(" ", 1)[-1] in seed.ladder.prefer:
                 step = (move, cand, r)  # the seed's preferred moves only need to bite
                 break
+            # hard to solve, not only fewer plans: a move the greedy baseline fails on ranks first
+            beats = not greedy_solves(p, cand, r.plans, rng)
             if r.count <= prev.count * per_step:
                 # cuts enough: keep the one that cuts least, leaving room for the levels above
-                if hit is None or r.count > hit[2].count:
-                    hit = (move, cand, r)
-            elif best is None or r.count < best[2].count:
-                best = (move, cand, r)
+                if hit is None or (beats, r.count) > (hit[3], hit[2].count):
+                    hit = (move, cand, r, beats)
+            elif best is None or (beats, -r.count) > (best[3], -best[2].count):
+                best = (move, cand, r, beats)
             tell(move, False, f"counted: {r.count} of {prev.count} plans remain (a step should keep at most "
                               f"{int(prev.count * per_step)})")
         step = step or hit or best
         if step is None:
             raise LadderError(f"no harder solvable task found after level {prev.level}")
-        move, cand, r = step
+        move, cand, r = step[:3]
+        easy = not step[3] if len(step) > 3 else greedy_solves(p, cand, r.plans, rng)
         tell(move, True, f"accepted as level {len(out)}: {r.count} of {prev.count} plans remain")
         ref = _confirmed(p, cand, pick_reference(r, rng))
         tools, added = extend_tools(p, tools, cand, seed)
         out.append(Level(len(out), cand, r.count, False, ref, move, [t.name for t in tools], added,
-                         reference_calls(p, tools, cand, ref), r.plans))
+                         reference_calls(p, tools, cand, ref), r.plans, easy))
     return out, tools

@@ -60,7 +60,7 @@ def render_tools(tools: list[ToolDef], env_id: str, seed_name: str) -> str:
     for t in tools:
         views.append({"name": t.name, "description": t.description, "filters": t.filters, "returns": t.returns,
                       "types": t.types, "param_docs": t.param_docs, "shape": t.shape, "sql": _sql(t),
-                      "noun": singular(t.table)})
+                      "noun": singular(t.table), "table": t.table})
     return _template().render(tools=views, env_id=env_id, seed_name=seed_name, py=DUCK_TO_PY,
                               timeout_s=QUERY_TIMEOUT_S, max_chars=MAX_RESULT_CHARS)
 

@@ -50,11 +50,14 @@ class AgentSpec:
     model: str | None = None
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"   # the key is read from this variable in the worker
+    fallback: str | None = None           # "specialist": a decision the model cannot make usably falls back to it
     options: tuple[tuple[str, object], ...] = field(default_factory=tuple)  # chat settings (timeouts, ...)
 
     def __post_init__(self):
         if self.kind not in AGENT_KINDS:
             raise ValueError(f"unknown agent {self.kind!r} (agents: {', '.join(AGENT_KINDS)})")
+        if self.fallback not in (None, "specialist"):
+            raise ValueError(f"unknown fallback {self.fallback!r} (none or specialist)")
         if self.kind == "openai" and not self.base_url:
             raise ValueError("--agent openai needs --base-url (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
 

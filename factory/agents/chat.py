@@ -164,12 +164,14 @@ class ChatClient:
         return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": False}}
 
     def _post(self, body: dict) -> Reply:
-        retries = 0
-        last = ""
-        for attempt in range(self.cfg.retries + 1):
-            if attempt:
+        retries, attempt, last, switched = 0, 0, "", False
+        last_retry_after = None
+        while attempt <= self.cfg.retries:
+            if attempt and not switched:
                 time.sleep(self._wait(attempt, last_retry_after))
                 retries += 1
+            switched = False
+            attempt += 1
             last_retry_after = None
             try:
                 if body.get("stream"):
@@ -191,11 +193,15 @@ class ChatClient:
             except (httpx.TransportError, httpx.StreamError) as e:
                 last = f"{type(e).__name__}: {e}"
                 continue
-            if status == 400 and "response_format" in body and self._json_mode == "auto" and _rejects_schema(text):
-                # llama.cpp: no json_schema type; it takes json_object with the schema beside it
+            if (status in (400, 422, 500) and self._json_mode == "auto" and _rejects_schema(text)
+                    and body.get("response_format", {}).get("type") == "json_schema"):
+                # llama.cpp: no json_schema type (llama-cpp-python's server answers 500 with a validation
+                # error); it takes json_object with the schema beside it
                 self._json_mode = "json_object"
                 schema = body["response_format"].get("json_schema", {}).get("schema")
                 body = dict(body, response_format={"type": "json_object", "schema": schema})
+                attempt -= 1  # a switch of format, not a retry
+                switched = True
                 continue
             last = f"HTTP {status}: {text[:300]}"
             if status not in RETRY_STATUS:
@@ -214,7 +220,7 @@ class ChatClient:
 
 def _rejects_schema(text: str) -> bool:
     t = text.lower()
-    return "json_schema" in t or ("response_format" in t and "schema" in t) or "response format" in t
+    return "json_schema" in t or "json_object" in t or "response_format" in t or "response format" in t
 
 
 def _wire_quirks(messages: list[dict]) -> list[dict]:

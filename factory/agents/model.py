@@ -20,6 +20,7 @@ import sys
 from typing import Iterator
 
 from envfactory.factory.agents.base import AgentError, AgentSpec
+from envfactory.factory.ladder import CHECK_ERRORS
 from envfactory.factory.agents.chat import ChatClient, ChatConfig, ChatError, Conversation, Usage, decide
 from envfactory.verifiers.constraints import KINDS, Constraint, ConstraintError, get_kind, validate
 from envfactory.verifiers.count import CountResult, count_plans
@@ -109,13 +110,26 @@ class ModelAgent:
         opts = dict(spec.options)
         self.seed = seed
         self.cap = seed.ladder.count_cap
-        self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **opts))
+        # the agent's own settings; the rest are the chat client's (timeout_s, max_tokens, stream, ...)
+        self.attempts = int(opts.pop("attempts", DECISION_ATTEMPTS))
+        self.base_attempts = int(opts.pop("base_attempts", BASE_ATTEMPTS))
+        self.rounds = int(opts.pop("rounds", ROUNDS_PER_STEP))
+        try:
+            self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **opts))
+        except TypeError as e:
+            raise AgentError(f"unknown agent option: {e}") from None
         self.proposals = 0
         self.rejected: list[str] = []
         self.verdicts: list[str] = []     # the ladder's words on this step's proposals, for the next prompt
         self.usage = Usage()
         self._names = 0
         self._described: dict[int, str] = {}
+        self.fallbacks = 0                # decisions the specialist made because the model could not
+        self._fallback = None
+        if spec.fallback == "specialist":
+            from envfactory.factory.agents.specialist import SpecialistAgent
+
+            self._fallback = SpecialistAgent(seed)
 
     def _problem(self, p: Problem) -> str:
         if id(p) not in self._described:  # one environment's problem, described once
@@ -154,9 +168,9 @@ class ModelAgent:
                 bad.append(f"{kind} {json.dumps(params)[:200]}: {e}")
         return ok, bad
 
-    def _ask(self, conv: Conversation, schema: dict, check, attempts: int = DECISION_ATTEMPTS) -> object | None:
+    def _ask(self, conv: Conversation, schema: dict, check, attempts: int | None = None) -> object | None:
         try:
-            d = decide(self.client, conv, schema, check, attempts=attempts)
+            d = decide(self.client, conv, schema, check, attempts=attempts or self.attempts)
         except ChatError as e:
             raise AgentError(f"model server: {e}") from None
         self.usage.add(d.usage)
@@ -167,6 +181,15 @@ class ModelAgent:
     # ---------------------------------------------------------------------------- level 0
 
     def base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
+        try:
+            return self._model_base_task(p, rng)
+        except AgentError:
+            if self._fallback is None:
+                raise
+            self.fallbacks += 1
+            return self._fallback.base_task(p, rng)
+
+    def _model_base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
         kinds = self._kinds(p)
         conv = Conversation().system(SYSTEM).user(
             f"{self._problem(p)}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
@@ -178,7 +201,10 @@ class ModelAgent:
             cons, bad = self._constraints(p, value["constraints"], [])
             if bad:
                 return "refused: " + "; ".join(bad)
-            res = count_plans(p, cons, self.cap)
+            try:
+                res = count_plans(p, cons, self.cap)
+            except CHECK_ERRORS as e:
+                return f"these constraints fail on this environment's plans: {type(e).__name__}: {e}"
             if not res.solvable:
                 return "no plan meets these constraints together: loosen them"
             if res.capped:
@@ -186,11 +212,11 @@ class ModelAgent:
             found["task"] = (cons, res)
             return None
 
-        self._ask(conv, constraint_schema(kinds, 1, 5), check, BASE_ATTEMPTS)
+        self._ask(conv, constraint_schema(kinds, 1, 5), check, self.base_attempts)
         if "task" in found:
             self.proposals += 1
         else:
-            raise AgentError(f"the model proposed no usable level-0 task in {BASE_ATTEMPTS} replies "
+            raise AgentError(f"the model proposed no usable level-0 task in {self.base_attempts} replies "
                              f"(last: {self.rejected[-1] if self.rejected else 'none'})")
         return found["task"]
 
@@ -198,10 +224,23 @@ class ModelAgent:
 
     def moves(self, p: Problem, current: list[Constraint], reference: Plan, rng: random.Random,
               level: int) -> Iterator[tuple[str, list[Constraint]]]:
+        """The model's moves; with a fallback, the specialist's after them (when the ladder is
+        still asking, none of the model's was good enough)."""
+        try:
+            yield from self._model_moves(p, current, reference, rng, level)
+        except AgentError:
+            if self._fallback is None:
+                raise
+        if self._fallback is not None:
+            self.fallbacks += 1
+            yield from self._fallback.moves(p, current, reference, rng, level)
+
+    def _model_moves(self, p: Problem, current: list[Constraint], reference: Plan, rng: random.Random,
+                     level: int) -> Iterator[tuple[str, list[Constraint]]]:
         kinds = self._kinds(p)
         self.verdicts = []
         offered = 0
-        for _ in range(ROUNDS_PER_STEP):
+        for _ in range(self.rounds):
             heard = ("\n\nThe ladder's verdicts on your earlier proposals for this level:\n"
                      + "\n".join(f"- {v}" for v in self.verdicts[-12:])) if self.verdicts else ""
             conv = Conversation().system(SYSTEM).user(
@@ -224,7 +263,7 @@ class ModelAgent:
                 verb = "tighten" if len(replaced) < len(current) else "add"
                 yield f"{verb} model:{c.kind} {c.name}", replaced + [c]
         if not offered:
-            raise AgentError(f"the model proposed no usable move for level {level} in {ROUNDS_PER_STEP} rounds "
+            raise AgentError(f"the model proposed no usable move for level {level} in {self.rounds} rounds "
                              f"({len(self.rejected)} proposals rejected; last: "
                              f"{self.rejected[-1] if self.rejected else 'none'})")
 
@@ -239,5 +278,6 @@ class ModelAgent:
 
     def stats(self) -> dict:
         return {"proposals": self.proposals, "rejected": len(self.rejected), "reasons": self.rejected[:5],
+                "fallbacks": self.fallbacks,
                 "prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
                 "requests": self.usage.requests}

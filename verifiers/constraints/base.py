@@ -93,15 +93,16 @@ class Kind:
     target: str = "none"             # what a ladder entry names: "none", "slot" or "column"
     schema: dict = field(default_factory=dict)  # JSON Schema of `params`
     ordered: bool = False            # refers to unit positions or legs: meaningless for a selection
+    refine: Callable | None = None   # (params, p) -> why they cannot be used, for what a schema cannot say
 
 
 KINDS: dict[str, Kind] = {}
 
 
 def register(name: str, *, check, encode, describe, needs, propose, local=None, prefix=None,
-             target="none", schema=None, ordered=False) -> Kind:
+             target="none", schema=None, ordered=False, refine=None) -> Kind:
     schema = {"type": "object", "additionalProperties": False, **(schema or {})}
-    kind = Kind(name, check, encode, describe, needs, propose, local, prefix, target, schema, ordered)
+    kind = Kind(name, check, encode, describe, needs, propose, local, prefix, target, schema, ordered, refine)
     KINDS[name] = kind
     return kind
 
@@ -185,14 +186,20 @@ def validate(c: "Constraint", p) -> "Constraint":
                 params["value"] = _cast(params["value"], ctype, what)
         elif params["slot"] not in [s.name for s in p.slots]:
             raise ConstraintError(f"{what}: no slot {params['slot']!r} (slots: {', '.join(s.name for s in p.slots)})")
-    for field_ in ("costs", "terms", "then_costs"):
-        types = {_column(p, s, col, what) for s, col in params.get(field_, {}).items()}
+    for slot in params.get("slots") or []:
+        if slot not in [s.name for s in p.slots]:
+            raise ConstraintError(f"{what}: slots: no slot {slot!r} (slots: {', '.join(s.name for s in p.slots)})")
+    for field_ in ("costs", "terms", "then_costs", "duration", "opens", "closes"):
+        types = {_column(p, s, col, what) for s, col in (params.get(field_) or {}).items()}
         if types - set(NUMERIC):
             raise ConstraintError(f"{what}: {field_} must name numeric columns")
-        if len(types) > 1:
+        if len(types) > 1 and field_ in ("costs", "terms", "then_costs"):
             raise ConstraintError(f"{what}: {field_} mixes INTEGER and DOUBLE columns")
     if "unit" in params and isinstance(params["unit"], int) and params["unit"] > p.units:
         raise ConstraintError(f"{what}: unit {params['unit']} is beyond the plan's {p.units} units")
+    why = kind.refine(params, p) if kind.refine else None
+    if why:
+        raise ConstraintError(f"{what}: {why}")
     return Constraint(c.kind, c.name, params)
 
 

@@ -42,7 +42,8 @@ def encode(model, x, c, p):
 
 
 def describe(c, p):
-    first = "the origin to the first stop and " if c.params["from_origin"] and p.origin_id else ""
+    # the origin's id, so a solver can ask the distance tool about the first leg
+    first = f"the origin (id {p.origin_id}) to the first stop and " if c.params["from_origin"] and p.origin_id else ""
     return (f"Each leg of the route ({first}every {p.unit}'s {c.params['slot']} to the next) "
             f"must be at most {c.params['max_km']} km.")
 

@@ -125,5 +125,19 @@ def local(u, unit, params):
     return check([unit], params, {})[0]
 
 
+def refine(params, p):
+    """Every visited slot has a duration; opening and closing hours only for visited slots."""
+    missing = [s for s in params["slots"] if s not in params["duration"]]
+    if missing:
+        return f"duration: no column for {', '.join(missing)}"
+    for field in ("duration", "opens", "closes"):
+        stray = sorted(set(params.get(field) or {}) - set(params["slots"]))
+        if stray:
+            return f"{field}: {', '.join(stray)} is not one of the visited slots"
+    if params["end"] <= params["start"]:
+        return "end must be after start"
+    return None
+
+
 register("schedule", check=check, encode=encode, describe=describe, needs=needs, propose=propose, local=local,
-         schema=SCHEMA)
+         schema=SCHEMA, refine=refine)
