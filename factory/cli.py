@@ -183,11 +183,37 @@ def cmd_seeds(a) -> int:
     return 0
 
 
+def _baselines(text: str) -> list[str]:
+    agents = text.split(",")
+    bad = [x for x in agents if x not in ("random", "greedy")]
+    if bad:
+        raise UsageError(f"--solve {bad[0]!r}: validate runs the no-model baselines (random, greedy); "
+                         f"use factory solve for a model")
+    return agents
+
+
+def _validate_solve(a, report_path) -> None:
+    """`factory validate --solve AGENTS`: the baselines' pass rates per level, printed and
+    added to the validation report."""
+    from envfactory.factory.bundle import write_json
+    from envfactory.factory.solve import format_solve_table, solve_bundle
+
+    reports = [solve_bundle(a.path, agent, a.solve_k, 0, a.workers) for agent in _baselines(a.solve)]
+    print(format_solve_table(reports))
+    path = Path(report_path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["solve"] = {r.agent: {"k": r.k, "levels": r.to_json()["levels"]} for r in reports}
+    write_json(path, data)
+
+
 def cmd_validate(a) -> int:
     import warnings
 
     from envfactory.factory.validate import format_table, validate
     from envfactory.sandboxes.isolate import SandboxWarning
+
+    if a.solve:
+        _baselines(a.solve)  # a bad agent name fails before the validation runs
 
     def progress(done, total, env):
         if not a.quiet:
@@ -205,6 +231,8 @@ def cmd_validate(a) -> int:
         if issubclass(w.category, SandboxWarning):
             print(f"factory: warning: {w.message}", file=sys.stderr)
     print(format_table(report))
+    if a.solve:
+        _validate_solve(a, report.report_path)
     failures = [(e.env_id, f) for e in report.envs for f in e.failures]
     for env_id, f in failures[: a.max_failures]:
         print(f"FAIL {env_id}: {f}")
@@ -296,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--report", default=None, help="JSON report path (default: PATH/validation.json)")
     va.add_argument("--max-failures", type=int, default=20, help="failures to print (all are in the report)")
     va.add_argument("--quiet", action="store_true", help="no per-environment progress")
+    va.add_argument("--solve", default=None, metavar="AGENTS",
+                    help="also run these solving baselines (random,greedy) and report pass@1/pass@k per level")
+    va.add_argument("--solve-k", type=int, default=1, help="attempts per task for --solve (default 1)")
     va.set_defaults(fn=cmd_validate)
     from envfactory.factory.export.cli import register as register_export
 

@@ -106,3 +106,13 @@ def test_solve_rejects_bad_input(tmp_path):
     assert r.returncode == 2 and "unknown solving agent 'oracle'" in r.stderr
     r = _factory("solve", str(tmp_path))
     assert r.returncode == 2 and "no environments" in r.stderr
+
+
+def test_validate_reports_the_baselines_when_asked(bundle):
+    r = _factory("validate", str(bundle), "--solve", "greedy", "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "greedy pass@1" in r.stdout and "validation: ok" in r.stdout
+    report = json.loads((bundle / "validation.json").read_text())
+    assert report["solve"]["greedy"]["levels"]["0"]["pass@1"] == 1.0
+    r = _factory("validate", str(bundle), "--solve", "openai")
+    assert r.returncode == 2 and "no-model baselines" in r.stderr
