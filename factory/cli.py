@@ -53,7 +53,8 @@ def cmd_generate(a) -> int:
         print(f"agent {spec.kind} ({spec.model or 'server default'}): {t.get('proposals', 0)} proposals, "
               f"{t.get('rejected', 0)} rejected, {t.get('requests', 0)} requests, "
               f"{t.get('prompt_tokens', 0) + t.get('completion_tokens', 0)} tokens, "
-              f"{t.get('fallbacks', 0)} decisions fell back to the specialist; "
+              f"{t.get('fallbacks', 0)} decisions fell back to the specialist, "
+              f"{t.get('tools_written', 0)} tools written ({t.get('tools_rejected', 0)} rejected); "
               f"{len(res.failed)} environments replaced", file=sys.stderr)
     return 0
 

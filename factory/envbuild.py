@@ -6,17 +6,18 @@ the database's provenance table: `tasks/` and `verifiers/` come out byte-identic
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import shutil
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
 
-from envfactory.factory.agents.base import AgentSpec, agent_stats, make_agent
+from envfactory.factory.agents.base import AgentError, AgentSpec, agent_stats, make_agent
 from envfactory.factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
 from envfactory.factory.ladder import LadderError, Level, build_ladder
 from envfactory.factory.prompt import SYSTEM_PROMPT, task_prompt
@@ -55,6 +56,23 @@ def _slug(text: str) -> str:
 
 def env_id_for(seed_name: str, run_seed: int, index: int, part: Part) -> str:
     return f"{seed_name}-s{run_seed}-{index:03d}-{_slug(part.center_name)}"
+
+
+def _written_tools(agent, p: Problem, tools: list, levels: list[Level], db: Path) -> list:
+    """Let a model agent write the details tools the ladder added; each is used only after it
+    ran in the sandbox on the reference calls that use it. A rejected one keeps its generated body."""
+    out = []
+    for t in tools:
+        calls = list({json.dumps(a, sort_keys=True): a for lv in levels for n, a in lv.calls if n == t.name}.values())
+        if t.shape != "details" or not calls:
+            out.append(t)
+            continue
+        try:
+            wt = agent.write_tool(t, p, db, calls[:8])
+        except AgentError:
+            wt = None
+        out.append(replace(t, written=wt.code) if wt else t)
+    return out
 
 
 def _task_record(env_id, seed, region, p: Problem, lv: Level) -> dict:
@@ -154,6 +172,8 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     agent = make_agent(spec, seed)
     try:
         levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels)
+        if getattr(agent, "write_tools", False):
+            tools = _written_tools(agent, p, tools, levels, db)
     except LadderError as e:
         e.agent = {"kind": spec.kind, "model": spec.model} | agent_stats(agent)  # the run counts its rejections
         raise
@@ -165,7 +185,9 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     tools_py.parent.mkdir()
     tools_py.write_text(render_tools(tools, env_id, seed.name), encoding="utf-8")
     mod = load_tools(tools_py, db)
-    check_tools(mod, [c for lv in levels for c in lv.calls])
+    # a model-written body already ran on its reference calls in the sandbox: not again on the host
+    written = {t.name for t in tools if t.written}
+    check_tools(mod, [c for lv in levels for c in lv.calls], frozenset(written))
     write_json(tmp / "tools" / "tool_schemas.json", tool_schemas(mod))
     records = []
     for lv in levels:

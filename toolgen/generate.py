@@ -60,8 +60,10 @@ def render_tools(tools: list[ToolDef], env_id: str, seed_name: str) -> str:
     for t in tools:
         views.append({"name": t.name, "description": t.description, "filters": t.filters, "returns": t.returns,
                       "types": t.types, "param_docs": t.param_docs, "shape": t.shape, "sql": _sql(t),
-                      "noun": singular(t.table), "table": t.table})
+                      "noun": singular(t.table), "table": t.table,
+                      "written": t.written.replace(f"def {t.name}(", f"def _written_{t.name}(", 1) if t.written else None})
     return _template().render(tools=views, env_id=env_id, seed_name=seed_name, py=DUCK_TO_PY,
+                              any_written=any(v["written"] for v in views),
                               timeout_s=QUERY_TIMEOUT_S, max_chars=MAX_RESULT_CHARS)
 
 
@@ -78,10 +80,14 @@ def tool_schemas(mod) -> list[dict]:
     return [openai_tool(fn) for fn in mod.TOOLS.values()]
 
 
-def check_tools(mod, calls: list[tuple[str, dict]]) -> dict[str, int]:
-    """Run every call; each must return JSON results under the cap. Returns calls per tool."""
-    used = {name: 0 for name in mod.TOOLS}
+def check_tools(mod, calls: list[tuple[str, dict]], checked: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Run every call; each must return JSON results under the cap. Returns calls per tool.
+    Tools in `checked` (model-written bodies, run on their calls in the sandbox already) are
+    not called here, on the host."""
+    used = {name: 0 for name in mod.TOOLS if name not in checked}
     for name, args in calls:
+        if name in checked:
+            continue
         out = mod.call(name, args)
         if not isinstance(out, str):
             raise ToolCheckError(f"tool {name} returned {type(out).__name__}, not a JSON string")

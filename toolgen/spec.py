@@ -31,6 +31,7 @@ class ToolDef:
     types: dict[str, str] = field(default_factory=dict)  # column -> DuckDB type
     key: str = ""
     param_docs: dict[str, str] = field(default_factory=dict)
+    written: str | None = None      # a model-written body (toolgen.written), checked in the sandbox before use
 
     def with_returns(self, extra: list[str]) -> "ToolDef":
         cols = tuple(dict.fromkeys([*self.returns, *extra]))

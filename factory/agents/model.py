@@ -114,6 +114,9 @@ class ModelAgent:
         self.attempts = int(opts.pop("attempts", DECISION_ATTEMPTS))
         self.base_attempts = int(opts.pop("base_attempts", BASE_ATTEMPTS))
         self.rounds = int(opts.pop("rounds", ROUNDS_PER_STEP))
+        self.tool_attempts = int(opts.pop("tool_attempts", 2))
+        self.write_tools = bool(opts.pop("write_tools", True))   # the model writes the tools the ladder adds
+        self.tools_written = self.tools_rejected = 0
         try:
             self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **opts))
         except TypeError as e:
@@ -267,6 +270,46 @@ class ModelAgent:
                              f"({len(self.rejected)} proposals rejected; last: "
                              f"{self.rejected[-1] if self.rejected else 'none'})")
 
+    # ------------------------------------------------------------------------ written tools
+
+    def write_tool(self, tool, p: Problem, db_path, calls: list[dict]):
+        """The model's code for a tool the ladder needs (a details tool: one row by key with
+        the columns a constraint reads), accepted only once it runs in the sandbox on the
+        reference's arguments (`toolgen.written`). None if it never passes; the reasons are
+        counted as rejections and the generated tool stays."""
+        from envfactory.toolgen.written import WrittenTool, check_written_tool, static_problem
+
+        cols = ", ".join(f"{c} ({tool.types.get(c, '?')})" for c in tool.types)
+        params = ", ".join(f"{f}: str" if tool.types.get(f) == "VARCHAR" else f"{f}" for f in tool.filters)
+        conv = Conversation().system(SYSTEM).user(
+            f"Write a Python tool function over a DuckDB table.\nTable {tool.table}: {cols}.\n"
+            f"Signature: def {tool.name}({params}) -> str\nPurpose: {tool.description} It must return the row "
+            f"whose {tool.key} equals the argument, with the columns {', '.join(tool.returns)}.\n"
+            "Use only these helpers: query(sql, args) runs read-only SQL with ? placeholders and returns a list of "
+            "dicts; respond(rows) returns the JSON text; error(message) returns an error as JSON text. The code "
+            "must be exactly one function definition. Answer as {\"code\": \"def ...\"}.")
+        verdict = {}
+
+        def check(value) -> str | None:
+            wt = WrittenTool(tool.name, tool.table, tuple(tool.filters), str(value["code"]), tool.description)
+            why = static_problem(wt)
+            if why:
+                return f"refused before running: {why}"
+            v = check_written_tool(wt, db_path, calls, list(tool.returns))
+            if not v.ok:
+                return f"rejected after running in the sandbox: {v.reason}"
+            verdict["tool"] = wt
+            return None
+
+        schema = {"type": "object", "required": ["code"], "additionalProperties": False,
+                  "properties": {"code": {"type": "string", "maxLength": 4000}}}
+        self._ask(conv, schema, check, self.tool_attempts)
+        wt = verdict.get("tool")
+        self.tools_written += wt is not None
+        self.proposals += wt is not None
+        self.tools_rejected += wt is None
+        return wt
+
     def feedback(self, move: str, accepted: bool, reason: str) -> None:
         if not accepted:
             self.verdicts.append(f"{move}: {reason}")
@@ -278,6 +321,7 @@ class ModelAgent:
 
     def stats(self) -> dict:
         return {"proposals": self.proposals, "rejected": len(self.rejected), "reasons": self.rejected[:5],
-                "fallbacks": self.fallbacks,
+                "fallbacks": self.fallbacks, "tools_written": self.tools_written,
+                "tools_rejected": self.tools_rejected,
                 "prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
                 "requests": self.usage.requests}

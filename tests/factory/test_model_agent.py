@@ -40,6 +40,8 @@ def planner(body, n):
     """A scripted model: level 0 from the cheapest cost it is told (tightened or loosened as
     the agent's feedback says), moves from a fixed menu, one unusable item now and then."""
     users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+    if "Write a Python tool function" in users[0]:
+        return completion(json.dumps({"code": _tool_code(users)}))
     if "Propose the level-0 task" in users[0]:
         if len(users) == 1:
             return completion("Sure, here is a plan!")  # not JSON: sent back with the error
@@ -63,6 +65,18 @@ def planner(body, n):
     return completion(json.dumps({"moves": moves}))
 
 
+def _tool_code(users: list[str]) -> str:
+    """First an infinite loop (the sandbox's time limit rejects it), then a correct query."""
+    name, param = re.search(r"Signature: def (\w+)\((\w+)", users[0]).groups()
+    table = re.search(r"Table (\w+):", users[0])[1]
+    cols = re.search(r"with the columns ([\w, ]+)\.", users[0])[1]
+    if len(users) == 1:
+        return f"def {name}({param}: str) -> str:\n    while True:\n        pass"
+    return (f"def {name}({param}: str) -> str:\n"
+            f"    rows = query('SELECT {cols} FROM {table} WHERE {param} = ?', [{param}])\n"
+            f"    return respond(rows) if rows else error('no such row')")
+
+
 def _factory(*args, timeout=900):
     return subprocess.run([sys.executable, "-m", "envfactory.factory.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
@@ -80,6 +94,7 @@ def test_generate_with_a_model_agent_builds_valid_bundles_and_counts_rejections(
     assert batch["agent"]["proposals"] > batch["agent"]["rejected"]
     said = re.search(r"agent openai \(scripted\): (\d+) proposals, (\d+) rejected", r.stderr)
     assert said and int(said[2]) == batch["agent"]["rejected"]
+    written = 0
     for e in batch["envs"]:
         counts = [int(c) for c in e["counts"]]
         assert e["levels"] == 6 and all(a > b >= 1 for a, b in zip(counts, counts[1:])), e
@@ -88,10 +103,16 @@ def test_generate_with_a_model_agent_builds_valid_bundles_and_counts_rejections(
         tasks = [json.loads(x) for x in (out / e["path"] / "tasks" / "tasks.jsonl").read_text().splitlines()]
         assert all(t["move"].startswith(("base", "add model:", "tighten model:")) for t in tasks)
         assert tasks[0]["constraints"][-1]["kind"] == "total_budget"
+        if manifest["agent"]["tools_written"]:  # the model's body is in the tools, and it answers
+            src = (out / e["path"] / "tools" / "tools.py").read_text()
+            assert "def _written_get_" in src and "while True" not in src
+            written += 1
+    assert written >= 1 and batch["agent"]["tools_rejected"] >= 0
     # the model was told why its unusable replies and moves were refused
     fed = [m["content"] for b in bodies for m in b["messages"] if m["role"] == "user"]
     assert any("That reply was not usable: no JSON value" in f for f in fed)
     assert any("refused before counting" in f and "colour" in f for f in fed)
+    assert any("rejected after running in the sandbox" in f and "timeout" in f for f in fed)
     assert all(b["model"] == "scripted" for b in bodies)
     r = _factory("validate", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
