@@ -103,6 +103,21 @@ def cmd_solve(a) -> int:
     return 0
 
 
+def cmd_seed_draft(a) -> int:
+    from envfactory.factory.draft import draft_seed
+
+    spec = _agent_spec(a)
+    if spec.kind != "openai":
+        raise UsageError("seed draft needs a model: --agent openai --base-url URL")
+    path, replies, complaints = draft_seed(a.description, a.out, spec, [Path(d) for d in a.data or []], a.attempts)
+    print(f"{path}: a seed that passes the checker, after {replies} replies "
+          f"({len(complaints)} refused by the checker)", file=sys.stderr)
+    for c in complaints:
+        print(f"  refused: {c}", file=sys.stderr)
+    print(path)
+    return 0
+
+
 class _Unscorable(Exception):
     """An answer that is read but cannot be scored (too big, too deep, not UTF-8): it scores 0."""
 
@@ -315,6 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1 (openai)")
     so.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     so.set_defaults(fn=cmd_solve)
+    sd = sub.add_parser("seed", help="seed files: draft one with a model")
+    sds = sd.add_subparsers(dest="seed_cmd", required=True)
+    dr = sds.add_parser("draft", help="a model drafts a seed from a description; the seed checker gates it")
+    dr.add_argument("description", metavar="DESCRIPTION", help='the task type, e.g. "a 3-day trip from Hangzhou ..."')
+    dr.add_argument("-o", "--out", required=True, help="the seed file to write (only a seed that passes the checker)")
+    dr.add_argument("--data", action="append", metavar="FILE",
+                    help="a data file of your own the seed may use (CSV, Parquet, JSON...; beside or below the "
+                         "output seed); repeatable")
+    dr.add_argument("--attempts", type=int, default=4, help="replies the model gets (default 4)")
+    _agent_args(dr, kinds=("openai",), default="openai")
+    dr.set_defaults(fn=cmd_seed_draft)
     s = sub.add_parser("seeds", help="list the built-in seeds")
     s.set_defaults(fn=cmd_seeds)
     va = sub.add_parser("validate", help="check every task: reference passes, mutants fail, tools suffice, manifest intact")
@@ -342,13 +368,14 @@ def main(argv: list[str] | None = None) -> int:
     from envfactory.factory.seed import SeedError
     from envfactory.factory.validate import ValidateError
     from envfactory.factory.solve import SolveError
+    from envfactory.factory.draft import DraftError
     from envfactory.sandboxes.duck import SandboxError
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (UsageError, SeedError, PartitionError, CatalogError, GenerateError, SandboxError, ValidateError, SolveError,
-            FileExistsError) as e:
+            DraftError, FileExistsError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
