@@ -122,6 +122,19 @@ def _guarded(moves):
 
 def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
                  levels: int) -> tuple[list[Level], list[ToolDef]]:
+    """The ladder, preferring at each step a move the greedy baseline fails on; if that ends
+    in a dead end (a greedy-hard move can leave no room to escalate further), the ladder is
+    built again from the same random state choosing by plan counts alone."""
+    state = rng.getstate()
+    try:
+        return _build(p, agent, seed, tools, rng, levels, greedy_aware=True)
+    except LadderError:
+        rng.setstate(state)
+        return _build(p, agent, seed, tools, rng, levels, greedy_aware=False)
+
+
+def _build(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
+           levels: int, greedy_aware: bool) -> tuple[list[Level], list[ToolDef]]:
     def tell(move: str, accepted: bool, reason: str) -> None:
         if hasattr(agent, "feedback"):
             agent.feedback(move, accepted, reason)
@@ -169,7 +182,7 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
                 step = (move, cand, r)  # the seed's preferred moves only need to bite
                 break
             # hard to solve, not only fewer plans: a move the greedy baseline fails on ranks first
-            beats = not greedy_solves(p, cand, r.plans, rng)
+            beats = greedy_aware and not greedy_solves(p, cand, r.plans, rng)
             if r.count <= prev.count * per_step:
                 # cuts enough: keep the one that cuts least, leaving room for the levels above
                 if hit is None or (beats, r.count) > (hit[3], hit[2].count):
@@ -182,7 +195,7 @@ def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: rand
         if step is None:
             raise LadderError(f"no harder solvable task found after level {prev.level}")
         move, cand, r = step[:3]
-        easy = not step[3] if len(step) > 3 else greedy_solves(p, cand, r.plans, rng)
+        easy = not step[3] if greedy_aware and len(step) > 3 else greedy_solves(p, cand, r.plans, rng)
         tell(move, True, f"accepted as level {len(out)}: {r.count} of {prev.count} plans remain")
         ref = _confirmed(p, cand, pick_reference(r, rng))
         tools, added = extend_tools(p, tools, cand, seed)

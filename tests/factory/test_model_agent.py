@@ -32,7 +32,12 @@ MENU = [
     {"kind": "attribute", "params": {"slot": "restaurant", "column": "rating", "op": ">=", "value": 3.5, "unit": 2}},
     {"kind": "attribute", "params": {"slot": "attraction", "column": "rating", "op": ">=", "value": 3.5, "unit": 3}},
     {"kind": "attribute", "params": {"slot": "hotel", "column": "stars", "op": ">=", "value": 3, "unit": 1}},
+    # a check the library cannot express: two slots of one unit together
+    {"kind": "check", "params": {"scope": "unit", "expr": 'unit["hotel"]["stars"] + unit["attraction"]["rating"] >= 6',
+                                 "text": "Each day, the hotel's stars plus the attraction's rating are at least 6"}},
 ]
+UNSAFE = {"kind": "check", "params": {"scope": "unit", "expr": 'unit["hotel"].__class__ is None',
+                                      "text": "an attempt to reach the interpreter"}}
 REFUSED = {"kind": "attribute", "params": {"slot": "hotel", "column": "colour", "op": "==", "value": "red", "unit": 0}}
 
 
@@ -57,7 +62,7 @@ def planner(body, n):
         return completion(json.dumps({"constraints": BASE + [budget]}))
     level = int(re.search(r"ways to make level (\d+)", users[0])[1])
     k = (level * 2 + n) % len(MENU)
-    moves = [MENU[(k + i) % len(MENU)] for i in range(3)] + ([REFUSED] if "verdicts" not in users[0] else [])
+    moves = [MENU[(k + i) % len(MENU)] for i in range(3)] + ([REFUSED, UNSAFE] if "verdicts" not in users[0] else [])
     # a tighter budget always removes plans: replace the current one (named in the prompt)
     name, cap = re.search(r"- \[(total_budget\w*)\] The total cost .* at most \$(\d+)", users[0]).groups()
     for f in (0.995, 0.99, 0.97):
@@ -112,6 +117,8 @@ def test_generate_with_a_model_agent_builds_valid_bundles_and_counts_rejections(
     fed = [m["content"] for b in bodies for m in b["messages"] if m["role"] == "user"]
     assert any("That reply was not usable: no JSON value" in f for f in fed)
     assert any("refused before counting" in f and "colour" in f for f in fed)
+    assert any("refused before counting" in f and "Attribute is not allowed" in f for f in fed)
+    assert any("model:check" in f for f in fed)  # a model-written check was counted and judged
     assert any("rejected after running in the sandbox" in f and "timeout" in f for f in fed)
     assert all(b["model"] == "scripted" for b in bodies)
     r = _factory("validate", str(out))

@@ -5,12 +5,13 @@ verifier, with the kind's own check named as the failure."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from envfactory.factory.seed import PoolItem
 from envfactory.verifiers.codegen import load_verifier, render_verifier
-from envfactory.verifiers.constraints import KINDS, Constraint, get_kind
+from envfactory.verifiers.constraints import KINDS, Constraint, get_kind, validate
 from envfactory.verifiers.count import count_plans
 from envfactory.verifiers.solver import confirm, count_solutions, extreme_sum
 
@@ -38,6 +39,10 @@ CASES = {
         "closes": {"attraction": "closes_hour", "restaurant": "closes_hour"}}),
     "sum": Constraint("sum", "sum_hotel_rating", {"slot": "hotel", "column": "rating", "op": ">=", "value": 12.5,
                                                   "scope": "total"}),
+    # a model-written check: ties two slots of a unit in a way no other kind can
+    "check": Constraint("check", "check_1", {
+        "scope": "unit", "expr": 'unit["hotel"]["stars"] + unit["restaurant"]["rating"] >= 7.5',
+        "text": "Each day, the hotel's stars plus the restaurant's rating must be at least 7.5"}),
 }
 
 
@@ -127,3 +132,41 @@ def test_every_kind_publishes_a_schema_its_constraints_meet(env, kind):
     assert validate(CASES[kind], p).params.keys() == CASES[kind].params.keys()
     with pytest.raises(ConstraintError, match=r"params|is a required property|Additional properties"):
         validate(Constraint(kind, "x", dict(CASES[kind].params, surprise=1)), p)
+
+
+def test_a_plan_scope_check_counts_exactly(env):
+    """A check over the whole plan has no CP-SAT encoding: the counter must equal the
+    brute-force filter of every structural plan."""
+    p, _ = env
+    c = validate(Constraint("check", "check_2", {
+        "scope": "plan", "expr": 'len(set(u["restaurant"]["cuisine"] for u in units)) == len(units) '
+                                 'and max(u["hotel"]["rating"] for u in units) >= 4.5',
+        "text": "Every restaurant serves a different cuisine, and some hotel is rated at least 4.5"}), p)
+    everything = count_plans(p, [], 100_000).plans
+    want = [plan for plan in everything
+            if len({p.rows["restaurant"][u[2]]["cuisine"] for u in plan}) == len(plan)
+            and max(p.rows["hotel"][u[1]]["rating"] for u in plan) >= 4.5]
+    got = count_plans(p, [c], 100_000)
+    assert 0 < got.count < len(everything) and set(got.plans) == set(want)
+
+
+@pytest.mark.parametrize("expr,reason", [
+    ('unit["hotel"].__class__', "Attribute is not allowed"),
+    ('__import__("os")', "only len, sum, min"),
+    ('x > 1', "unknown name 'x'"),
+    ('open("/etc/passwd")', "only len, sum, min"),
+    ('[0 for x in unit["hotel"]["name"]]', "iterate over units only"),
+    ('unit["hotel"]["name"] * unit["city"]["population"] > ""', "multiplies something that is not a number"),
+    ('[lambda: 1]', "Lambda is not allowed"),
+    ('unit["spa"]["price"] > 3', "reads slot 'spa'"),
+    ('unit["hotel"]["pool"] > 3', "not a column of hotels"),
+    ('2 ** 100 > 1', "Pow is not allowed"),
+    ('unit["hotel"]["stars"] >', "not a Python expression"),
+    ('True', "reads no column"),
+])
+def test_unsafe_or_wrong_checks_are_refused_before_evaluation(env, expr, reason):
+    from envfactory.verifiers.constraints import ConstraintError
+
+    p, _ = env
+    with pytest.raises(ConstraintError, match=re.escape(reason)):
+        validate(Constraint("check", "c", {"scope": "unit", "expr": expr, "text": "some requirement here"}), p)

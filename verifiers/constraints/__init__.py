@@ -5,6 +5,7 @@ from envfactory.verifiers.constraints import (  # noqa: F401  (imported to regis
     all_different,
     attribute,
     conditional_budget,
+    custom,
     distance,
     distinct_count,
     schedule,
