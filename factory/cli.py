@@ -86,7 +86,8 @@ def cmd_solve(a) -> int:
         from envfactory.factory.agents.base import AgentSpec
 
         try:
-            spec = AgentSpec("openai", a.model, a.base_url, a.api_key_env)
+            spec = AgentSpec("openai", a.model, a.base_url, a.api_key_env,
+                             options=_options(a.agent_option or []) + (("max_steps", a.max_steps),))
         except ValueError as e:
             raise UsageError(str(e)) from None
     reports = []
@@ -329,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--model", default=None, help="model name sent to the server (openai)")
     so.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1 (openai)")
     so.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    so.add_argument("--agent-option", action="append", metavar="KEY=VALUE",
+                    help="chat settings for the model (timeout_s, max_tokens, temperature, strategy, ...)")
+    so.add_argument("--max-steps", type=int, default=24, help="model turns per attempt (openai; default 24)")
     so.set_defaults(fn=cmd_solve)
     sd = sub.add_parser("seed", help="seed files: draft one with a model")
     sds = sd.add_subparsers(dest="seed_cmd", required=True)

@@ -146,16 +146,19 @@ def _record(path: Path, rep: SolveReport) -> None:
 def format_solve_table(reports: list[SolveReport]) -> str:
     """One row per level, one column group per agent: pass@1, pass@k, mean tool calls."""
     levels = sorted({lv for r in reports for lv in r.levels})
-    head = ["level", "tasks", "min calls"] + [f"{r.agent} {m}" for r in reports
-                                              for m in ("pass@1", f"pass@{r.k}", "calls", "tokens")]
+    def metrics(r):  # pass@k only when it says more than pass@1
+        return ("pass@1",) + ((f"pass@{r.k}",) if r.k > 1 else ()) + ("calls", "tokens")
+
+    head = ["level", "tasks", "min calls"] + [f"{r.agent} {m}" for r in reports for m in metrics(r)]
     rows = []
     for lv in levels:
         first = next(r.levels[lv] for r in reports if lv in r.levels)
         row = [str(lv), str(first["tasks"]), f"{first['min_tool_calls']:.1f}"]
         for r in reports:
             v = r.levels.get(lv)
-            row += ([f"{v['pass@1']:.2f}", f"{v[f'pass@{r.k}']:.2f}", f"{v['tool_calls']:.1f}", f"{v['tokens']:.0f}"]
-                    if v else ["-"] * 4)
+            cells = [f"{v['pass@1']:.2f}"] + ([f"{v[f'pass@{r.k}']:.2f}"] if r.k > 1 else []) \
+                + [f"{v['tool_calls']:.1f}", f"{v['tokens']:.0f}"] if v else ["-"] * len(metrics(r))
+            row += cells
         rows.append(row)
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)

@@ -324,8 +324,9 @@ class ModelSolver:
     def __init__(self, spec, max_steps: int = 24):
         from envfactory.factory.agents.chat import ChatClient, ChatConfig
 
-        self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **dict(spec.options)))
-        self.max_steps = max_steps
+        opts = dict(spec.options)
+        self.max_steps = int(opts.pop("max_steps", max_steps))
+        self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **opts))
 
     def solve(self, task: dict, episode, rng: random.Random) -> Attempt:
         from envfactory.factory.agents.chat import ChatError, Conversation, run_tools

@@ -29,6 +29,19 @@ def _installed() -> bool:
 
 @pytest.fixture(scope="module")
 def server():
+    yield from _serve({})
+
+
+@pytest.fixture(scope="module")
+def tool_server():
+    """The same model behind llama-cpp-python's function-calling chat format, which turns
+    replies into OpenAI tool calls with a grammar."""
+    yield from _serve({"LLAMA_CHAT_FORMAT": "chatml-function-calling"})
+
+
+def _serve(env: dict):
+    import os
+
     if not _installed():
         pytest.skip("llama-cpp-python's server is not installed (bash scripts/llama_server.sh install)")
     s = socket.socket()
@@ -36,7 +49,7 @@ def server():
     port = s.getsockname()[1]
     s.close()
     proc = subprocess.Popen(["bash", str(SCRIPT), "serve", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}/v1"
     try:
         for _ in range(120):
@@ -111,3 +124,19 @@ def test_generate_with_the_local_model_finishes_and_counts_rejections(server, tm
     assert "Traceback" not in r.stderr
     if r.returncode:
         assert r.returncode == 2 and re.search(r"The openai agent made \d+ proposals; \d+ were rejected", r.stderr)
+
+
+def test_the_model_solver_runs_tasks_through_the_local_server(tool_server, tmp_path):
+    """`factory solve --agent openai` against the real server: every attempt is scored by the
+    verifier (a base model scores 0 or 1, and 0 is expected), tokens are counted, and the run
+    finishes."""
+    out = tmp_path / "trip"
+    r = _factory("generate", "trip_planning", "--envs", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = _factory("solve", str(out), "--agent", "openai", "--base-url", tool_server, "--max-tasks", "2", "--quiet",
+                 "--max-steps", "4", "--agent-option", "max_tokens=128")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = json.loads((out / "solve-openai.json").read_text())
+    assert set(rep["levels"]) == {"0", "1"} and len(rep["tasks"]) == 2
+    for t in rep["tasks"]:
+        assert all(s in (0.0, 1.0) for s in t["scores"]) and t["tokens"][0] > 0, t
