@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from envfactory.toolgen.written import WrittenTool, check_written_tool, static_problem
-from tests.sandboxes.test_isolate import _require_docker
+from tests.sandboxes.test_isolate import _Counter, _require_docker
 
 CALLS = [{"hotel_id": "H1"}, {"hotel_id": "H2"}]
 
@@ -43,20 +43,8 @@ def test_a_good_tool_is_accepted_with_its_outputs(db):
     assert "docker sandbox" in v.reason
 
 
-class _Counter(http.server.BaseHTTPRequestHandler):
-    hits = 0
-
-    def do_GET(self):
-        _Counter.hits += 1
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b'{"results": [{"hotel_id": "H1", "rating": 5.0}]}')
-
-    def log_message(self, *a):
-        pass
-
-
 def test_a_network_call_is_rejected(db):
+    _Counter.hits = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counter)  # the host's loopback
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
