@@ -54,7 +54,9 @@ def cmd_generate(a) -> int:
               f"{t.get('rejected', 0)} rejected, {t.get('requests', 0)} requests, "
               f"{t.get('prompt_tokens', 0) + t.get('completion_tokens', 0)} tokens, "
               f"{t.get('fallbacks', 0)} decisions fell back to the specialist, "
-              f"{t.get('tools_written', 0)} tools written ({t.get('tools_rejected', 0)} rejected); "
+              f"{t.get('tools_written', 0)} tools written ({t.get('tools_rejected', 0)} rejected), "
+              f"{t.get('checks_tested', 0)} written checks through the harness ({t.get('checks_rejected', 0)} "
+              f"rejected), {t.get('data_defaults', 0)} data choices defaulted; "
               f"{len(res.failed)} environments replaced", file=sys.stderr)
     return 0
 

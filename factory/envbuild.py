@@ -18,6 +18,8 @@ from pathlib import Path
 import duckdb
 
 from envfactory.factory.agents.base import AgentError, AgentSpec, agent_stats, make_agent
+from envfactory.factory.agents.data import check_choice, data_catalog, everything, seed_for
+from envfactory.factory.checkgate import CheckGate
 from envfactory.factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
 from envfactory.factory.ladder import LadderError, Level, build_ladder
 from envfactory.factory.prompt import SYSTEM_PROMPT, task_prompt
@@ -73,6 +75,17 @@ def _written_tools(agent, p: Problem, tools: list, levels: list[Level], db: Path
             wt = None
         out.append(replace(t, written=wt.code) if wt else t)
     return out
+
+
+def _choose_data(agent, seed, cat, rng):
+    """The agent's data choice, checked again here (an agent's answer is never trusted)."""
+    tables = data_catalog(seed, cat)
+    choose = getattr(agent, "choose_data", None)
+    choice = choose(tables, rng) if choose else everything(tables)
+    again, why = check_choice(tables, choice.to_json())
+    if again is None:
+        raise AgentError(f"the agent's data choice is unusable: {why}")
+    return again
 
 
 def _task_record(env_id, seed, region, p: Problem, lv: Level) -> dict:
@@ -162,25 +175,36 @@ def build_env(seed, seed_path: Path, region: Part, index: int, run_seed: int, ba
 def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url, ctx, spec) -> EnvSummary:
     db = tmp / "db" / "sandbox.duckdb"
     cat = catalog_for(seed, seed_path) if any(s.is_file for s in seed.sources) else None
-    provs = build_sandbox(db, seed, region, base_url, ctx, cat)
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        p = load_problem(con, seed)
-    finally:
-        con.close()
     rng = random.Random(f"{seed.name}:{run_seed}:{region.origin_id}")
     agent = make_agent(spec, seed)
+    gate = None
     try:
-        levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels)
+        # the agent's first decision: which tables this environment loads (the required ones
+        # and any optional one it wants), and which columns its tasks may read
+        choice = _choose_data(agent, seed, cat, rng)
+        env_seed = seed_for(seed, choice)
+        provs = build_sandbox(db, env_seed, region, base_url, ctx, cat)
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            p = load_problem(con, env_seed)
+        finally:
+            con.close()
+        gate = CheckGate(p, seed.name, db)
+        if hasattr(agent, "gate"):
+            agent.gate = gate  # a model agent runs its level-0 checks through the harness before answering
+        levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels,
+                                     gate)
         if getattr(agent, "write_tools", False):
             tools = _written_tools(agent, p, tools, levels, db)
-    except LadderError as e:
-        e.agent = {"kind": spec.kind, "model": spec.model} | agent_stats(agent)  # the run counts its rejections
+    except (LadderError, AgentError) as e:
+        # the run counts its rejections
+        e.agent = {"kind": spec.kind, "model": spec.model} | agent_stats(agent) | (gate.stats() if gate else {})
         raise
     finally:
         if hasattr(agent, "close"):
             agent.close()
-    agent_info = {"kind": spec.kind, "model": spec.model} | agent_stats(agent)
+    agent_info = ({"kind": spec.kind, "model": spec.model} | agent_stats(agent) | gate.stats()
+                  | {"data": choice.to_json()})
     tools_py = tmp / "tools" / "tools.py"
     tools_py.parent.mkdir()
     tools_py.write_text(render_tools(tools, env_id, seed.name), encoding="utf-8")
@@ -209,7 +233,7 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
         "region": {"origin_id": region.origin_id, "country_code": region.country_code,
                    "city_ids": list(region.city_ids)},
         "sources": [vars(pv) for pv in provs]})
-    (tmp / "README.md").write_text(_card(env_id, seed, region, levels, tools, provs), encoding="utf-8")
+    (tmp / "README.md").write_text(_card(env_id, env_seed, region, levels, tools, provs), encoding="utf-8")
     write_manifest(tmp, {
         "env_id": env_id, "seed": seed.name, "seed_sha256": sha256_file(seed_path), "run_seed": run_seed,
         "generator": generator_info(), "agent": agent_info,

@@ -40,8 +40,8 @@ class BatchResult:
 
 
 def agent_totals(totals: dict, stats: dict) -> None:
-    for k in ("proposals", "rejected", "fallbacks", "tools_written", "tools_rejected", "prompt_tokens",
-              "completion_tokens", "requests"):
+    for k in ("proposals", "rejected", "fallbacks", "data_defaults", "tools_written", "tools_rejected",
+              "checks_tested", "checks_rejected", "prompt_tokens", "completion_tokens", "requests"):
         if k in stats:
             totals[k] = totals.get(k, 0) + stats[k]
 

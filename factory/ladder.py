@@ -121,20 +121,28 @@ def _guarded(moves):
 
 
 def build_ladder(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
-                 levels: int) -> tuple[list[Level], list[ToolDef]]:
+                 levels: int, gate=None) -> tuple[list[Level], list[ToolDef]]:
     """The ladder, preferring at each step a move the greedy baseline fails on; if that ends
     in a dead end (a greedy-hard move can leave no room to escalate further), the ladder is
-    built again from the same random state choosing by plan counts alone."""
+    built again from the same random state choosing by plan counts alone.
+
+    `gate(constraints, new_checks, reference, level) -> reason | None` judges a task that
+    adds a model-written `check` (`factory.checkgate.CheckGate`: the validation harness);
+    without one, such a check is judged by counting alone."""
     state = rng.getstate()
     try:
-        return _build(p, agent, seed, tools, rng, levels, greedy_aware=True)
+        return _build(p, agent, seed, tools, rng, levels, True, gate)
     except LadderError:
         rng.setstate(state)
-        return _build(p, agent, seed, tools, rng, levels, greedy_aware=False)
+        return _build(p, agent, seed, tools, rng, levels, False, gate)
+
+
+def _new_checks(cand: list[Constraint], prev: list[Constraint]) -> list[Constraint]:
+    return [c for c in cand if c.kind == "check" and c not in prev]
 
 
 def _build(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Random,
-           levels: int, greedy_aware: bool) -> tuple[list[Level], list[ToolDef]]:
+           levels: int, greedy_aware: bool, gate=None) -> tuple[list[Level], list[ToolDef]]:
     def tell(move: str, accepted: bool, reason: str) -> None:
         if hasattr(agent, "feedback"):
             agent.feedback(move, accepted, reason)
@@ -144,6 +152,10 @@ def _build(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Ran
     except (AgentError, ConstraintError) as e:
         raise LadderError(str(e)) from None
     ref = _confirmed(p, cons, pick_reference(res, rng))
+    if gate is not None and _new_checks(cons, []):
+        why = gate(cons, _new_checks(cons, []), ref, 0)
+        if why:
+            raise LadderError(f"the level-0 task's check fails the validation harness: {why}")
     tools, added = extend_tools(p, tools, cons, seed)
     out = [Level(0, cons, res.count, res.capped, ref, "base task", [t.name for t in tools], added,
                  reference_calls(p, tools, cons, ref), None if res.capped else res.plans,
@@ -178,6 +190,12 @@ def _build(p: Problem, agent: Agent, seed, tools: list[ToolDef], rng: random.Ran
                 tell(move, False, f"too hard: it leaves {r.count} plans, and {remaining} more levels must each "
                                   "remove some")
                 continue
+            checks = _new_checks(cand, prev.constraints)
+            if checks and gate is not None:  # a model-written check: the validation harness first
+                why = gate(cand, checks, pick_reference(r, random.Random(move)), len(out))
+                if why:
+                    tell(move, False, f"its check fails the validation harness: {why}")
+                    continue
             if move.split(" ", 1)[-1] in seed.ladder.prefer:
                 step = (move, cand, r)  # the seed's preferred moves only need to bite
                 break

@@ -30,7 +30,7 @@ from envfactory.verifiers.count import count_plans
 from envfactory.verifiers.problem import Plan, Problem, scaled
 from envfactory.verifiers.solver import confirm
 
-__all__ = ["Case", "Verdict", "judge", "cases", "plan_of"]
+__all__ = ["Case", "Verdict", "judge", "cases", "plan_of", "random_plan"]
 
 REFERENCE_RERUNS = 5
 MAX_ALTERNATIVES = 20
@@ -144,6 +144,11 @@ def _random_plan(p: Problem, rng: random.Random) -> Plan | None:
         prev = rng.choice(cands)
         plan.append(prev[0])
     return tuple(plan)
+
+
+def random_plan(p: Problem, rng: random.Random) -> Plan | None:
+    """A random plan of real rows that respects the plan's links (None if one was not found)."""
+    return _random_plan(p, rng)
 
 
 def _breaking(p: Problem, ref: Plan, u: int, i: int, rng: random.Random) -> Plan | None:

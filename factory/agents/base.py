@@ -1,6 +1,7 @@
 """The agent seam: what the flow asks of an agent, and how a worker builds one.
 
-An agent answers the flow's decisions for one environment: the level-0 task
+An agent answers the flow's decisions for one environment: which of the seed's tables to
+load and which columns its tasks may use (`choose_data`, `agents.data`), the level-0 task
 (`base_task`) and candidate harder constraint sets (`moves`). The ladder, not the agent,
 counts plans and judges each move; it tells the agent why a move was rejected
 (`feedback`), so a model agent can do better on its next proposal. Agents are built in
@@ -32,6 +33,10 @@ class AgentError(RuntimeError):
 
 
 class Agent(Protocol):
+    def choose_data(self, tables: list, rng: random.Random):
+        """The tables to load and the columns tasks may use (`agents.data.DataChoice`), from the
+        seed's catalog (`agents.data.CatalogTable`s); checked by `agents.data.check_choice`."""
+
     def base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
         """Level 0: few constraints, solvable, with its plans counted."""
 

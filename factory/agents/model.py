@@ -25,6 +25,7 @@ from envfactory.factory.agents.chat import ChatClient, ChatConfig, ChatError, Co
 from envfactory.verifiers.constraints import KINDS, Constraint, ConstraintError, get_kind, validate
 from envfactory.verifiers.count import CountResult, count_plans
 from envfactory.verifiers.problem import Plan, Problem
+from envfactory.verifiers.solver import pick_reference
 
 __all__ = ["ModelAgent", "constraint_schema", "describe_problem"]
 
@@ -66,8 +67,9 @@ def _values(p: Problem, slot: str, col: str, ctype: str) -> str:
     return ", ".join(json.dumps(v) for v in distinct[:SAMPLE_VALUES]) + more
 
 
-def describe_problem(p: Problem) -> str:
-    """The plan's structure and data in words and numbers, for the model."""
+def describe_problem(p: Problem, data=None) -> str:
+    """The plan's structure and data in words and numbers, for the model; with a data choice
+    (`agents.data.DataChoice`), only the columns it keeps."""
     shape = (f"a set of {p.units} distinct {p.anchor.name} choices (order does not matter)" if p.unordered
              else f"{p.units} {p.unit}s in order")
     lines = [f"The plan is {shape}; each {p.unit} picks one row per slot."]
@@ -87,7 +89,7 @@ def describe_problem(p: Problem) -> str:
         lines.append(f"- slot {s.name!r} (table {s.table}, {len(p.rows[s.name])} candidates"
                      + (f"; links: {links}" if links else "") + ")")
         for col, ctype in s.columns.items():
-            if col == s.key:
+            if col == s.key or (data is not None and not data.allows(s.table, col)):
                 continue
             lines.append(f"    {col} ({ctype}): {_values(p, s.name, col, ctype)}")
     return "\n".join(lines)
@@ -128,6 +130,9 @@ class ModelAgent:
         self._names = 0
         self._described: dict[int, str] = {}
         self.fallbacks = 0                # decisions the specialist made because the model could not
+        self.data = None                  # this environment's data choice (choose_data)
+        self.gate = None                  # the validation harness for written checks (`factory.checkgate`)
+        self.data_defaults = 0            # data choices the model could not make usably: the whole catalog
         self._fallback = None
         if spec.fallback == "specialist":
             from envfactory.factory.agents.specialist import SpecialistAgent
@@ -136,7 +141,7 @@ class ModelAgent:
 
     def _problem(self, p: Problem) -> str:
         if id(p) not in self._described:  # one environment's problem, described once
-            self._described = {id(p): describe_problem(p)}
+            self._described = {id(p): describe_problem(p, self.data)}
         return self._described[id(p)]
 
     # -------------------------------------------------------------- what the model may use
@@ -166,9 +171,17 @@ class ModelAgent:
                 self._names += 1
                 name = f"{kind}_{self._names}"
             try:
-                ok.append(validate(Constraint(str(kind), name, dict(params or {})), p))
+                c = validate(Constraint(str(kind), name, dict(params or {})), p)
+                left = [str(n) for n in get_kind(c.kind).needs(c, p)
+                        if self.data is not None and not self.data.allows(n.table, n.column)]
             except (ConstraintError, KeyError, TypeError, ValueError) as e:
                 bad.append(f"{kind} {json.dumps(params)[:200]}: {e}")
+                continue
+            if left:
+                bad.append(f"{kind} {json.dumps(params)[:200]}: it reads {', '.join(left)}, which the data choice "
+                           "left out")
+            else:
+                ok.append(c)
         return ok, bad
 
     def _ask(self, conv: Conversation, schema: dict, check, attempts: int | None = None) -> object | None:
@@ -180,6 +193,43 @@ class ModelAgent:
         self.rejected.extend(d.errors)
         self.proposals += len(d.errors)  # each unusable reply was a proposal, refused
         return d.value
+
+    # ---------------------------------------------------------------------------- the data
+
+    def choose_data(self, tables: list, rng: random.Random):
+        """The model picks the optional tables to load and the columns tasks may use; an
+        unusable choice (after the bounded retries) leaves the whole catalog, counted."""
+        from envfactory.factory.agents.data import check_choice, choice_schema, describe_catalog, everything
+
+        conv = Conversation().system(SYSTEM).user(
+            f"Task type: {self.seed.seed.description}\n\nThe data catalog:\n{describe_catalog(tables)}\n\n"
+            "Choose the data this environment's tasks will use: the tables to load (every required one, and any "
+            "optional one worth having) and, per table, the columns constraints may read (leave a table out of "
+            "\"columns\" to allow all of its columns). Prefer columns with many distinct values that a traveller or "
+            "planner would care about. Answer as {\"tables\": [...], \"columns\": {\"table\": [...]}, \"why\": \"...\"}.")
+        found = {}
+
+        def check(value) -> str | None:
+            choice, why = check_choice(tables, value)
+            if choice is None:
+                return why
+            found["choice"] = choice
+            return None
+
+        try:
+            self._ask(conv, choice_schema(tables), check)
+        except AgentError:  # the server, not the reply: the run's problem unless a fallback decides
+            if self._fallback is None:
+                raise
+            self.fallbacks += 1
+        self.proposals += 1
+        self.data = found.get("choice")
+        if self.data is None:
+            self.data_defaults += 1
+            self.rejected.append("data choice: none usable; the whole catalog is loaded")
+            self.data = everything(tables)
+        self._described = {}
+        return self.data
 
     # ---------------------------------------------------------------------------- level 0
 
@@ -212,6 +262,11 @@ class ModelAgent:
                 return "no plan meets these constraints together: loosen them"
             if res.capped:
                 return f"at least {self.cap} plans meet them: the level-0 task must admit fewer; tighten them"
+            checks = [c for c in cons if c.kind == "check"]
+            if checks and self.gate is not None:  # the validation harness, before the model hears "accepted"
+                why = self.gate(cons, checks, pick_reference(res, random.Random(0)), 0)
+                if why:
+                    return f"a check fails the validation harness: {why}"
             found["task"] = (cons, res)
             return None
 
@@ -321,7 +376,9 @@ class ModelAgent:
 
     def stats(self) -> dict:
         return {"proposals": self.proposals, "rejected": len(self.rejected), "reasons": self.rejected[:5],
-                "fallbacks": self.fallbacks, "tools_written": self.tools_written,
+                "fallbacks": self.fallbacks,
+                "data_defaults": self.data_defaults,
+                "tools_written": self.tools_written,
                 "tools_rejected": self.tools_rejected,
                 "prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
                 "requests": self.usage.requests}

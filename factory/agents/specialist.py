@@ -41,6 +41,12 @@ class SpecialistAgent:
                      "optimum": extreme_sum}
         self.rejected: list[str] = []  # proposals that failed, with the reason (never fatal)
 
+    def choose_data(self, tables: list, rng: random.Random):
+        """Every table and every column: the seed's pool says what the tasks use."""
+        from envfactory.factory.agents.data import everything
+
+        return everything(tables)
+
     def _propose(self, text: str, p: Problem, current: list[Constraint], reference, rng) -> list[Constraint]:
         item = parse_pool_item(text)
         return get_kind(item.kind).propose(item, p, current, reference, rng, self.opts)

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import duckdb
+
 from tests.factory.scripted_server import ScriptedServer, completion
 
 COSTS = {"hotel": "price_per_night", "restaurant": "avg_cost", "attraction": "ticket_price"}
@@ -32,10 +34,17 @@ MENU = [
     {"kind": "attribute", "params": {"slot": "restaurant", "column": "rating", "op": ">=", "value": 3.5, "unit": 2}},
     {"kind": "attribute", "params": {"slot": "attraction", "column": "rating", "op": ">=", "value": 3.5, "unit": 3}},
     {"kind": "attribute", "params": {"slot": "hotel", "column": "stars", "op": ">=", "value": 3, "unit": 1}},
-    # a check the library cannot express: two slots of one unit together
-    {"kind": "check", "params": {"scope": "unit", "expr": 'unit["hotel"]["stars"] + unit["attraction"]["rating"] >= 6',
-                                 "text": "Each day, the hotel's stars plus the attraction's rating are at least 6"}},
+    {"kind": "attribute", "params": {"slot": "restaurant", "column": "rating", "op": ">=", "value": 3.0, "unit": 0}},
 ]
+# a check the library cannot express: two slots of one unit together
+CHECK = {"kind": "check", "params": {
+    "scope": "unit", "expr": 'unit["attraction"]["ticket_price"] <= unit["restaurant"]["avg_cost"]',
+    "text": "Each day, the attraction's ticket costs no more than the restaurant's average meal"}}
+# the optional airports table left out, and the attractions' durations and hours too
+DATA = {"tables": ["cities", "hotels", "restaurants", "attractions"],
+        "columns": {"attractions": ["attraction_id", "city_id", "category", "ticket_price", "rating"]},
+        "why": "the plan's tables; durations are not needed"}
+LEFT_OUT = {"kind": "aggregate", "params": {"slot": "attraction", "column": "duration_hours", "value": 2.0}}
 UNSAFE = {"kind": "check", "params": {"scope": "unit", "expr": 'unit["hotel"].__class__ is None',
                                       "text": "an attempt to reach the interpreter"}}
 REFUSED = {"kind": "attribute", "params": {"slot": "hotel", "column": "colour", "op": "==", "value": "red", "unit": 0}}
@@ -45,6 +54,10 @@ def planner(body, n):
     """A scripted model: level 0 from the cheapest cost it is told (tightened or loosened as
     the agent's feedback says), moves from a fixed menu, one unusable item now and then."""
     users = [m["content"] for m in body["messages"] if m["role"] == "user"]
+    if "The data catalog:" in users[0]:
+        if len(users) == 1:  # a required table left out: refused with the reason
+            return completion(json.dumps({"tables": ["cities", "restaurants", "attractions"], "columns": {}}))
+        return completion(json.dumps(DATA))
     if "Write a Python tool function" in users[0]:
         return completion(json.dumps({"code": _tool_code(users)}))
     if "Propose the level-0 task" in users[0]:
@@ -62,10 +75,12 @@ def planner(body, n):
         return completion(json.dumps({"constraints": BASE + [budget]}))
     level = int(re.search(r"ways to make level (\d+)", users[0])[1])
     k = (level * 2 + n) % len(MENU)
-    moves = [MENU[(k + i) % len(MENU)] for i in range(3)] + ([REFUSED, UNSAFE] if "verdicts" not in users[0] else [])
+    moves = [MENU[(k + i) % len(MENU)] for i in range(2)] + ([REFUSED, UNSAFE, LEFT_OUT] if "verdicts" not in users[0] else [])
+    if level in (1, 2):
+        moves.append(CHECK)  # counted, then through the validation harness
     # a tighter budget always removes plans: replace the current one (named in the prompt)
     name, cap = re.search(r"- \[(total_budget\w*)\] The total cost .* at most \$(\d+)", users[0]).groups()
-    for f in (0.995, 0.99, 0.97):
+    for f in (0.99, 0.97):
         moves.append({"kind": "total_budget", "replaces": name, "params": {"max": int(int(cap) * f), "costs": COSTS}})
     return completion(json.dumps({"moves": moves}))
 
@@ -113,10 +128,23 @@ def test_generate_with_a_model_agent_builds_valid_bundles_and_counts_rejections(
             assert "def _written_get_" in src and "while True" not in src
             written += 1
     assert written >= 1 and batch["agent"]["tools_rejected"] >= 0
+    # the model's data choice: what the sandbox loaded, and what the manifest says
+    assert manifest["agent"]["data"] == {k: v for k, v in DATA.items()}
+    con = duckdb.connect(str(out / e["path"] / "db" / "sandbox.duckdb"), read_only=True)
+    assert "airports" not in {t for (t,) in con.execute("SHOW TABLES").fetchall()}
+    con.close()
+    assert "duration_hours" not in next(b for b in bodies if "Propose the level-0" in b["messages"][1]["content"]
+                                        )["messages"][1]["content"]
+    # written checks went through the validation harness, and the run says how many
+    assert batch["agent"]["checks_tested"] >= 1 and batch["agent"]["data_defaults"] == 0
+    assert re.search(r"(\d+) written checks through the harness \((\d+) rejected\)", r.stderr)[1] == str(
+        batch["agent"]["checks_tested"])
     # the model was told why its unusable replies and moves were refused
     fed = [m["content"] for b in bodies for m in b["messages"] if m["role"] == "user"]
     assert any("That reply was not usable: no JSON value" in f for f in fed)
     assert any("refused before counting" in f and "colour" in f for f in fed)
+    assert any("required tables left out: hotels" in f for f in fed)
+    assert any("refused before counting" in f and "which the data choice left out" in f for f in fed)
     assert any("refused before counting" in f and "Attribute is not allowed" in f for f in fed)
     assert any("model:check" in f for f in fed)  # a model-written check was counted and judged
     assert any("rejected after running in the sandbox" in f and "timeout" in f for f in fed)
