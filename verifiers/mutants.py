@@ -133,7 +133,7 @@ def _neighbours(p: Problem, plan: Plan, rng: random.Random):
                     yield new
 
 
-def _random_plan(p: Problem, rng: random.Random) -> Plan | None:
+def random_plan(p: Problem, rng: random.Random) -> Plan | None:
     """A random plan that keeps the structure: each unit drawn among those that may follow."""
     after = structure.Successors(p, structure.unit_options(p)).after
     plan, prev = [], None
@@ -144,11 +144,6 @@ def _random_plan(p: Problem, rng: random.Random) -> Plan | None:
         prev = rng.choice(cands)
         plan.append(prev[0])
     return tuple(plan)
-
-
-def random_plan(p: Problem, rng: random.Random) -> Plan | None:
-    """A random plan of real rows that respects the plan's links (None if one was not found)."""
-    return _random_plan(p, rng)
 
 
 def _breaking(p: Problem, ref: Plan, u: int, i: int, rng: random.Random) -> Plan | None:
@@ -178,7 +173,7 @@ def _violators(p: Problem, constraints: list[Constraint], ref: Plan, rng: random
     tries = 0
     while len(best) < len(constraints) and tries < 3000:  # some constraints need more than one swap
         tries += 1
-        plan = _random_plan(p, rng)
+        plan = random_plan(p, rng)
         if plan is not None:
             consider(plan)
     return {name: (plan, isolated) for name, (_, plan, isolated) in best.items()}
@@ -281,7 +276,7 @@ def cases(p: Problem, constraints: list[Constraint], reference: dict, rng: rando
                       ("not_json", "the plan is below"), ("number", 1), ("other_key", {"plan": first})):
         add_raw(f"junk:{name}", "junk", ans)
     for i in range(RANDOM_PLANS):
-        plan = _random_plan(p, rng)
+        plan = random_plan(p, rng)
         if plan is not None:
             add_plan(f"junk:random_plan#{i + 1}", "junk", plan)
 
