@@ -138,4 +138,6 @@ def test_factory_verify_scores_hostile_answers_zero(bundle, tmp_path, case):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert r.returncode == 1, (r.returncode, r.stderr[-500:])
     assert json.loads(r.stdout)["score"] == 0.0
-    assert elapsed < LIMIT_S + 5, elapsed  # + interpreter and sandbox start
+    # a hang guard, not a speed claim: a loaded 2-core machine once took 16 s to start the
+    # interpreter and the sandbox here
+    assert elapsed < LIMIT_S + 40, elapsed
