@@ -366,7 +366,8 @@ class ModelAgent:
         return wt
 
     def feedback(self, move: str, accepted: bool, reason: str) -> None:
-        if not accepted:
+        # the ladder also judges the fallback's moves; only the model's own count as its rejections
+        if not accepted and " model:" in move:
             self.verdicts.append(f"{move}: {reason}")
             if not reason.startswith("counted"):
                 self.rejected.append(f"{move}: {reason}")

@@ -182,3 +182,17 @@ def test_an_unreachable_model_server_fails_cleanly(tmp_path):
 def test_openai_agent_without_a_base_url_is_a_usage_error(tmp_path):
     r = _factory("generate", "trip_planning", "--envs", "1", "--out", str(tmp_path / "o"), "--agent", "openai")
     assert r.returncode == 2 and "needs --base-url" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_with_a_fallback_only_the_models_own_proposals_count_as_its_rejections(tmp_path):
+    """The specialist that stands in for a useless model also proposes moves, and the ladder
+    rejects many of them; those are not the model's rejections (seen against llama.cpp: 127
+    'rejected' of 55 proposals before this was fixed)."""
+    out = tmp_path / "o"
+    with ScriptedServer(lambda body, n: completion("I would love to help with your trip!")) as srv:
+        r = _factory("generate", "trip_planning", "--envs", "1", "--out", str(out), "--workers", "1",
+                     "--agent", "openai", "--base-url", srv.base_url, "--fallback", "specialist",
+                     "--agent-option", "rounds=1", "--agent-option", "attempts=1", "--agent-option", "base_attempts=1")
+    assert r.returncode == 0, r.stderr
+    agent = json.loads((out / "batch.json").read_text())["agent"]
+    assert agent["fallbacks"] >= 5 and 0 < agent["rejected"] <= agent["proposals"], agent
