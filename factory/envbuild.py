@@ -203,6 +203,8 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     finally:
         if hasattr(agent, "close"):
             agent.close()
+    if hasattr(agent, "dump"):
+        agent.dump(env_id)  # distillation records, outside the bundle
     agent_info = ({"kind": spec.kind, "model": spec.model} | agent_stats(agent) | gate.stats()
                   | {"data": choice.to_json()})
     tools_py = tmp / "tools" / "tools.py"

@@ -74,6 +74,11 @@ class AgentSpec:
 def make_agent(spec: AgentSpec, seed):
     """The agent a spec names, for one seed, built here (in the worker)."""
     if spec.kind == "specialist":
+        record = dict(spec.options).get("record")
+        if record:  # the specialist, writing its decisions down for distillation
+            from envfactory.factory.agents.distill import DistillingAgent
+
+            return DistillingAgent(seed, record)
         from envfactory.factory.agents.specialist import SpecialistAgent
 
         return SpecialistAgent(seed)

@@ -27,7 +27,8 @@ from envfactory.verifiers.count import CountResult, count_plans
 from envfactory.verifiers.problem import Plan, Problem
 from envfactory.verifiers.solver import pick_reference
 
-__all__ = ["ModelAgent", "constraint_schema", "describe_problem"]
+__all__ = ["ModelAgent", "constraint_schema", "describe_problem", "usable_kinds", "data_prompt", "base_prompt",
+           "moves_prompt", "SYSTEM"]
 
 DECISION_ATTEMPTS = 4    # replies per decision before it counts as failed
 BASE_ATTEMPTS = 6        # level 0 gets more: the count feedback (loosen, tighten) usually needs a few rounds
@@ -105,6 +106,50 @@ def _describe(cons: list[Constraint], p: Problem) -> str:
     return "\n".join(f"- [{c.name}] {get_kind(c.kind).describe(c, p)}" for c in cons)
 
 
+def usable_kinds(p: Problem, seed) -> list[str]:
+    """The constraint kinds that make sense for this problem and seed."""
+    out = []
+    for k, kind in sorted(KINDS.items()):
+        if p.unordered and kind.ordered:
+            continue
+        if k in ("total_budget", "unit_budget", "conditional_budget") and not p.cost_slots:
+            continue
+        if k == "schedule" and not seed.ladder.schedule:
+            continue
+        if k == "distance" and not p.km:
+            continue
+        out.append(k)
+    return out
+
+
+def data_prompt(seed, tables) -> str:
+    from envfactory.factory.agents.data import describe_catalog
+
+    return (f"Task type: {seed.seed.description}\n\nThe data catalog:\n{describe_catalog(tables)}\n\n"
+            "Choose the data this environment's tasks will use: the tables to load (every required one, and any "
+            "optional one worth having) and, per table, the columns constraints may read (leave a table out of "
+            "\"columns\" to allow all of its columns). Prefer columns with many distinct values that a traveller or "
+            "planner would care about. Answer as {\"tables\": [...], \"columns\": {\"table\": [...]}, \"why\": \"...\"}.")
+
+
+def base_prompt(problem: str, kinds: list[str], cap: int) -> str:
+    return (f"{problem}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
+            f"Propose the level-0 task: 1 to 5 constraints that some plans meet (at least 1 and fewer than "
+            f"{cap} plans). Answer as {{\"constraints\": [{{\"kind\": ..., \"params\": {{...}}}}]}}.")
+
+
+def moves_prompt(problem: str, kinds: list[str], p: Problem, current: list[Constraint], reference: Plan,
+                 level: int, verdicts: list[str]) -> str:
+    heard = ("\n\nThe ladder's verdicts on your earlier proposals for this level:\n"
+             + "\n".join(f"- {v}" for v in verdicts[-12:])) if verdicts else ""
+    return (f"{problem}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
+            f"Level {level - 1} has these constraints:\n{_describe(current, p)}\n"
+            f"One plan that meets them: {json.dumps(p.plan_dict(reference))}\n{heard}\n\n"
+            f"Propose up to {MOVES_PER_ROUND} alternative ways to make level {level}: each one new constraint, "
+            f"or a tighter version of an existing one (set \"replaces\" to its [name]). A good move removes "
+            f"many plans but not all of them.")
+
+
 class ModelAgent:
     """Proposals from a chat model; every one checked before the ladder counts it."""
 
@@ -147,18 +192,7 @@ class ModelAgent:
     # -------------------------------------------------------------- what the model may use
 
     def _kinds(self, p: Problem) -> list[str]:
-        out = []
-        for k, kind in sorted(KINDS.items()):
-            if p.unordered and kind.ordered:
-                continue
-            if k in ("total_budget", "unit_budget", "conditional_budget") and not p.cost_slots:
-                continue
-            if k == "schedule" and not self.seed.ladder.schedule:
-                continue
-            if k == "distance" and not p.km:
-                continue
-            out.append(k)
-        return out
+        return usable_kinds(p, self.seed)
 
     def _constraints(self, p: Problem, items: list[dict], current: list[Constraint]) -> tuple[list, list[str]]:
         """Validated constraints from the model's items, and a reason for each refused one."""
@@ -199,14 +233,9 @@ class ModelAgent:
     def choose_data(self, tables: list, rng: random.Random):
         """The model picks the optional tables to load and the columns tasks may use; an
         unusable choice (after the bounded retries) leaves the whole catalog, counted."""
-        from envfactory.factory.agents.data import check_choice, choice_schema, describe_catalog, everything
+        from envfactory.factory.agents.data import check_choice, choice_schema, everything
 
-        conv = Conversation().system(SYSTEM).user(
-            f"Task type: {self.seed.seed.description}\n\nThe data catalog:\n{describe_catalog(tables)}\n\n"
-            "Choose the data this environment's tasks will use: the tables to load (every required one, and any "
-            "optional one worth having) and, per table, the columns constraints may read (leave a table out of "
-            "\"columns\" to allow all of its columns). Prefer columns with many distinct values that a traveller or "
-            "planner would care about. Answer as {\"tables\": [...], \"columns\": {\"table\": [...]}, \"why\": \"...\"}.")
+        conv = Conversation().system(SYSTEM).user(data_prompt(self.seed, tables))
         found = {}
 
         def check(value) -> str | None:
@@ -244,10 +273,7 @@ class ModelAgent:
 
     def _model_base_task(self, p: Problem, rng: random.Random) -> tuple[list[Constraint], CountResult]:
         kinds = self._kinds(p)
-        conv = Conversation().system(SYSTEM).user(
-            f"{self._problem(p)}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
-            f"Propose the level-0 task: 1 to 5 constraints that some plans meet (at least 1 and fewer than "
-            f"{self.cap} plans). Answer as {{\"constraints\": [{{\"kind\": ..., \"params\": {{...}}}}]}}.")
+        conv = Conversation().system(SYSTEM).user(base_prompt(self._problem(p), kinds, self.cap))
         found: dict = {}
 
         def check(value) -> str | None:
@@ -299,15 +325,8 @@ class ModelAgent:
         self.verdicts = []
         offered = 0
         for _ in range(self.rounds):
-            heard = ("\n\nThe ladder's verdicts on your earlier proposals for this level:\n"
-                     + "\n".join(f"- {v}" for v in self.verdicts[-12:])) if self.verdicts else ""
             conv = Conversation().system(SYSTEM).user(
-                f"{self._problem(p)}\n\nConstraint kinds:\n{_catalog(kinds)}\n\n"
-                f"Level {level - 1} has these constraints:\n{_describe(current, p)}\n"
-                f"One plan that meets them: {json.dumps(p.plan_dict(reference))}\n{heard}\n\n"
-                f"Propose up to {MOVES_PER_ROUND} alternative ways to make level {level}: each one new constraint, "
-                f"or a tighter version of an existing one (set \"replaces\" to its [name]). A good move removes "
-                f"many plans but not all of them.")
+                moves_prompt(self._problem(p), kinds, p, current, reference, level, self.verdicts))
             value = self._ask(conv, constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves"), None)
             if value is None:
                 continue
