@@ -7,6 +7,7 @@ is below 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,11 @@ __all__ = ["main"]
 
 
 from envfactory.factory.errors import UsageError
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield None
 
 
 def _fail(msg: str, code: int = 2):
@@ -26,8 +32,8 @@ def cmd_generate(a) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from envfactory.factory.agents.local import local_server
     from envfactory.factory.generate import generate
-
     from envfactory.factory.seed import load_seed, resolve_seed
 
     if a.envs < 1:
@@ -42,7 +48,9 @@ def cmd_generate(a) -> int:
         def progress(done, total, env):
             bar.update(task, completed=done, description=f"{env.env_id} (levels {env.levels}, plans {env.counts})")
 
-        res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress, spec)
+        with local_server(spec) as served:  # --agent dsa: our model on loopback, for the workers
+            res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress, served)
+        spec = served
     for e in res.envs:
         print(f"{e.env_id}\tlevels={e.levels}\tplans={','.join(map(str, e.counts))}\t"
               f"calls={','.join(map(str, e.tool_calls))}\ttools={len(e.tools)}")
@@ -83,22 +91,25 @@ def cmd_solve(a) -> int:
     bad = [x for x in agents if x not in SOLVERS]
     if bad:
         raise UsageError(f"unknown solving agent {bad[0]!r} (agents: {', '.join(SOLVERS)})")
-    spec = None
-    if "openai" in agents:
-        from envfactory.factory.agents.base import AgentSpec
+    from envfactory.factory.agents.base import AgentSpec
+    from envfactory.factory.agents.local import local_server
 
-        try:
-            spec = AgentSpec("openai", a.model, a.base_url, a.api_key_env,
-                             options=_options(a.agent_option or []) + (("max_steps", a.max_steps),))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
     reports = []
     for agent in agents:
+        spec = None
+        if agent in ("openai", "dsa"):
+            try:
+                spec = AgentSpec(agent, a.model, a.base_url, a.api_key_env,
+                                 options=_options(a.agent_option or []) + (("max_steps", a.max_steps),))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+
         def progress(done, total, name, agent=agent):
             if not a.quiet:
                 print(f"solve {agent}: {done}/{total} {name}", file=sys.stderr)
 
-        reports.append(solve_bundle(a.bundle, agent, a.k, a.seed, a.workers, spec, a.max_tasks, progress))
+        with local_server(spec) if spec else _nothing() as served:
+            reports.append(solve_bundle(a.bundle, agent, a.k, a.seed, a.workers, served, a.max_tasks, progress))
     print(format_solve_table(reports))
     for r in reports:
         print(f"{r.agent}: {sum(v['tasks'] for v in r.levels.values())} tasks x {r.k} attempts in {r.seconds:.1f} s "
@@ -286,10 +297,12 @@ def _options(items: list[str]) -> tuple:
     return tuple(out)
 
 
-def _agent_args(ap, kinds=("specialist", "openai"), default="specialist") -> None:
+def _agent_args(ap, kinds=("specialist", "openai", "dsa"), default="specialist") -> None:
     ap.add_argument("--agent", choices=kinds, default=default,
-                    help=f"who makes the decisions (default {default}; openai: any OpenAI-compatible server)")
-    ap.add_argument("--model", default=None, help="model name sent to the server (default: the server's own)")
+                    help=f"who makes the decisions (default {default}; openai: any OpenAI-compatible server; "
+                         "dsa: our own DSA model, served here unless --base-url is given)")
+    ap.add_argument("--model", default=None, help="model name sent to the server (default: the server's own); "
+                                                  "for dsa, a checkpoint directory (default: the shipped one)")
     ap.add_argument("--base-url", default=None, help="the server's API root, e.g. http://127.0.0.1:8000/v1")
     ap.add_argument("--api-key-env", default="OPENAI_API_KEY",
                     help="environment variable holding the API key (default OPENAI_API_KEY; unset: no key)")
@@ -323,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     so = sub.add_parser("solve", help="run a solving agent on every task; pass@1 and pass@k per level")
     so.add_argument("bundle", metavar="BUNDLE", help="a generated bundle directory or one environment")
     so.add_argument("--agent", default="greedy",
-                    help="random, greedy (no model) or openai; several comma-separated (default greedy)")
+                    help="random, greedy (no model), openai or dsa (our local model); several comma-separated (default greedy)")
     so.add_argument("-k", type=int, default=1, help="attempts per task (default 1)")
     so.add_argument("--seed", type=int, default=0, help="seed of the attempts' randomness (default 0)")
     so.add_argument("--workers", type=int, default=None, help="processes, one environment each (default: CPU count)")

@@ -54,6 +54,7 @@ def ll_tokenizer(tok: Tokenizer) -> LLTokenizer:
 
 MAX_STRING = 120   # characters, for a string the schema leaves unbounded
 MAX_ITEMS = 16     # items, for an unbounded array
+MAX_CALLS = 4      # tool calls in one reply: bounded for the same reason
 
 
 def bounded(schema, max_string: int = MAX_STRING, max_items: int = MAX_ITEMS):
@@ -112,15 +113,22 @@ def _tool_rules(tools: list[dict], d: str) -> list[str]:
         params = fn.get("parameters") or {}
         props = params.get("properties") or {}
         required = set(params.get("required") or [])
-        body = []
+        names = []
         for j, (pname, pschema) in enumerate(props.items()):
             rules.append(f"p{i}_{j}: {_param_rule(pname, pschema or {}, d)}")
-            body.append(f"p{i}_{j}" + ("" if pname in required else "?"))
-        rules.append(f'inv{i}: "<" {d} "invoke name=\\"{name}\\">\\n" {" ".join(body)} "</" {d} "invoke>\\n"')
+            names.append((f"p{i}_{j}", pname in required))
+        if any(req for _, req in names):
+            body = " ".join(n + ("" if req else "?") for n, req in names)
+        else:  # no parameter required: some first one, or none (V3.2 then leaves a blank line)
+            body = " | ".join(['"\\n"'] + [" ".join([names[j][0]] + [n + "?" for n, _ in names[j + 1:]])
+                                            for j in range(len(names))])
+            body = f"( {body} )"
+        rules.append(f'inv{i}: "<" {d} "invoke name=\\"{name}\\">\\n" {body} "</" {d} "invoke>\\n"')
         invokes.append(f"inv{i}")
     if not invokes:
         raise ConstraintError("no tools to call")
-    return [f'calls: {d} "function_calls>\\n" invoke+ "</" {d} "function_calls>"',
+    more = " invoke?" * (MAX_CALLS - 1)
+    return [f'calls: {d} "function_calls>\\n" invoke{more} "</" {d} "function_calls>"',
             f"invoke: {' | '.join(invokes)}", *rules]
 
 

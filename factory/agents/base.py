@@ -25,7 +25,7 @@ from envfactory.verifiers.problem import Plan, Problem
 
 __all__ = ["Agent", "AgentError", "AgentSpec", "AGENT_KINDS", "make_agent", "agent_stats"]
 
-AGENT_KINDS = ("specialist", "openai")
+AGENT_KINDS = ("specialist", "openai", "dsa")  # dsa: our own model, served locally (agents/local.py)
 
 
 class AgentError(RuntimeError):

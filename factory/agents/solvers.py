@@ -31,7 +31,7 @@ from pathlib import Path
 
 __all__ = ["Attempt", "SOLVERS", "make_solver", "RandomSolver", "GreedySolver", "ModelSolver", "Explorer"]
 
-SOLVERS = ("random", "greedy", "openai")
+SOLVERS = ("random", "greedy", "openai", "dsa")
 MAX_EXPLORE_CALLS = 400   # tool calls a baseline spends discovering rows before it answers
 REPAIR_ROUNDS = 30
 REPAIR_OPTIONS = 400      # options tried per unit in one repair round
@@ -355,6 +355,6 @@ def make_solver(kind: str, spec=None):
         return RandomSolver()
     if kind == "greedy":
         return GreedySolver()
-    if kind == "openai":
+    if kind in ("openai", "dsa"):  # dsa: the local model behind the same chat runtime
         return ModelSolver(spec)
     raise ValueError(f"unknown solver {kind!r} (solvers: {', '.join(SOLVERS)})")
