@@ -26,7 +26,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -180,7 +180,8 @@ def train_prepared(data: Path, out: Path, time_budget: float = 600.0, batch_toke
     meta = json.loads((data / "meta.json").read_text())
     blob = torch.load(data / "examples.pt")
     examples, held = blob["examples"], blob["held"]
-    cfg = ModelConfig(**meta["config"])
+    known = {f.name for f in fields(ModelConfig)}
+    cfg = ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
     eos = Tokenizer.from_file(data / "tokenizer.json").eos_id
     torch.manual_seed(seed)
     model = Transformer(cfg).to(device)
