@@ -12,7 +12,14 @@ in brackets), so checkpoints map one to one:
 RoPE is interleaved here (the indexer's is not). The softmax scale carries YaRN's mscale².
 
 Paths, picked per call:
-- full causal attention (`sparse=False`: pre-training and the indexer warm-up);
+- full causal attention (`sparse=False`: pre-training and the indexer warm-up). With
+  `cfg.full_attn_impl="sdpa"` (the default) it runs through `sdpa_attention` (torch's fused
+  SDPA): prefill in MHA form, a one-token step in the absorbed MQA form, no [B, S, H, T]
+  scores and no [S, T] mask. "oracle" keeps the fp32 einsum cores. What still materialises
+  scores: the warm-up's KL on the PyTorch path (`index_loss` with attn_impl "dense" or
+  "sparse"), whose target `attention_target` is the [B, S, H, T] softmax (under no_grad)
+  and whose indexer logits and mask are [B, S, T]; with "triton" the kernels compute that KL
+  in row blocks (`kernels.dense_indexer_kl`) and nothing of size S·T is held;
 - top-k attention (`sparse=True`): the indexer scores every visible token, `select_topk`
   keeps k, and `cfg.attn_impl` decides how attention reads them: "dense" masks dense scores
   (the oracle), "sparse" gathers the selected latents (what the kernels replace);
@@ -37,6 +44,7 @@ from .attention_ops import (
     absorbed_attention,
     attention_target,
     mha_attention,
+    sdpa_attention,
     sparse_attention,
 )
 from .cache import LayerCache
@@ -83,6 +91,7 @@ class MLA(nn.Module):
 
         scores = idx = ind = None
         fused = sparse and c.attn_impl == "triton"  # kernels select, attend and give the KL
+        use_sdpa = not sparse and c.full_attn_impl == "sdpa"
         if fused:  # indexer + blocked top-k: no [B, S, T] score matrix, no mask
             ind = self.indexer.project(x, qr, cos, sin, start_pos, cache.index if cache else None)
             idx = _dsa_select(ind, c.index_topk, start_pos)  # (B, S, topk) int32, -1 = empty
@@ -97,8 +106,10 @@ class MLA(nn.Module):
                 idx = select_topk(scores, c.index_topk, start_pos)  # (B, S, K)
                 # the gather path needs no [B, S, T] mask unless the KL target is wanted
                 mask = index_mask(idx, T) if c.attn_impl == "dense" or index_loss else None
-            else:
+            elif scores is not None or not use_sdpa:  # the PyTorch KL needs it, or the oracle
                 mask = causal_mask(S, T, start_pos, x.device)  # (1, S, T)
+            else:  # SDPA masks by itself; S·T floats would be the biggest tensor at long context
+                mask = None
 
         w_uk, w_uv = self._w_kv_b()
         q_lat = lse = None
@@ -118,13 +129,26 @@ class MLA(nn.Module):
             o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
         elif S == 1 and cache is not None:  # decode: MQA over the latent cache
             q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)
-            o_lat = absorbed_attention(q_lat, q_pe, kv, k_pe, mask, c.softmax_scale)
+            if use_sdpa:  # one shared head: keys [kv; k_pe], values kv
+                o_lat = sdpa_attention(torch.cat((q_lat, q_pe), dim=-1),
+                                       torch.cat((kv, k_pe), dim=-1).unsqueeze(2),
+                                       kv.unsqueeze(2), c.softmax_scale)
+            else:
+                o_lat = absorbed_attention(q_lat, q_pe, kv, k_pe, mask, c.softmax_scale)
             o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
         else:  # prefill: expand the latent into per-head keys and values
+            # MHA, not the absorbed form, also for SDPA: heads of qk 192 / v 128 instead of
+            # 576 / 512 (V3.2 shapes). On an H200, bf16, S=4096, fwd+bwd of the core: 6 ms and
+            # 1.4 GB (cuDNN kernel) against 121 ms and 6.2 GB (576 is too wide for the flash
+            # and cuDNN kernels, which leaves the memory-efficient one).
             kvb = self.kv_b_proj(kv).view(B, T, c.n_heads, c.qk_nope_head_dim + c.v_head_dim)
             k_nope, v = kvb.split([c.qk_nope_head_dim, c.v_head_dim], dim=-1)
+            q = torch.cat((q_nope, q_pe), dim=-1)
             k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, c.n_heads, -1)), dim=-1)
-            o = mha_attention(torch.cat((q_nope, q_pe), dim=-1), k, v, mask, c.softmax_scale)
+            if use_sdpa:
+                o = sdpa_attention(q, k, v, c.softmax_scale)
+            else:
+                o = mha_attention(q, k, v, mask, c.softmax_scale)
         out = self.o_proj(o.flatten(2))  # (B, S, dim)
 
         kl = None

@@ -1,6 +1,13 @@
 """Attention cores, free of parameters: the seam where kernels plug in.
 
-Three ways to compute the same top-k attention, and the indexer's training target:
+Full causal attention for training and long prefills:
+
+- `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` (fused kernels that
+  never hold the [B, S, H, T] scores, forward or backward), in MHA form or, with one shared
+  key/value head, in the absorbed MQA form.
+
+Three ways to compute the same top-k attention (the first two, given a causal mask, are also
+the full-attention oracles), and the indexer's training target:
 
 - `mha_attention`: the masked-dense oracle in MHA form (per-head keys and values expanded
   from the latent), as the reference prefill does (dsa.md §1.2).
@@ -11,12 +18,45 @@ Three ways to compute the same top-k attention, and the indexer's training targe
   replaces this function.
 - `attention_target`: the head-summed, L1-normalised attention distribution for the KL loss.
 
-All scores and softmaxes run in float32; outputs come back in the query dtype.
+The einsum cores materialise [B, S, H, T] float32 scores; all their scores and softmaxes
+run in float32. `sdpa_attention` runs in its inputs' dtype (bf16 under autocast), the fused
+kernels keeping the softmax statistics in float32. Outputs come back in the query dtype.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of S queries at the last S of T positions (start_pos = T - S).
+
+    q [B, S, H, Dqk], k [B, T, H or 1, Dqk], v [B, T, H or 1, Dv] -> [B, S, H, Dv]. A single
+    key/value head is shared by every query head (the absorbed form: q = [q_lat; q_pe],
+    k = [kv; k_pe], v = kv). Equal to `mha_attention` with `causal_mask(S, T, T - S)`.
+    """
+    S, H, Dqk = q.shape[1], q.shape[2], q.shape[3]
+    T, Dv = k.shape[1], v.shape[-1]
+    dt = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if v.device.type == "cpu" and Dv < Dqk:
+        # PyTorch's CPU flash kernel wants equal head dims; without it SDPA falls back to the
+        # math backend, which materialises the scores. Zero columns leave the output as is.
+        v = F.pad(v, (0, Dqk - Dv))
+    # expand (stride 0), not enable_gqa: with one kv head and head dim 576 (V3.2's absorbed
+    # form) enable_gqa sends CUDA SDPA to the math backend; the expanded view does not.
+    qh = q.to(dt).transpose(1, 2)  # (B, H, S, Dqk)
+    kh = k.to(dt).transpose(1, 2).expand(-1, H, -1, -1)  # (B, H, T, Dqk)
+    vh = v.to(dt).transpose(1, 2).expand(-1, H, -1, -1)
+    if S == T:
+        o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale)
+    elif S == 1:  # the newest token sees every key
+        o = F.scaled_dot_product_attention(qh, kh, vh, scale=scale)
+    else:  # is_causal aligns the top-left corner; queries after a cache need the bottom-right
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=causal_lower_right(S, T),
+                                           scale=scale)
+    return o[..., :Dv].transpose(1, 2).to(q.dtype)  # (B, S, H, Dv)
 
 
 def mha_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,

@@ -4,25 +4,40 @@ back into content, reasoning and tool calls.
 The format is the one V3.2 ships (`encoding/encoding_dsv32.py` of the model repository, as
 copied into SGLang at `python/sglang/srt/entrypoints/openai/encoding_dsv32.py`; dsa.md §1.5):
 
-- the prompt opens with BOS; a system message is its content, then the tools block when
-  tools are offered; a user turn is `<｜User｜>{content}<｜Assistant｜>` followed by `<think>`
-  when it is the last user turn in thinking mode, else by `</think>`; a developer turn is a
-  user turn whose content carries the tools block and ends with "# The user's message is: ";
+- the prompt opens with BOS; a system message is its content, then `\\n\\n` and the tools block
+  when tools are offered; a user turn is `<｜User｜>{content}<｜Assistant｜>` followed by
+  `<think>` when it is the last user turn in thinking mode, else by `</think>`; a developer
+  turn is a user turn whose content is the tools block (if it carries them), then
+  `\\n\\n# The user's message is: {content}`;
 - an assistant turn is `{reasoning}</think>` (thinking mode, after the last user turn only),
-  then its content, then its tool calls as a DSML block, then EOS;
-- tool results are grouped after the turn that called them: `\\n\\n<function_results>`, one
-  `\\n<result>…</result>` each, `\\n</function_results>`, then `\\n\\n<think>` (thinking, after
-  the last user turn) or `\\n\\n</think>`;
-- reasoning is dropped from every assistant turn before the last user or developer turn.
+  then its content, then its tool calls as a DSML block, then EOS; a parameter is marked
+  `string="true"` and written raw when its value is a string, else `string="false"` and JSON;
+- the results of one turn's tool calls form one block: `\\n\\n<function_results>`, one
+  `\\n<result>…</result>` each, `\\n</function_results>`, then `\\n\\n<think>` (thinking mode,
+  after the last user turn) or `\\n\\n</think>`;
+- the drop-thinking rule: reasoning is removed from every assistant turn before the last user
+  or developer turn, and kept after it.
 
-Where this module differs: a requested response format is not written into the prompt
-(V3.2 appends a "## Response Format" section); our server enforces it with a grammar
-(`constrain.py`) and our model was trained on prompts without it. An assistant turn after
-the last user turn in thinking mode may have empty reasoning (V3.2 refuses one with
-neither reasoning nor tool calls).
+`render(messages, tools, thinking, add_generation_prompt)` writes the prompt; the text that
+opens the next assistant turn (`<｜Assistant｜>` and its think token after a user turn, the
+think token after tool results) is the generation prompt. `parse_completion(text, thinking)`
+reads an assistant turn back; for any assistant message, the text `render` writes for it
+parses back to that message's content, reasoning and tool calls.
 
-`parse_completion` is strict, like V3.2's parser: malformed DSML, a special token inside
-content, or anything after the tool calls is a `ChatFormatError`, never a guess.
+Where this module differs from V3.2, and why:
+- tools come as an argument and are written into the first system or developer message (an
+  empty system message is made when there is neither); V3.2 reads them off the message;
+- a requested response format is not written into the prompt (V3.2 appends a
+  "## Response Format" section): our server enforces it with a grammar (`constrain.py`) and
+  our model was trained on prompts without it;
+- an assistant turn after the last user turn in thinking mode may have empty reasoning and no
+  tool calls (V3.2 refuses it), and `reasoning` is accepted for `reasoning_content`;
+- a developer message before the last user turn is kept (V3.2's drop-thinking pass loses it);
+- tool results must match their turn's tool calls one to one (V3.2 leaves the block open when
+  some are missing);
+- the parser is at least as strict as V3.2's: malformed DSML, a special token inside content,
+  reasoning or a parameter value, or anything but whitespace after the tool calls is a
+  `ChatFormatError`, never a guess; unlike V3.2 it also takes a completion stopped without EOS.
 """
 
 from __future__ import annotations
@@ -37,6 +52,8 @@ USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"
 THINK, END_THINK = "<think>", "</think>"
 DSML = "｜DSML｜"
 CALLS_START = f"\n\n<{DSML}function_calls"
+CALLS_END = f"</{DSML}function_calls>"
+INVOKE_END = f"</{DSML}invoke>"
 SPECIALS = (BOS, EOS, USER, ASSISTANT, THINK, END_THINK, DSML)
 
 TOOLS_BLOCK = f"""## Tools
@@ -74,7 +91,7 @@ class ChatFormatError(ValueError):
 @dataclass(frozen=True)
 class ParsedCompletion:
     content: str
-    reasoning: str | None = None
+    reasoning: str | None = None  # None outside thinking mode
     tool_calls: list[dict] = field(default_factory=list)  # OpenAI form, arguments as JSON text
 
 
@@ -98,17 +115,27 @@ def _arguments(call: dict) -> dict:
     return args
 
 
+def _name(name, what: str) -> str:
+    # the parser reads names up to a quote, so one holding a quote or newline could not come back
+    if not isinstance(name, str) or not name or '"' in name or "\n" in name:
+        raise ChatFormatError(f"bad {what} name {name!r}")
+    return name
+
+
+def _parameter(key: str, value) -> str:
+    key = _name(key, "parameter")
+    is_str = isinstance(value, str)
+    return (f'<{DSML}parameter name="{key}" string="{"true" if is_str else "false"}">'
+            f"{value if is_str else _json(value)}</{DSML}parameter>")
+
+
 def render_tool_calls(calls: list[dict]) -> str:
     invokes = []
     for c in calls:
-        name = (c.get("function") or {}).get("name")
-        if not isinstance(name, str) or not name:
-            raise ChatFormatError("a tool call needs a function name")
-        params = "\n".join(
-            f'<{DSML}parameter name="{k}" string="{"true" if isinstance(v, str) else "false"}">'
-            f"{v if isinstance(v, str) else _json(v)}</{DSML}parameter>" for k, v in _arguments(c).items())
-        invokes.append(f'<{DSML}invoke name="{name}">\n{params}\n</{DSML}invoke>')
-    return f"{CALLS_START}>\n" + "\n".join(invokes) + f"\n</{DSML}function_calls>"
+        name = _name((c.get("function") or {}).get("name"), "function")
+        params = "\n".join(_parameter(k, v) for k, v in _arguments(c).items())
+        invokes.append(f'<{DSML}invoke name="{name}">\n{params}\n{INVOKE_END}')
+    return f"{CALLS_START}>\n" + "\n".join(invokes) + f"\n{CALLS_END}"
 
 
 def _last_user(messages: list[dict]) -> int:
@@ -133,100 +160,127 @@ def _text(m: dict) -> str:
     return c
 
 
-def render(messages: list[dict], tools: list[dict] | None = None, thinking: bool = False) -> str:
-    """The prompt for the next assistant turn (it ends where that turn's text begins)."""
-    msgs = drop_thinking(messages)
-    if tools and not any(m.get("role") in ("system", "developer") for m in msgs):
-        msgs = [{"role": "system", "content": ""}, *msgs]
-    last = _last_user(msgs)
-    out, tools_done, i = [BOS], False, 0
-    while i < len(msgs):
-        m, role = msgs[i], msgs[i].get("role")
-        if role == "system":
-            text = _text(m)
-            if tools and not tools_done:
-                text, tools_done = text + "\n\n" + tools_block(tools), True
-            out.append(text)
-        elif role in ("user", "developer"):
-            text = _text(m)
-            if role == "developer":
-                block = "\n\n" + tools_block(tools) if tools and not tools_done else ""
-                tools_done = tools_done or bool(block)
-                text = f"{block}\n\n# The user's message is: {text}"
-            out.append(f"{USER}{text}{ASSISTANT}{THINK if thinking and i == last else END_THINK}")
-        elif role == "assistant":
-            reasoning = m.get("reasoning_content", m.get("reasoning"))
-            head = f"{reasoning or ''}{END_THINK}" if thinking and i > last else ""
-            calls = render_tool_calls(m["tool_calls"]) if m.get("tool_calls") else ""
-            out.append(f"{head}{_text(m)}{calls}{EOS}")
-        elif role == "tool":
-            prev = msgs[i - 1] if i else {}
-            wanted = len(prev.get("tool_calls") or []) if prev.get("role") == "assistant" else 0
-            group = []
-            while i < len(msgs) and msgs[i].get("role") == "tool":
-                group.append(msgs[i])
-                i += 1
-            if not wanted:
-                raise ChatFormatError(f"tool results at message {i - len(group)} follow no assistant tool call")
-            body = "".join(f"\n<result>{_text(t)}</result>" for t in group)
-            out.append(f"\n\n<function_results>{body}\n</function_results>\n\n"
-                       f"{THINK if thinking and i - 1 > last else END_THINK}")
-            continue
-        else:
-            raise ChatFormatError(f"unknown role {role!r} at message {i}")
-        i += 1
-    return "".join(out)
-
-
 def render_assistant(content: str = "", reasoning: str | None = None, tool_calls: list[dict] | None = None,
                      thinking: bool = False) -> str:
-    """What a completion of the next assistant turn holds (EOS included)."""
+    """One assistant turn, EOS included; `thinking` means it follows the last user turn in thinking mode."""
     head = f"{reasoning or ''}{END_THINK}" if thinking else ""
     return f"{head}{content}{render_tool_calls(tool_calls) if tool_calls else ''}{EOS}"
 
 
-_INVOKE = re.compile(rf'<{DSML}invoke name="([^"<]+)">\n')
-_PARAM = re.compile(rf'<{DSML}parameter name="([^"<]+)" string="(true|false)">(.*?)</{DSML}parameter>\n',
+def _results(msgs: list[dict], start: int) -> tuple[str, int]:
+    """The function_results block of the tool messages from `start` on, and the index after them."""
+    end = start
+    while end < len(msgs) and msgs[end].get("role") == "tool":
+        end += 1
+    prev = msgs[start - 1] if start else {}
+    wanted = len(prev.get("tool_calls") or []) if prev.get("role") == "assistant" else 0
+    if not wanted:
+        raise ChatFormatError(f"tool results at message {start} follow no assistant tool call")
+    if wanted != end - start:
+        raise ChatFormatError(f"{end - start} tool results at message {start} answer {wanted} tool calls")
+    body = "".join(f"\n<result>{_text(t)}</result>" for t in msgs[start:end])
+    return f"\n\n<function_results>{body}\n</function_results>", end
+
+
+def render(messages: list[dict], tools: list[dict] | None = None, thinking: bool = False,
+           add_generation_prompt: bool = True) -> str:
+    """The prompt: with the generation prompt it ends where the next assistant turn's text begins."""
+    msgs = drop_thinking(messages)
+    host = next((i for i, m in enumerate(msgs) if m.get("role") in ("system", "developer")), None)
+    if tools and host is None:
+        msgs, host = [{"role": "system", "content": ""}, *msgs], 0
+    block = "\n\n" + tools_block(tools) if tools else ""
+    last = _last_user(msgs)
+    out, i = [BOS], 0
+    while i < len(msgs):
+        m, role, opener, nxt = msgs[i], msgs[i].get("role"), "", i + 1
+        if role == "system":
+            out.append(_text(m) + (block if i == host else ""))
+        elif role in ("user", "developer"):
+            text = _text(m)
+            if role == "developer":
+                if not text:
+                    raise ChatFormatError(f"the developer message at {i} has no content")
+                text = f"{block if i == host else ''}\n\n# The user's message is: {text}"
+            out.append(f"{USER}{text}")
+            opener = ASSISTANT + (THINK if thinking and i == last else END_THINK)
+        elif role == "assistant":
+            reasoning = m.get("reasoning_content") or m.get("reasoning")
+            out.append(render_assistant(_text(m), reasoning, m.get("tool_calls"), thinking and i > last))
+        elif role == "tool":
+            text, nxt = _results(msgs, i)
+            out.append(text)
+            opener = "\n\n" + (THINK if thinking and i > last else END_THINK)
+        else:
+            raise ChatFormatError(f"unknown role {role!r} at message {i}")
+        i = nxt
+        if opener and (i < len(msgs) or add_generation_prompt):
+            out.append(opener)
+    return "".join(out)
+
+
+_INVOKE = re.compile(rf'<{DSML}invoke name="([^"\n]+)">\n')
+_PARAM = re.compile(rf'<{DSML}parameter name="([^"\n]+)" string="(true|false)">(.*?)</{DSML}parameter>\n',
                     re.DOTALL)
 
 
+def _found(text: str, pos: int) -> str:
+    return repr(text[pos:pos + 40]) if pos < len(text) else "the end of the text"
+
+
+def _check_no_specials(part: str, where: str) -> None:
+    bad = next((s for s in SPECIALS if s in part), None)
+    if bad:
+        raise ChatFormatError(f"special token {bad} inside the {where}")
+
+
+def _parse_parameters(text: str, pos: int, name: str) -> tuple[dict, int]:
+    """The parameters of one invoke from `pos` (just after its opening tag) through its closing tag."""
+    if text.startswith(f"\n{INVOKE_END}\n", pos):  # no parameters: V3.2's join leaves an empty line
+        return {}, pos + len(INVOKE_END) + 2
+    args: dict = {}
+    while not text.startswith(f"{INVOKE_END}\n", pos):
+        if pos >= len(text):
+            raise ChatFormatError(f"malformed DSML: the invoke of {name} is never closed")
+        p = _PARAM.match(text, pos)
+        if not p:
+            raise ChatFormatError(f"malformed DSML: expected a parameter of {name} or {INVOKE_END}, "
+                                  f"found {_found(text, pos)}")
+        key, is_str, raw = p[1], p[2], p[3]
+        _check_no_specials(raw, f"value of parameter {key} of {name}")
+        if key in args:
+            raise ChatFormatError(f"parameter {key} given twice to {name}")
+        if is_str == "true":
+            args[key] = raw
+        else:
+            try:
+                args[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                raise ChatFormatError(f"parameter {key} of {name} is marked non-string but is not JSON: "
+                                      f"{raw!r}") from None
+        pos = p.end()
+    return args, pos + len(INVOKE_END) + 1
+
+
 def _parse_calls(text: str) -> list[dict]:
-    """text after CALLS_START (through the closing tag, nothing after)."""
+    """The tool calls in `text`, which starts just after CALLS_START; only whitespace may follow them."""
     if not text.startswith(">\n"):
-        raise ChatFormatError("malformed function_calls tag")
+        raise ChatFormatError(f"malformed function_calls tag: found {_found(text, 0)}")
     pos, calls = 2, []
-    end = f"</{DSML}function_calls>"
-    while not text.startswith(end, pos):
+    while not text.startswith(CALLS_END, pos):
+        if pos >= len(text):
+            raise ChatFormatError("malformed DSML: the function_calls block is never closed")
         m = _INVOKE.match(text, pos)
         if not m:
-            raise ChatFormatError(f"expected an invoke or the closing tag at offset {pos}")
-        pos, args = m.end(), {}
-        while not text.startswith(f"</{DSML}invoke>\n", pos):
-            if not args and pos == m.end() and text.startswith(f"\n</{DSML}invoke>\n", pos):
-                # no parameters: V3.2's join leaves a blank line
-                pos += 1
-                continue
-            p = _PARAM.match(text, pos)
-            if not p:
-                raise ChatFormatError(f"malformed parameter of {m[1]} at offset {pos}")
-            key, is_str, raw = p[1], p[2], p[3]
-            if key in args:
-                raise ChatFormatError(f"parameter {key} given twice to {m[1]}")
-            if is_str == "true":
-                args[key] = raw
-            else:
-                try:
-                    args[key] = json.loads(raw)
-                except json.JSONDecodeError:
-                    raise ChatFormatError(f"parameter {key} of {m[1]} is marked non-string but is not JSON") from None
-            pos = p.end()
-        pos += len(f"</{DSML}invoke>\n")
+            raise ChatFormatError(f"malformed DSML: expected an invoke or {CALLS_END}, found {_found(text, pos)}")
+        args, pos = _parse_parameters(text, m.end(), m[1])
         calls.append({"id": f"call_{len(calls)}", "type": "function",
                       "function": {"name": m[1], "arguments": _json(args)}})
     if not calls:
         raise ChatFormatError("a function_calls block with no invoke")
-    if text[pos + len(end):].strip():
-        raise ChatFormatError("text after the tool calls")
+    tail = text[pos + len(CALLS_END):]
+    if tail.strip():
+        raise ChatFormatError(f"text after the tool calls: {tail[:40]!r}")
     return calls
 
 
@@ -236,18 +290,13 @@ def parse_completion(text: str, thinking: bool = False) -> ParsedCompletion:
         text = text[: -len(EOS)]
     reasoning = None
     if thinking:
-        if END_THINK not in text:
+        reasoning, closed, text = text.partition(END_THINK)
+        if not closed:
             raise ChatFormatError("thinking mode: the reasoning never ends (no </think>)")
-        reasoning, text = text.split(END_THINK, 1)
-    content, calls = text, []
-    if CALLS_START in text:
-        content, rest = text.split(CALLS_START, 1)
-        calls = _parse_calls(rest)
-    for part in (content, reasoning or ""):
-        bad = [s for s in SPECIALS if s in part]
-        if bad:
-            raise ChatFormatError(f"special token {bad[0]} inside the content")
-    return ParsedCompletion(content, reasoning, calls)
+        _check_no_specials(reasoning, "reasoning")
+    content, opened, rest = text.partition(CALLS_START)
+    _check_no_specials(content, "content")
+    return ParsedCompletion(content, reasoning, _parse_calls(rest) if opened else [])
 
 
 __all__ = ["render", "render_assistant", "render_tool_calls", "parse_completion", "drop_thinking", "tools_block",

@@ -16,6 +16,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 
 ATTN_IMPLS = ("dense", "sparse", "triton")
+FULL_ATTN_IMPLS = ("sdpa", "oracle")
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,18 @@ class ModelConfig:
     # "sparse" = gather of the selected latents, "triton" = the kernels/ pipeline (indexer +
     # blocked top-k, sparse MLA, fused indexer KL in the sparse stage).
     attn_impl: str = "dense"
+    # How full causal attention (`sparse=False`: pre-training, the indexer warm-up, perplexity)
+    # is computed: "sdpa" = torch's fused scaled_dot_product_attention (no [B, S, H, T] scores,
+    # so long contexts fit), "oracle" = the fp32 einsum of attention_ops (reference, tests).
+    full_attn_impl: str = "sdpa"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}, got {self.attn_impl!r}")
+        if self.full_attn_impl not in FULL_ATTN_IMPLS:
+            raise ValueError(f"full_attn_impl must be one of {FULL_ATTN_IMPLS}, "
+                             f"got {self.full_attn_impl!r}")
         if self.index_head_dim & (self.index_head_dim - 1):
             raise ValueError("index_head_dim must be a power of two (Walsh-Hadamard rotation)")
         if self.qk_rope_head_dim % 2 or self.qk_rope_head_dim > self.index_head_dim:

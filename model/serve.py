@@ -2,7 +2,8 @@
 
     python -m envfactory.model.serve CHECKPOINT [--host 127.0.0.1] [--port 8000] [--device cpu]
 
-CHECKPOINT is a directory with `config.json`, `model.safetensors` and `tokenizer.json`.
+CHECKPOINT is a directory with `config.json`, `tokenizer.json` and the weights (`*.safetensors`, one
+file or shards).
 
 - `POST /v1/chat/completions`: messages (system, user, assistant, tool, developer), tools and
   tool_choice (auto, none, required, or one named function), response_format (text,
@@ -62,9 +63,11 @@ def load_pretrained(path: str | Path, device: str = "cpu", dtype=None):
     from .transformer import Transformer
 
     path = Path(path)
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+    for name in ("config.json", "tokenizer.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a checkpoint: no {name}")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path} is not a checkpoint: no .safetensors weights")
     cfg = config_from_hf(json.loads((path / "config.json").read_text()))
     model = Transformer(cfg).to(device=device, dtype=dtype or torch.float32)
     load_checkpoint(model, path)

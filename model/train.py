@@ -11,6 +11,11 @@
   set S_t. The indexer reads detached inputs and p is detached, so the indexer learns only
   from the KL and the rest only from the LM loss, as the report prescribes.
 
+In MoE models every step of `pretrain` and `sparse` ends with the auxiliary-loss-free bias
+update of the router (`moe.balance_experts`, speed `--bias-update-speed`, 0 = off); the
+warm-up leaves the biases alone, as it does every other non-indexer parameter. The metrics
+then carry `load_ratio`, the worst layer's max/mean expert load over the step.
+
 `--time-budget SECONDS` fits a stage to a wall-clock budget (steps become a ceiling and the
 schedule is laid over the steps that fit). Runs on CPU (tests) or CUDA (bf16 autocast). The default corpus is the Python standard
 library sources of the running interpreter (`data.py`).
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ModelConfig, get_config
+from .moe import balance_experts, gates
 from .transformer import Transformer
 
 STAGES = ("pretrain", "warmup", "sparse")
@@ -49,6 +55,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     warmup_steps: int = 0
     index_loss_weight: float = 1.0
+    # gamma of the MoE router's bias update after each step (DeepSeek-V3: 0.001; 0 = off)
+    bias_update_speed: float = 0.001
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -117,6 +125,10 @@ def train(model: Transformer, batches, tcfg: TrainConfig, log=None,
     device = next(model.parameters()).device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
+    moe = gates(model)
+    gamma = 0.0 if tcfg.stage == "warmup" else tcfg.bias_update_speed
+    for gate in moe:  # loads counted before this run (an earlier stage, a probe) are stale
+        gate.expert_load.zero_()
     history = []
     t_start = time.perf_counter()
     t_mark, mark_step = None, 0
@@ -133,6 +145,10 @@ def train(model: Transformer, batches, tcfg: TrainConfig, log=None,
         loss.backward()
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip).item()
         opt.step()
+        if moe:
+            ratio = balance_experts(model, gamma)  # gamma 0 still clears this step's counts
+            if ratio is not None:
+                metrics["load_ratio"] = ratio
         metrics.update(step=step, loss=loss.item(), lr=opt.param_groups[0]["lr"])
         history.append(metrics)
         if log is not None:
@@ -178,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--warmup-steps", type=int, default=50)
+    ap.add_argument("--bias-update-speed", type=float, default=TrainConfig.bias_update_speed,
+                    help="MoE router bias update speed gamma per step (0: no load balancing)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--time-budget", type=float, default=None,
@@ -195,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
               f"model: {cfg.num_params():,} params", flush=True)
         model = build_model(cfg, args.init, args.device)
         tcfg = TrainConfig(stage=args.stage, steps=args.steps, batch_size=args.batch_size,
-                           seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup_steps)
+                           seq_len=args.seq_len, lr=args.lr, warmup_steps=args.warmup_steps,
+                           bias_update_speed=args.bias_update_speed)
         batches = TokenBatches(tokens, tcfg.batch_size, tcfg.seq_len, tcfg.seed, args.device)
     except (OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ __all__ = ["DEFAULT_CHECKPOINT", "local_server", "DSA_DEFAULTS"]
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "model" / "checkpoints" / "agent"
 # a small distilled model answers one move per reply; sampling gives each retry and round
 # a different one, where greedy decoding would repeat itself
-DSA_DEFAULTS = (("temperature", 0.7), ("timeout_s", 600.0), ("max_tokens", 512))
+DSA_DEFAULTS = (("temperature", 0.7), ("timeout_s", 600.0), ("max_tokens", 512), ("rounds", 8), ("base_attempts", 8))
 
 
 def _checkpoint(spec) -> Path:

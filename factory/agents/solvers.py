@@ -326,6 +326,8 @@ class ModelSolver:
 
         opts = dict(spec.options)
         self.max_steps = int(opts.pop("max_steps", max_steps))
+        for key in ("rounds", "attempts", "base_attempts", "tool_attempts"):  # the proposing agent's, not chat's
+            opts.pop(key, None)
         self.client = ChatClient(ChatConfig(spec.base_url, spec.model, spec.api_key, **opts))
 
     def solve(self, task: dict, episode, rng: random.Random) -> Attempt:

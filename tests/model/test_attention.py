@@ -1,14 +1,21 @@
-"""MLA: the masked-dense oracle, the gather path, the absorbed form and cached decoding."""
+"""MLA: the masked-dense oracle, the gather path, the absorbed form, cached decoding and
+full attention through SDPA against the einsum oracle."""
 
 import math
 
 import pytest
 import torch
 
-from envfactory.model.attention_ops import absorbed_attention, mha_attention, sparse_attention
+from envfactory.model import attention
+from envfactory.model.attention_ops import (
+    absorbed_attention,
+    mha_attention,
+    sdpa_attention,
+    sparse_attention,
+)
 from envfactory.model.cache import make_caches
 from envfactory.model.config import get_config
-from envfactory.model.indexer import index_mask, select_topk
+from envfactory.model.indexer import causal_mask, index_mask, select_topk
 from envfactory.model.rope import rope_tables
 from envfactory.model.transformer import Transformer
 from tests.model.conftest import rel_err
@@ -135,3 +142,97 @@ def test_yarn_model_runs_with_scaled_softmax():
                         + [model(tokens[:, t:t + 1], t, caches)[0] for t in range(90, 100)], 1)
     assert torch.isfinite(full).all() and rel_err(inc, full) < 1e-5
     assert math.isclose(cfg.softmax_scale, 24**-0.5 * (0.1 * math.log(4) + 1) ** 2)
+
+
+def _grads(out, leaves, g):
+    return torch.autograd.grad(out, leaves, g)
+
+
+@pytest.mark.parametrize("S,T", [(37, 37), (11, 37), (1, 37)], ids=["prefill", "after-cache", "decode"])
+@pytest.mark.parametrize("form", ["mha", "absorbed"])
+def test_sdpa_core_equals_the_einsum_oracle(form, S, T):
+    """Forward and backward of sdpa_attention against the fp32 einsum cores, causal with the
+    queries at positions T-S.. (the start_pos offset), on fresh data of awkward sizes."""
+    gen = torch.Generator().manual_seed(20 + S)
+    B, H, dn, dp, dv, R = 2, 3, 16, 8, 12, 20
+    rnd = lambda *s: torch.randn(*s, generator=gen).requires_grad_()
+    mask = causal_mask(S, T, T - S, torch.device("cpu"))
+    if form == "mha":
+        q, k, v = rnd(B, S, H, dn + dp), rnd(B, T, H, dn + dp), rnd(B, T, H, dv)
+        leaves = [q, k, v]
+        ref = mha_attention(q, k, v, mask, 0.3)
+        got = sdpa_attention(q, k, v, 0.3)
+    else:  # queries [q_lat; q_pe] against one shared head: keys [kv; pe], values kv
+        q_lat, q_pe, kv, pe = rnd(B, S, H, R), rnd(B, S, H, dp), rnd(B, T, R), rnd(B, T, dp)
+        leaves = [q_lat, q_pe, kv, pe]
+        ref = absorbed_attention(q_lat, q_pe, kv, pe, mask, 0.3)
+        got = sdpa_attention(torch.cat((q_lat, q_pe), -1), torch.cat((kv, pe), -1)[:, :, None],
+                             kv[:, :, None], 0.3)
+    assert got.shape == ref.shape
+    assert rel_err(got, ref) < 1e-5  # measured <= 2.4e-7
+    g = torch.randn(ref.shape, generator=gen)
+    for a, b in zip(_grads(got, leaves, g), _grads(ref, leaves, g)):
+        assert rel_err(a, b) < 1e-5  # measured <= 5e-7
+
+
+def sdpa_and_oracle_models(**kw):
+    sdpa = Transformer(get_config("tiny", full_attn_impl="sdpa", **kw))
+    oracle = Transformer(get_config("tiny", full_attn_impl="oracle", **kw))
+    oracle.load_state_dict(sdpa.state_dict())
+    for m in (sdpa, oracle):
+        with torch.no_grad():  # attention far from uniform, so a wrong mask would show
+            for layer in m.layers:
+                layer.self_attn.q_b_proj.weight.mul_(100.0)
+    return sdpa, oracle
+
+
+def test_full_attention_by_sdpa_equals_the_oracle_forward_and_backward():
+    sdpa, oracle = sdpa_and_oracle_models()
+    tokens = torch.randint(0, 512, (2, 37))
+    grads = []
+    for m in (sdpa, oracle):
+        logits, _ = m(tokens, sparse=False)
+        logits.square().mean().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.grad is not None})
+        m.zero_grad()
+        grads[-1]["logits"] = logits.detach()
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        assert rel_err(grads[0][n], grads[1][n]) < 1e-5, n  # measured <= 1.1e-6
+    # the warm-up: same KL (the PyTorch KL target still comes from the einsum scores)
+    kls = [m(tokens, sparse=False, index_loss=True)[1] for m in (sdpa, oracle)]
+    assert abs(kls[0].item() - kls[1].item()) < 1e-5 * kls[1].item()
+
+
+def test_full_attention_by_sdpa_over_a_cache_equals_the_oracle():
+    sdpa, oracle = sdpa_and_oracle_models()
+    tokens = torch.randint(0, 512, (2, 37))
+    outs = []
+    with torch.no_grad():
+        for m in (sdpa, oracle):
+            caches = make_caches(m.cfg, 2, 40)
+            parts = [m(tokens[:, :11], 0, caches, sparse=False)[0],
+                     m(tokens[:, 11:20], 11, caches, sparse=False)[0]]
+            parts += [m(tokens[:, t:t + 1], t, caches, sparse=False)[0] for t in range(20, 37)]
+            outs.append(torch.cat(parts, 1))
+        full = oracle(tokens, sparse=False)[0]
+    assert rel_err(outs[0], outs[1]) < 1e-5 and rel_err(outs[0], full) < 1e-5
+
+
+def test_plain_full_attention_never_touches_the_oracle(monkeypatch):
+    """No [B, S, H, T] scores and no [S, T] mask on the pre-training path."""
+    cfg = get_config("tiny")
+    assert cfg.full_attn_impl == "sdpa"
+    model = Transformer(cfg)
+    tokens = torch.randint(0, 512, (2, 37))
+
+    def banned(*a, **k):
+        raise AssertionError("the einsum oracle ran")
+
+    for name in ("mha_attention", "absorbed_attention", "causal_mask"):
+        monkeypatch.setattr(attention, name, banned)
+    model(tokens, sparse=False)[0].sum().backward()
+    with torch.no_grad():
+        caches = make_caches(cfg, 2, 40)
+        model(tokens[:, :30], 0, caches, sparse=False)
+        model(tokens[:, 30:31], 30, caches, sparse=False)

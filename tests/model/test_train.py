@@ -112,3 +112,29 @@ def test_cli_runs_a_stage_end_to_end(tmp_path, tokens):
     assert main(["pretrain", *args, "--out", str(tmp_path / "pre")]) == 0
     assert main(["sparse", *args, "--init", str(tmp_path / "pre"), "--out", str(tmp_path / "dsa")]) == 0
     assert (tmp_path / "dsa" / "model.safetensors").exists()
+
+
+MOE_CFG = get_config("tiny", index_topk=6, n_routed_experts=8, n_expert_groups=2,
+                     n_limited_groups=1, n_activated_experts=2)
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sparse"])
+def test_training_steps_move_the_router_bias_by_gamma(tokens, stage):
+    model = Transformer(MOE_CFG)
+    history = run(stage, model, tokens, 4, 1e-3)
+    bias = model.layers[1].mlp.gate.e_score_correction_bias
+    steps = bias / 1e-3  # every step moves each entry by -gamma, 0 or +gamma
+    assert bias.abs().sum() > 0 and bias.abs().max() <= 4e-3 + 1e-7
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+    assert all(m["load_ratio"] >= 1.0 for m in history)
+    assert model.layers[1].mlp.gate.expert_load.sum() == 0  # cleared by the last update
+
+
+def test_zero_speed_and_the_warmup_leave_the_router_bias(tokens):
+    for stage, speed in [("pretrain", 0.0), ("warmup", 1e-3)]:
+        model = Transformer(MOE_CFG)
+        tcfg = TrainConfig(stage=stage, steps=2, batch_size=8, seq_len=32, lr=1e-3, seed=1,
+                           bias_update_speed=speed)
+        history = train(model, TokenBatches(tokens, 8, 32, seed=1), tcfg)
+        assert torch.count_nonzero(model.layers[1].mlp.gate.e_score_correction_bias) == 0, stage
+        assert "load_ratio" in history[-1]
