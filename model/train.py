@@ -170,6 +170,11 @@ def build_model(cfg: ModelConfig, init: str | None, device) -> Transformer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["distill"]:  # learning the specialist's decisions: its own options (distill.py)
+        from .distill import main as distill_main
+
+        return distill_main(argv[1:])
     from .data import (
         TokenBatches,
         corpus_files,
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m envfactory.model.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=STAGES)
+    ap.add_argument("stage", choices=STAGES, help="or `distill` (python -m envfactory.model.train distill -h)")
     ap.add_argument("--config", default="small", help="preset: tiny, small, small-moe")
     ap.add_argument("--attn-impl", default=None, choices=("dense", "sparse", "triton"))
     ap.add_argument("--tokenizer", required=True, help="tokenizer.json (python -m envfactory.model.tokenizer train)")
