@@ -18,11 +18,6 @@ __all__ = ["main"]
 from envfactory.factory.errors import UsageError
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield None
-
-
 def _fail(msg: str, code: int = 2):
     print(f"factory: error: {msg}", file=sys.stderr)
     return code
@@ -108,7 +103,7 @@ def cmd_solve(a) -> int:
             if not a.quiet:
                 print(f"solve {agent}: {done}/{total} {name}", file=sys.stderr)
 
-        with local_server(spec) if spec else _nothing() as served:
+        with local_server(spec) if spec else contextlib.nullcontext() as served:
             reports.append(solve_bundle(a.bundle, agent, a.k, a.seed, a.workers, served, a.max_tasks, progress))
     print(format_solve_table(reports))
     for r in reports:

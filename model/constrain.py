@@ -27,7 +27,6 @@ still checked by whoever reads the output: constrained output parses, it is not 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 
 import torch
 from llguidance import LLMatcher, LLTokenizer
@@ -42,14 +41,12 @@ class ConstraintError(ValueError):
     """A grammar that does not compile, or a token the grammar refused."""
 
 
-@lru_cache(maxsize=8)
-def _ll_tokenizer(tokenizer_json: str, eos_id: int) -> LLTokenizer:
-    return LLTokenizer(tokenizer_json, eos_token=eos_id)
-
-
 def ll_tokenizer(tok: Tokenizer) -> LLTokenizer:
-    """The llguidance view of our tokenizer (cached: building it walks the vocabulary)."""
-    return _ll_tokenizer(tok.tok.to_str(), tok.eos_id)
+    """The llguidance view of our tokenizer, built once per tokenizer (it walks the vocabulary)."""
+    lt = getattr(tok, "_llg", None)
+    if lt is None:
+        lt = tok._llg = LLTokenizer(tok.tok.to_str(), eos_token=tok.eos_id)
+    return lt
 
 
 MAX_STRING = 120   # characters, for a string the schema leaves unbounded

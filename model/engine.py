@@ -8,7 +8,7 @@ a token per step. Decoding samples one token per step with, in order: the gramma
 EOS, at a stop id or stop string, when the grammar ends, at max_tokens, or at the cache's
 end.
 
-What it does not do yet (see docs/model.md): batch several conversations (the server
+What it does not do yet: batch several conversations (the server
 serialises requests), page the caches, or capture CUDA graphs. On CUDA the model's Triton
 path runs when its config says `attn_impl="triton"`; on CPU the PyTorch path.
 """

@@ -3,7 +3,8 @@ process, and the model agent (or the model solver) talks to it like to any
 OpenAI-compatible server.
 
 `--model` names a checkpoint directory (default: the one shipped in the package,
-`model/checkpoints/agent`, distilled from the specialist: `docs/model.md`); `--base-url`
+`model/checkpoints/agent`, distilled from the specialist by `python -m envfactory.model.train
+distill`); `--base-url`
 uses a server already running (`python -m envfactory.model.serve CKPT`) instead.
 """
 
@@ -14,21 +15,17 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-__all__ = ["DEFAULT_CHECKPOINT", "local_server", "DSA_DEFAULTS"]
+__all__ = ["local_server", "DSA_DEFAULTS"]
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "model" / "checkpoints" / "agent"
 # a small distilled model answers one move per reply; sampling gives each retry and round
 # a different one, where greedy decoding would repeat itself
 DSA_DEFAULTS = (("temperature", 0.7), ("timeout_s", 600.0), ("max_tokens", 512), ("rounds", 8), ("base_attempts", 8))
 
 
 def _checkpoint(spec) -> Path:
-    if spec.model:
-        return Path(spec.model)
     import envfactory.model
 
-    shipped = Path(envfactory.model.__file__).resolve().parent / "checkpoints" / "agent"
-    return shipped if shipped.is_dir() else DEFAULT_CHECKPOINT
+    return Path(spec.model) if spec.model else Path(envfactory.model.__file__).resolve().parent / "checkpoints" / "agent"
 
 
 @contextmanager
