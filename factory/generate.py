@@ -27,7 +27,13 @@ SPARE_FACTOR = 2  # regions drawn per requested environment, for replacements
 
 
 class GenerateError(RuntimeError):
-    pass
+    """The run could not finish. `envs` holds what was built before it stopped, `agent` the
+    agent's totals (so a comparison can still report a run that fell short)."""
+
+    def __init__(self, message: str, envs: list | None = None, agent: dict | None = None):
+        super().__init__(message)
+        self.envs = envs or []
+        self.agent = agent or {}
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,7 @@ class BatchResult:
 
 
 def agent_totals(totals: dict, stats: dict) -> None:
-    for k in ("proposals", "rejected", "fallbacks", "data_defaults", "tools_written", "tools_rejected",
+    for k in ("proposals", "rejected", "fallbacks", "malformed", "data_defaults", "tools_written", "tools_rejected",
               "checks_tested", "checks_rejected", "prompt_tokens", "completion_tokens", "requests"):
         if k in stats:
             totals[k] = totals.get(k, 0) + stats[k]
@@ -122,6 +128,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     from envfactory.sandboxes.web import OfflineWeb
 
     from envfactory.factory.agents.base import AgentSpec
+    from envfactory.factory.agents.local import local_server
 
     agent = agent or AgentSpec()
     t0 = time.perf_counter()
@@ -134,8 +141,9 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     done: dict[int, EnvSummary] = {}
     failed: list[tuple[str, str]] = []
     totals: dict = {"kind": agent.kind, "model": agent.model, "proposals": 0, "rejected": 0}
-    with OfflineWeb() as web, ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                                  initializer=_worker_init) as pool:
+    # --agent dsa without a server: one in this process for every worker (the CLI starts it first)
+    with local_server(agent, quiet=True) as agent, OfflineWeb() as web, \
+            ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
         _publish(seed, seed_path, web)
         queue = list(enumerate(regions))
         running = {}
@@ -169,7 +177,8 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
         said = (f" The {agent.kind} agent made {totals['proposals']} proposals; {totals['rejected']} were rejected."
                 if agent.kind != "specialist" else "")
         raise GenerateError(f"only {len(done)} of {n_envs} environments could be built; "
-                            f"last problems: {'; '.join(r for _, r in failed[-3:])}.{said}")
+                            f"last problems: {'; '.join(r for _, r in failed[-3:])}.{said}",
+                            [done[i] for i in sorted(done)], totals)
     envs = [done[i] for i in sorted(done)][:n_envs]
     # environments beyond the first n (built in parallel as replacements finished) are dropped
     keep = {e.env_id for e in envs}

@@ -8,9 +8,12 @@ a token per step. Decoding samples one token per step with, in order: the gramma
 EOS, at a stop id or stop string, when the grammar ends, at max_tokens, or at the cache's
 end.
 
-What it does not do yet: batch several conversations (the server
-serialises requests), page the caches, or capture CUDA graphs. On CUDA the model's Triton
-path runs when its config says `attn_impl="triton"`; on CPU the PyTorch path.
+`generate_batch` runs several prompts of different lengths together: each row prefilled in
+one pass, then one fixed-shape step per token for all rows (`decode.BatchDecoder`), which on
+CUDA can be a captured CUDA graph. What it does not do yet: continuous batching in the
+server (it serialises requests and uses `generate`) or paged caches (rows own contiguous
+caches). On CUDA the model's Triton path runs for prefill when its config says
+`attn_impl="triton"`; decode steps of a batch use the PyTorch ops (graph-capturable).
 """
 
 from __future__ import annotations
@@ -116,48 +119,117 @@ class Engine:
         logits, cached = self._prefill(prompt)
         t1 = time.perf_counter()
         rng = torch.Generator(device=self.device).manual_seed(params.seed) if params.seed is not None else None
-        stops = {self.tok.eos_id, *params.stop_ids}
-        out: list[int] = []
-        text, sent, reason = "", 0, "length"
+        row = _Row(self.tok, params, constraint, on_text)
         while True:
-            if constraint is not None:
-                allowed = constraint.allowed().to(logits.device)
-                logits = logits[: allowed.shape[0]].masked_fill(~allowed, float("-inf"))
-            if params.temperature == 0:
-                nxt = int(logits.argmax())
-            else:
-                nxt = int(torch.multinomial(filter_logits(logits, params), 1, generator=rng))
-            if constraint is not None:
-                constraint.advance(nxt)
-            out.append(nxt)
-            if nxt in stops:
-                reason = "stop"
-                break
-            text = self.tok.decode(out)
-            cut = _first_stop(text, params.stop)
-            if cut is not None:
-                text, reason = text[:cut], "stop"
-                break
-            if on_text is not None:
-                safe = len(text) - _held_back(text, params.stop)
-                if safe > sent:
-                    on_text(text[sent:safe])
-                    sent = safe
-            if (constraint is not None and constraint.done) or len(out) >= params.max_tokens:
-                reason = "stop" if constraint is not None and constraint.done else "length"
+            if row.push(_sample(row.mask(logits), params, rng)):
                 break
             if len(self._ids) + 1 >= self.max_len:
                 break
-            step, _ = self.model(torch.tensor([[nxt]], device=self.device), len(self._ids), self._caches,
+            step, _ = self.model(torch.tensor([[row.ids[-1]]], device=self.device), len(self._ids), self._caches,
                                  sparse=self.sparse)
-            self._ids.append(nxt)
+            self._ids.append(row.ids[-1])
             logits = step[0, -1]
-        if out and out[-1] in stops:
-            text = self.tok.decode(out[:-1])
-        if on_text is not None and len(text) > sent:
-            on_text(text[sent:])
-        return Completion(out, text, reason, len(prompt), cached,
-                          {"prefill": t1 - t0, "decode": time.perf_counter() - t1})
+        return row.completion(len(prompt), cached, {"prefill": t1 - t0, "decode": time.perf_counter() - t1})
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], params: SamplingParams = SamplingParams(),
+                       constraints: list[Constraint | None] | None = None,
+                       graphs: bool = False) -> list[Completion]:
+        """Continue several prompts of any lengths at once: each prefilled in one pass (rows
+        of equal length together), then one fixed-shape step per token for all rows
+        (`decode.BatchDecoder`); with `graphs` on CUDA that step is a captured CUDA graph.
+        Sampling, stops and grammars are per row, as in `generate`; a seed gives one stream
+        for the batch. The single-conversation prefix cache is not used (nor disturbed)."""
+        from .decode import BatchDecoder
+
+        if not prompts or any(not p for p in prompts):
+            raise ValueError("every prompt needs at least one token")
+        longest = max(len(p) for p in prompts)
+        if longest >= self.max_len:
+            raise ValueError(f"prompt of {longest} tokens leaves no room in a {self.max_len}-token window")
+        constraints = constraints or [None] * len(prompts)
+        if len(constraints) != len(prompts):
+            raise ValueError("one constraint (or None) per prompt")
+        t0 = time.perf_counter()
+        dec = BatchDecoder(self.model, len(prompts), min(self.max_len, longest + params.max_tokens + 1),
+                           self.sparse)
+        logits = dec.prefill(prompts)
+        t1 = time.perf_counter()
+        if graphs and self.device.type == "cuda":
+            dec.capture()
+        rng = torch.Generator(device=self.device).manual_seed(params.seed) if params.seed is not None else None
+        rows = [_Row(self.tok, params, c, None) for c in constraints]
+        pos = [len(p) for p in prompts]  # where each row's next token goes
+        while True:
+            if params.temperature == 0 and all(r.constraint is None for r in rows):
+                picks = logits.argmax(-1).tolist()  # one host sync for the batch
+            else:
+                picks = [_sample(r.mask(logits[b]), params, rng) if not r.done else 0 for b, r in enumerate(rows)]
+            for b, r in enumerate(rows):
+                if not r.done and r.push(picks[b]):
+                    r.done = True
+            live = [b for b, r in enumerate(rows) if not r.done]
+            if not live or max(pos[b] for b in live) + 1 >= dec.max_len:
+                break
+            tokens = torch.tensor([r.ids[-1] if r.ids else 0 for r in rows], device=self.device)
+            logits = dec.step(tokens, torch.tensor(pos, device=self.device))
+            for b in live:
+                pos[b] += 1
+        spent = {"prefill": t1 - t0, "decode": time.perf_counter() - t1}
+        return [r.completion(len(p), 0, spent) for r, p in zip(rows, prompts)]
+
+
+def _sample(logits: torch.Tensor, params: SamplingParams, rng) -> int:
+    if params.temperature == 0:
+        return int(logits.argmax())
+    return int(torch.multinomial(filter_logits(logits, params), 1, generator=rng))
+
+
+class _Row:
+    """One sequence's output: the grammar, stop ids and strings, streaming, finish reason."""
+
+    def __init__(self, tok: Tokenizer, params: SamplingParams, constraint: Constraint | None, on_text):
+        self.tok, self.params, self.constraint, self.on_text = tok, params, constraint, on_text
+        self.stops = {tok.eos_id, *params.stop_ids}
+        self.ids: list[int] = []
+        self.text, self.sent, self.reason, self.done = "", 0, "length", False
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.constraint is None:
+            return logits
+        allowed = self.constraint.allowed().to(logits.device)
+        return logits[: allowed.shape[0]].masked_fill(~allowed, float("-inf"))
+
+    def push(self, nxt: int) -> bool:
+        """Take the sampled token; True when the sequence is finished."""
+        p = self.params
+        if self.constraint is not None:
+            self.constraint.advance(nxt)
+        self.ids.append(nxt)
+        if nxt in self.stops:
+            self.reason = "stop"
+            return True
+        self.text = self.tok.decode(self.ids)
+        cut = _first_stop(self.text, p.stop)
+        if cut is not None:
+            self.text, self.reason = self.text[:cut], "stop"
+            return True
+        if self.on_text is not None:
+            safe = len(self.text) - _held_back(self.text, p.stop)
+            if safe > self.sent:
+                self.on_text(self.text[self.sent:safe])
+                self.sent = safe
+        if self.constraint is not None and self.constraint.done:
+            self.reason = "stop"
+            return True
+        return len(self.ids) >= p.max_tokens
+
+    def completion(self, prompt_tokens: int, cached: int, seconds: dict) -> Completion:
+        if self.ids and self.ids[-1] in self.stops:
+            self.text = self.tok.decode(self.ids[:-1])
+        if self.on_text is not None and len(self.text) > self.sent:
+            self.on_text(self.text[self.sent:])
+        return Completion(self.ids, self.text, self.reason, prompt_tokens, cached, seconds)
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -510,6 +510,7 @@ class Decision:
     attempts: int
     errors: list[str]
     usage: Usage
+    malformed: int = 0              # replies that were not JSON meeting the schema (the rest failed `check`)
 
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -546,21 +547,25 @@ def decide(client: ChatClient, conv: Conversation, schema: dict, check=None, att
     validator = jsonschema.Draft202012Validator(schema)
     errors: list[str] = []
     usage = Usage()
+    malformed = 0
     for n in range(1, attempts + 1):
         reply = client.complete(conv.wire(), response_format=client.json_format(schema, name))
         usage.add(reply.usage)
         conv.assistant(Reply(reply.content, reply.reasoning, [], reply.finish_reason, reply.usage))
+        shaped = False  # the reply is JSON meeting the schema; what is left to fail is `check`
         try:
             value = parse_json_reply(reply.content)
             err = next(iter(validator.iter_errors(value)), None)
             if err is not None:
                 where = "/".join(map(str, err.absolute_path)) or "the reply"
                 raise ValueError(f"{where}: {err.message}")
+            shaped = True
             why = check(value) if check else None
             if why:
                 raise ValueError(why)
-            return Decision(value, n, errors, usage)
+            return Decision(value, n, errors, usage, malformed)
         except ValueError as e:
+            malformed += not shaped
             errors.append(str(e)[:500])
             conv.user(f"That reply was not usable: {str(e)[:500]}\nReply again with JSON only, meeting the schema.")
-    return Decision(None, attempts, errors, usage)
+    return Decision(None, attempts, errors, usage, malformed)

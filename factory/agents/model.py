@@ -169,6 +169,7 @@ class ModelAgent:
         except TypeError as e:
             raise AgentError(f"unknown agent option: {e}") from None
         self.proposals = 0
+        self.malformed = 0                # replies that did not parse or meet the decision's schema
         self.rejected: list[str] = []
         self.verdicts: list[str] = []     # the ladder's words on this step's proposals, for the next prompt
         self.usage = Usage()
@@ -226,6 +227,7 @@ class ModelAgent:
         self.usage.add(d.usage)
         self.rejected.extend(d.errors)
         self.proposals += len(d.errors)  # each unusable reply was a proposal, refused
+        self.malformed += d.malformed    # of those, the ones that were not JSON meeting the schema
         return d.value
 
     # ---------------------------------------------------------------------------- the data
@@ -396,7 +398,7 @@ class ModelAgent:
 
     def stats(self) -> dict:
         return {"proposals": self.proposals, "rejected": len(self.rejected), "reasons": self.rejected[:5],
-                "fallbacks": self.fallbacks,
+                "fallbacks": self.fallbacks, "malformed": self.malformed,
                 "data_defaults": self.data_defaults,
                 "tools_written": self.tools_written,
                 "tools_rejected": self.tools_rejected,

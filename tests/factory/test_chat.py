@@ -218,6 +218,7 @@ def test_decide_retries_bad_json_and_schema_errors_with_the_error():
     assert d.value == {"kind": "sum", "value": 4} and d.attempts == 4 and len(d.errors) == 3
     assert "no JSON value" in d.errors[0] and "'teleport' is not one of" in d.errors[1]
     assert d.errors[2] == "value must be below 10"
+    assert d.malformed == 2  # bad JSON and the schema miss; the failed check was well formed
     fed_back = [m["content"] for m in srv.bodies()[3]["messages"] if m["role"] == "user"][1:]
     assert len(fed_back) == 3 and "'teleport' is not one of" in fed_back[1]
     rf = srv.bodies()[0]["response_format"]
@@ -228,6 +229,7 @@ def test_decide_gives_up_after_the_bound():
     with ScriptedServer([completion("no")] * 3) as srv:
         d = decide(_client(srv), _conv(), {"type": "object"}, attempts=3)
     assert d.value is None and d.attempts == 3 and len(d.errors) == 3 and len(srv.requests) == 3
+    assert d.malformed == 3
 
 
 @pytest.mark.parametrize("status,message", [
