@@ -175,3 +175,20 @@ def config_from_hf(d: dict) -> ModelConfig:
         fp8_scale_fmt="ue8m0" if "quantization_config" in d else None,
         kv_fp8="quantization_config" in d,
     )
+
+
+def load_pretrained(path: str | Path, device: str = "cpu", dtype=None):
+    """(model, tokenizer) from a checkpoint directory."""
+    from .tokenizer import Tokenizer
+    from .transformer import Transformer
+
+    path = Path(path)
+    for name in ("config.json", "tokenizer.json"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} is not a checkpoint: no {name}")
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path} is not a checkpoint: no .safetensors weights")
+    cfg = config_from_hf(json.loads((path / "config.json").read_text()))
+    model = Transformer(cfg).to(device=device, dtype=dtype or torch.float32)
+    load_checkpoint(model, path)
+    return model.eval(), Tokenizer.from_file(path / "tokenizer.json")

@@ -88,7 +88,7 @@ class BatchDecoder:
                 hi += 1
             x = torch.tensor(prompts[lo:hi], device=self.device)
             views = [_row_view(c, lo, hi) for c in self.caches]
-            logits, _ = self.model(x, 0, views, sparse=self.sparse)
+            logits, _ = self.model(x, 0, views, sparse=self.sparse, last_only=True)
             out[lo:hi] = logits[:, -1]
             lo = hi
         return out

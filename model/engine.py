@@ -21,13 +21,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .cache import make_caches
-from .constrain import Constraint
 from .tokenizer import Tokenizer
 from .transformer import Transformer
+
+if TYPE_CHECKING:  # grammars need llguidance; the engine alone does not
+    from .constrain import Constraint
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class Engine:
                 break
             reuse += 1
         x = torch.tensor([prompt[reuse:]], device=self.device)
-        logits, _ = self.model(x, reuse, self._caches, sparse=self.sparse)
+        logits, _ = self.model(x, reuse, self._caches, sparse=self.sparse, last_only=True)
         self._ids = list(prompt)
         return logits[0, -1], reuse
 

@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .chat_format import ChatFormatError, parse_completion, render
+from .checkpoint import load_pretrained  # noqa: F401  (where callers have found it)
 from .constrain import Constraint, ConstraintError
 from .engine import Completion, Engine, SamplingParams
 
@@ -52,26 +53,6 @@ class Prepared:
     calls: bool          # the grammar admits tool calls
     stream: bool
     include_usage: bool
-
-
-def load_pretrained(path: str | Path, device: str = "cpu", dtype=None):
-    """(model, tokenizer) from a checkpoint directory."""
-    import torch
-
-    from .checkpoint import config_from_hf, load_checkpoint
-    from .tokenizer import Tokenizer
-    from .transformer import Transformer
-
-    path = Path(path)
-    for name in ("config.json", "tokenizer.json"):
-        if not (path / name).is_file():
-            raise FileNotFoundError(f"{path} is not a checkpoint: no {name}")
-    if not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path} is not a checkpoint: no .safetensors weights")
-    cfg = config_from_hf(json.loads((path / "config.json").read_text()))
-    model = Transformer(cfg).to(device=device, dtype=dtype or torch.float32)
-    load_checkpoint(model, path)
-    return model.eval(), Tokenizer.from_file(path / "tokenizer.json")
 
 
 def _tool_choice(body: dict, tools: list | None) -> tuple[list | None, bool]:

@@ -57,8 +57,11 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, start_pos: int = 0,
                 caches: list[LayerCache] | None = None, sparse: bool = True,
-                index_loss: bool = False):
+                index_loss: bool = False, last_only: bool = False):
         """tokens [B, S] at positions start_pos.. -> (logits [B, S, vocab] float32, KL or None).
+
+        last_only: logits of the last position only ([B, 1, vocab]; what a prefill needs:
+        at V3.2's vocabulary all positions of a 32 x 4096 batch would take 63 GiB).
 
         sparse: top-k attention chosen by the indexer (False: full causal attention).
         index_loss: also return the indexer KL loss, averaged over layers.
@@ -75,6 +78,8 @@ class Transformer(nn.Module):
             cache = caches[i] if caches is not None else None
             x, kl = layer(x, cos, sin, start_pos, cache, sparse, index_loss)
             kls.append(kl)
+        if last_only:
+            x = x[:, -1:]
         logits = self.lm_head(self.norm(x)).float()
         kl = torch.stack(kls).mean() if index_loss else None
         return logits, kl

@@ -78,7 +78,8 @@ class DistillingAgent(SpecialistAgent):
 
         cons, res = super().base_task(p, rng)
         kinds = usable_kinds(p, self.seed)
-        self._record("base", 0, base_prompt(self._describe(p), kinds, self.cap), constraint_schema(kinds, 1, 5),
+        self._record("base", 0, base_prompt(self._describe(p), kinds, self.cap),
+                     constraint_schema(kinds, 1, 5, problem=p, data=self.data),
                      {"constraints": [_item(c) for c in cons]}, True, f"{res.count} plans")
         return cons, res
 
@@ -86,7 +87,7 @@ class DistillingAgent(SpecialistAgent):
         from envfactory.factory.agents.model import MOVES_PER_ROUND, constraint_schema, moves_prompt, usable_kinds
 
         kinds = usable_kinds(p, self.seed)
-        schema = constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves")
+        schema = constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves", p, self.data)
         self._verdicts, self._judged, self._pending = [], [], []  # verdicts are per level
         have = {c.name: c for c in current}
         for label, new in super().moves(p, current, reference, rng, level):

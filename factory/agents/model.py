@@ -47,14 +47,73 @@ def _kind_doc(name: str) -> str:
 
 
 def constraint_schema(kinds: list[str], min_items: int = 1, max_items: int = MOVES_PER_ROUND,
-                      key: str = "constraints") -> dict:
-    """{key: [constraint, ...]}: each item one kind's `kind` and its own parameter schema."""
-    items = [{"type": "object", "additionalProperties": False, "required": ["kind", "params"],
-              "properties": {"kind": {"const": k}, "params": KINDS[k].schema,
-                             "replaces": {"type": "string"}}} for k in kinds]
+                      key: str = "constraints", problem: Problem | None = None, data=None) -> dict:
+    """{key: [constraint, ...]}: each item one kind's `kind` and its own parameter schema;
+    with a problem, that schema grounded in it (`grounded`), so a constrained decoder can
+    only name slots and columns that exist. Kinds with nothing to name are left out."""
+    items = []
+    for k in kinds:
+        params = KINDS[k].schema if problem is None else grounded(KINDS[k].schema, problem, data)
+        if params is not None:
+            items.append({"type": "object", "additionalProperties": False, "required": ["kind", "params"],
+                          "properties": {"kind": {"const": k}, "params": params, "replaces": {"type": "string"}}})
     return {"type": "object", "additionalProperties": False, "required": [key],
             "properties": {key: {"type": "array", "minItems": min_items, "maxItems": max_items,
                                  "items": {"anyOf": items}}}}
+
+
+_NUMERIC = ("INTEGER", "BIGINT", "DOUBLE", "FLOAT", "DECIMAL", "REAL", "SMALLINT", "HUGEINT")
+
+
+def grounded(schema: dict, p: Problem, data=None) -> dict | None:
+    """A kind's parameter schema with its names restricted to this problem's: `slot` and
+    `if_slot` to the slots, `column` to the columns of the slot it names (and `if_cost`,
+    and the values of cost maps, to its numeric ones), `slots` items to the slots, maps
+    keyed by slot to the slots with their columns, `unit` to the plan's units. One anyOf
+    branch per slot where a column depends on it. Columns the data choice left out are not
+    offered. The property order is the kind's. None when no slot has a column to offer."""
+    props = schema.get("properties") or {}
+    slots = list(p.slots)
+
+    def cols(sl, numeric: bool = False) -> list[str]:
+        return [c for c, t in sl.columns.items() if c != sl.key
+                and (data is None or data.allows(sl.table, c))
+                and (not numeric or t.split("(")[0].upper() in _NUMERIC)]
+
+    def keyed(sub: dict, numeric: bool) -> dict:
+        by = {sl.name: {"enum": cols(sl, numeric)} for sl in slots if cols(sl, numeric)}
+        out = {k: v for k, v in sub.items() if k != "additionalProperties"}
+        return out | {"type": "object", "properties": by, "additionalProperties": False}
+
+    base = dict(props)
+    for k, sub in props.items():
+        if k in ("costs", "then_costs", "duration", "opens", "closes") and sub.get("type") == "object":
+            base[k] = keyed(sub, numeric=k in ("costs", "then_costs", "duration"))
+        elif k == "slots" and sub.get("type") == "array":
+            base[k] = dict(sub, items={"enum": [sl.name for sl in slots]})
+        elif k == "unit" and sub.get("type") == "integer":
+            base[k] = dict(sub, maximum=p.units)
+    branches = [base]
+    for sk, ck in (("slot", "column"), ("if_slot", "if_cost")):
+        if sk not in props:
+            continue
+        nxt = []
+        for b in branches:
+            for sl in slots:
+                nb = dict(b)
+                nb[sk] = {"const": sl.name}
+                if ck in props:
+                    c = cols(sl, numeric=ck == "if_cost")
+                    if not c:
+                        continue
+                    nullable = "null" in (props[ck].get("type") or [])
+                    nb[ck] = {"anyOf": [{"enum": c}, {"type": "null"}]} if nullable else {"enum": c}
+                nxt.append(nb)
+        branches = nxt
+    if not branches:
+        return None
+    out = [dict(schema, properties=b) for b in branches]
+    return out[0] if len(out) == 1 else {"anyOf": out}
 
 
 def _values(p: Problem, slot: str, col: str, ctype: str) -> str:
@@ -298,7 +357,7 @@ class ModelAgent:
             found["task"] = (cons, res)
             return None
 
-        self._ask(conv, constraint_schema(kinds, 1, 5), check, self.base_attempts)
+        self._ask(conv, constraint_schema(kinds, 1, 5, problem=p, data=self.data), check, self.base_attempts)
         if "task" in found:
             self.proposals += 1
         else:
@@ -329,7 +388,7 @@ class ModelAgent:
         for _ in range(self.rounds):
             conv = Conversation().system(SYSTEM).user(
                 moves_prompt(self._problem(p), kinds, p, current, reference, level, self.verdicts))
-            value = self._ask(conv, constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves"), None)
+            value = self._ask(conv, constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves", p, self.data), None)
             if value is None:
                 continue
             self.proposals += len(value["moves"])
