@@ -7,7 +7,8 @@ seed, so the same regions); one table row each:
 - proposals and accepted: what the agent proposed (moves, data choices, tools) and the share
   the ladder, the data check or the tool sandbox accepted;
 - envs: environments built of those asked for (a run that falls short still reports);
-- levels: mean levels per built environment; plans Lk/L0: the median over environments of
+- levels reached: over every region the run tried (built, or given up on after level N:
+  N + 1 levels), mean and best; levels/built env; plans Lk/L0: the median over environments of
   level k's plan count as a share of level 0's (the ladder's narrowing);
 - envs/min over the whole run, everything included.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -36,22 +38,30 @@ def run(seed_file: str, agent: str, envs: int, workers: int, seed: int, base_url
         t0 = time.perf_counter()
         try:
             res = generate(seed_file, envs, out, seed, workers, agent=spec)
-            built, totals, note = res.envs, res.agent, ""
+            built, totals, failed, note = res.envs, res.agent, res.failed, ""
         except GenerateError as e:
-            built, totals, note = e.envs, e.agent, str(e)[:160]
+            built, totals, failed, note = e.envs, e.agent, e.failed, str(e)[:160]
         wall = time.perf_counter() - t0
     top = max((len(e.counts) for e in built), default=0)
     shares = []
     for k in range(1, top):
         vals = [e.counts[k] / e.counts[0] for e in built if len(e.counts) > k and e.counts[0]]
         shares.append(statistics.median(vals) if vals else None)
+    # levels reached by every region tried, built or given up on ("after level N": N + 1)
+    reached = [e.levels for e in built] + [_reached(why) for _, why in failed]
     requests = totals.get("requests", 0)
     proposals = totals.get("proposals", 0)
     return {"seed": seed_file, "agent": agent, "asked": envs, "built": len(built), "wall": wall,
-            "per_min": len(built) / wall * 60, "levels": statistics.mean(e.levels for e in built) if built else 0,
+            "per_min": len(built) / wall * 60, "tried": len(reached),
+            "reached": statistics.mean(reached) if reached else 0, "best": max(reached, default=0), "levels": statistics.mean(e.levels for e in built) if built else 0,
             "shares": shares, "requests": requests, "malformed": totals.get("malformed", 0),
             "proposals": proposals, "rejected": totals.get("rejected", 0),
             "fallbacks": totals.get("fallbacks", 0), "note": note}
+
+
+def _reached(reason: str) -> int:
+    m = re.search(r"after level (\d+)", reason)
+    return int(m[1]) + 1 if m else 0
 
 
 def _pct(x) -> str:
@@ -64,7 +74,8 @@ def row(r: dict) -> str:
     accepted = _pct(1 - r["rejected"] / r["proposals"]) if model and r["proposals"] else "—"
     shares = " / ".join(_pct(s) for s in r["shares"]) or "—"
     return (f"| {r['seed']} | {r['agent']} | {r['built']}/{r['asked']} | {r['requests'] if model else '—'} | "
-            f"{formed} | {r['proposals'] if model else '—'} | {accepted} | {r['levels']:.1f} | {shares} | "
+            f"{formed} | {r['proposals'] if model else '—'} | {accepted} | {r['reached']:.1f} ({r['best']}) of "
+            f"{r['tried']} | {r['levels']:.1f} | {shares} | "
             f"{r['per_min']:.2f} |")
 
 
@@ -80,9 +91,10 @@ def main() -> None:
     a = ap.parse_args()
     print(f"{a.envs} environments per seed and agent, {a.workers} workers, {os.cpu_count()} cores, "
           f"run seed {a.seed}\n")
-    print("| seed | agent | envs | decisions | well-formed | proposals | accepted | levels/env | "
+    print("| seed | agent | envs | decisions | well-formed | proposals | accepted | levels reached, mean (best) "
+          "of regions tried | levels/built env | "
           "plans L1..Ltop / L0 (median) | envs/min |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for s in a.seed_file:
         for agent in a.agents:

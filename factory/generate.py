@@ -27,13 +27,16 @@ SPARE_FACTOR = 2  # regions drawn per requested environment, for replacements
 
 
 class GenerateError(RuntimeError):
-    """The run could not finish. `envs` holds what was built before it stopped, `agent` the
-    agent's totals (so a comparison can still report a run that fell short)."""
+    """The run could not finish. `envs` holds what was built before it stopped, `failed` the
+    (origin, reason) of every region given up on, `agent` the agent's totals (so a
+    comparison can still report a run that fell short)."""
 
-    def __init__(self, message: str, envs: list | None = None, agent: dict | None = None):
+    def __init__(self, message: str, envs: list | None = None, agent: dict | None = None,
+                 failed: list | None = None):
         super().__init__(message)
         self.envs = envs or []
         self.agent = agent or {}
+        self.failed = failed or []
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
                 if agent.kind != "specialist" else "")
         raise GenerateError(f"only {len(done)} of {n_envs} environments could be built; "
                             f"last problems: {'; '.join(r for _, r in failed[-3:])}.{said}",
-                            [done[i] for i in sorted(done)], totals)
+                            [done[i] for i in sorted(done)], totals, failed)
     envs = [done[i] for i in sorted(done)][:n_envs]
     # environments beyond the first n (built in parallel as replacements finished) are dropped
     keep = {e.env_id for e in envs}

@@ -539,9 +539,12 @@ def parse_json_reply(text: str):
 
 
 def decide(client: ChatClient, conv: Conversation, schema: dict, check=None, attempts: int = 3,
-           name: str = "decision") -> Decision:
+           name: str = "decision", grammar: dict | None = None) -> Decision:
     """Ask for a JSON decision meeting `schema` (and `check(value)`, which returns an error
-    text or None). Each invalid reply goes back to the model with its error."""
+    text or None). Each invalid reply goes back to the model with its error. `grammar`, a
+    narrower schema, is what the server is asked to decode under (a constrained decoder then
+    cannot leave it) while replies are judged by `schema`, so a model without one still has
+    its usable items judged one by one by `check`."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
@@ -549,7 +552,7 @@ def decide(client: ChatClient, conv: Conversation, schema: dict, check=None, att
     usage = Usage()
     malformed = 0
     for n in range(1, attempts + 1):
-        reply = client.complete(conv.wire(), response_format=client.json_format(schema, name))
+        reply = client.complete(conv.wire(), response_format=client.json_format(grammar or schema, name))
         usage.add(reply.usage)
         conv.assistant(Reply(reply.content, reply.reasoning, [], reply.finish_reason, reply.usage))
         shaped = False  # the reply is JSON meeting the schema; what is left to fail is `check`

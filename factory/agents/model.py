@@ -278,9 +278,10 @@ class ModelAgent:
                 ok.append(c)
         return ok, bad
 
-    def _ask(self, conv: Conversation, schema: dict, check, attempts: int | None = None) -> object | None:
+    def _ask(self, conv: Conversation, schema: dict, check, attempts: int | None = None,
+             grammar: dict | None = None) -> object | None:
         try:
-            d = decide(self.client, conv, schema, check, attempts=attempts or self.attempts)
+            d = decide(self.client, conv, schema, check, attempts=attempts or self.attempts, grammar=grammar)
         except ChatError as e:
             raise AgentError(f"model server: {e}") from None
         self.usage.add(d.usage)
@@ -357,7 +358,8 @@ class ModelAgent:
             found["task"] = (cons, res)
             return None
 
-        self._ask(conv, constraint_schema(kinds, 1, 5, problem=p, data=self.data), check, self.base_attempts)
+        self._ask(conv, constraint_schema(kinds, 1, 5), check, self.base_attempts,
+                  grammar=constraint_schema(kinds, 1, 5, problem=p, data=self.data))
         if "task" in found:
             self.proposals += 1
         else:
@@ -383,12 +385,15 @@ class ModelAgent:
     def _model_moves(self, p: Problem, current: list[Constraint], reference: Plan, rng: random.Random,
                      level: int) -> Iterator[tuple[str, list[Constraint]]]:
         kinds = self._kinds(p)
+        # the server decodes under the grounded schema; replies are judged item by item
+        structural = constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves")
+        grounded_moves = constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves", p, self.data)
         self.verdicts = []
         offered = 0
         for _ in range(self.rounds):
             conv = Conversation().system(SYSTEM).user(
                 moves_prompt(self._problem(p), kinds, p, current, reference, level, self.verdicts))
-            value = self._ask(conv, constraint_schema(kinds, 1, MOVES_PER_ROUND, "moves", p, self.data), None)
+            value = self._ask(conv, structural, None, grammar=grounded_moves)
             if value is None:
                 continue
             self.proposals += len(value["moves"])

@@ -261,3 +261,13 @@ def test_a_server_without_json_schema_gets_json_object_with_the_schema(status, m
                                        ('I think {"a": {"b": 2}} is it', {"a": {"b": 2}})])
 def test_parse_json_reply(text, want):
     assert parse_json_reply(text) == want
+
+
+def test_decide_asks_for_the_grammar_and_judges_by_the_schema():
+    schema = {"type": "object", "properties": {"slot": {"type": "string"}}, "required": ["slot"]}
+    grammar = {"type": "object", "properties": {"slot": {"enum": ["hotel", "city"]}}, "required": ["slot"]}
+    with ScriptedServer([completion('{"slot": "spa"}')]) as srv:
+        d = decide(_client(srv), _conv(), schema, check=lambda v: None, grammar=grammar)
+    # a server without constrained decoding left the grammar: the reply is still judged by the schema
+    assert d.value == {"slot": "spa"} and d.malformed == 0
+    assert srv.bodies()[0]["response_format"]["json_schema"]["schema"] == grammar
