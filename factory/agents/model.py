@@ -81,7 +81,7 @@ def grounded(schema: dict, p: Problem, data=None) -> dict | None:
                 and (not numeric or t.split("(")[0].upper() in _NUMERIC)]
 
     def keyed(sub: dict, numeric: bool) -> dict:
-        by = {sl.name: {"enum": cols(sl, numeric)} for sl in slots if cols(sl, numeric)}
+        by = {sl.name: {"enum": c} for sl in slots if (c := cols(sl, numeric))}
         out = {k: v for k, v in sub.items() if k != "additionalProperties"}
         return out | {"type": "object", "properties": by, "additionalProperties": False}
 
