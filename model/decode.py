@@ -1,5 +1,5 @@
 """Batched decoding with fixed shapes: B sequences of different lengths, one token each per
-step, the whole step capturable as one CUDA graph.
+step, over paged caches (`paged.PagePool`), the whole step capturable as one CUDA graph.
 
 The model's own forward takes one start position for the whole batch and returns cache
 views that grow every step, so its shapes change with the length and rows must be aligned.
@@ -8,66 +8,88 @@ views that grow every step, so its shapes change with the length and rows must b
 - runs every per-token part (embedding, norms, projections, RoPE, MLP) with the B tokens
   laid out as one sequence of B positions ([1, B, dim]), so RoPE takes each row's own
   position from the table with no change to the model's modules;
-- writes each row's new latent, RoPE key and index key at its own position of full-size
-  caches (`make_caches(cfg, B, max_len)`, the model's formats, FP8 index keys included);
-- scores the row's query against all max_len index keys, masks positions past the row's
-  own, keeps the top-k (a stable sort, so ties go to the earlier token as in
-  `indexer.select_topk`), and attends over the gathered latents in the absorbed MQA form,
-  slots past min(k, pos + 1) masked;
+- writes each row's new latent, RoPE key and index key at its own position, through the
+  row's block table (`table` [B, max_pages], page 0 for a slot with no sequence), in the
+  pool's pages (the model's formats, FP8 index keys included);
+- scores the row's query against the index keys of all max_pages * page positions of its
+  table, masks positions past the row's own, keeps the top-k (a stable sort, so ties go to
+  the earlier token as in `indexer.select_topk`), and attends over the selected latents
+  in the absorbed MQA form: on CUDA with `attn_impl="triton"`, the kernels' split-K
+  decode reads the pages through the block table; elsewhere a PyTorch gather;
 - routes MoE tokens without a host sync: every expert runs on every token and the
   router's weights (zero where not chosen) combine them. Exact, but E times the expert
   FLOPs, so fit for small expert counts, not V3.2's 256.
 
-Every shape depends only on (B, max_len), and nothing reads a value back to the host, so on
-CUDA `capture()` records one step as a graph and `step` replays it: one launch per token
-instead of a few hundred kernels. Rows are prefilled by the model's forward through row
-views of the same caches (`prefill`), contiguous rows of equal length in one pass.
+Every shape depends only on (B, max_len, page), and nothing reads a value back to the host,
+so on CUDA `capture()` records one step as a graph and `step` replays it: one launch per
+token instead of a few hundred kernels. Changing which pages a row uses (`assign`) writes
+into the same table tensor, so a captured graph stays valid while sequences come and go
+(continuous batching, `scheduler.py`). Rows are prefilled by the model's forward through
+`paged.PagedView` (`prefill` for all rows, contiguous rows of equal length in one pass;
+`prefill_row` for one row after its shared prefix pages).
 
-Cost against the model's decode path: the indexer scans max_len keys rather than pos + 1
-(the price of a fixed shape); pick max_len for the batch, not the model's window.
+Without a pool the decoder makes its own, each row owning max_pages pages. Cost against the
+model's decode path: the indexer scans every position of the table rather than pos + 1 (the
+price of a fixed shape); pick max_len for the batch, not the model's window.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .cache import IndexKeyCache, LatentCache, LayerCache, make_caches
 from .fp8 import fp8_index
 from .indexer import index_scores
 from .moe import MoE
+from .paged import PagePool, PagedView
 from .transformer import Transformer
 
 __all__ = ["BatchDecoder"]
 
 
-def _row_view(cache: LayerCache, lo: int, hi: int) -> LayerCache:
-    """The same storage seen as a cache of rows lo..hi-1 (writes go to the full tensors)."""
-    lat = LatentCache.__new__(LatentCache)
-    lat.kv, lat.pe = cache.latent.kv[lo:hi], cache.latent.pe[lo:hi]
-    idx = IndexKeyCache.__new__(IndexKeyCache)
-    idx.fp8, idx.k = cache.index.fp8, cache.index.k[lo:hi]
-    idx.scale = cache.index.scale[lo:hi] if cache.index.fp8 else None
-    return LayerCache(lat, idx)
-
-
 class BatchDecoder:
-    """Caches for `batch` sequences of up to `max_len` tokens and a fixed-shape decode step."""
+    """A block table for `batch` sequences of up to `max_len` tokens over a page pool, and a
+    fixed-shape decode step."""
 
-    def __init__(self, model: Transformer, batch: int, max_len: int | None = None, sparse: bool = True):
+    def __init__(self, model: Transformer, batch: int, max_len: int | None = None, sparse: bool = True,
+                 pool: PagePool | None = None, page: int = 64, kernels: bool | None = None):
         self.model = model.eval()
         cfg = model.cfg
         self.cfg, self.batch, self.sparse = cfg, batch, sparse
         self.max_len = min(max_len or cfg.max_seq_len, cfg.max_seq_len)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.caches = make_caches(cfg, batch, self.max_len, self.dtype, self.device)
-        self.k = min(cfg.index_topk, self.max_len) if sparse else self.max_len
+        page = pool.page if pool is not None else min(page, self.max_len)
+        self.max_pages = -(-self.max_len // page)
+        self.span = self.max_pages * page  # positions a row's table can address
+        self.table = torch.zeros(batch, self.max_pages, dtype=torch.long, device=self.device)
+        if kernels is None:
+            kernels = self.device.type == "cuda" and cfg.attn_impl == "triton"
+        self.kernels = kernels
+        self._table32 = torch.zeros_like(self.table, dtype=torch.int32) if kernels else None
+        if pool is None:  # each row owns its pages
+            pool = PagePool(cfg, batch * self.max_pages + 1, page, self.dtype, self.device)
+            for b in range(batch):
+                self.assign(b, pool.alloc(self.max_pages))
+        self.pool = pool
+        self.k = min(cfg.index_topk, self.max_len) if sparse else self.span
         self._rows = torch.arange(batch, device=self.device)
         self._slots = torch.arange(self.k, device=self.device)
+        self._positions = torch.arange(self.span, device=self.device)
         self._graph = None
         self._tokens = torch.zeros(batch, dtype=torch.long, device=self.device)
         self._pos = torch.zeros(batch, dtype=torch.long, device=self.device)
         self._logits = None
+
+    def assign(self, b: int, pages: list[int]) -> None:
+        """Row b's sequence lives in `pages` (logical page i at pages[i]); the rest of the
+        row points at the scratch page. Writes into the same table, so graphs stay valid."""
+        if len(pages) > self.max_pages:
+            raise ValueError(f"{len(pages)} pages for a row of {self.max_pages}")
+        row = torch.zeros(self.max_pages, dtype=torch.long)
+        row[: len(pages)] = torch.tensor(pages, dtype=torch.long)
+        self.table[b].copy_(row)
+        if self._table32 is not None:
+            self._table32[b].copy_(row)
 
     # ---------------------------------------------------------------------------- prefill
 
@@ -78,25 +100,39 @@ class BatchDecoder:
         if len(prompts) != self.batch:
             raise ValueError(f"{len(prompts)} prompts for a batch of {self.batch}")
         for pr in prompts:
-            if not pr or len(pr) >= self.max_len:
-                raise ValueError(f"prompts need 1 to {self.max_len - 1} tokens, got {len(pr)}")
+            self._check(0, pr)
         out = torch.empty(self.batch, self.cfg.vocab_size, dtype=torch.float32, device=self.device)
         lo = 0
         while lo < self.batch:
             hi = lo + 1
             while hi < self.batch and len(prompts[hi]) == len(prompts[lo]):
                 hi += 1
-            x = torch.tensor(prompts[lo:hi], device=self.device)
-            views = [_row_view(c, lo, hi) for c in self.caches]
-            logits, _ = self.model(x, 0, views, sparse=self.sparse, last_only=True)
-            out[lo:hi] = logits[:, -1]
+            out[lo:hi] = self._forward(lo, hi, prompts[lo:hi], 0)
             lo = hi
         return out
+
+    @torch.no_grad()
+    def prefill_row(self, b: int, tokens: list[int], start: int = 0) -> torch.Tensor:
+        """Feed tokens[start:] to row b at positions start.. (positions < start already in
+        its pages, e.g. shared prefix pages) -> the last token's logits [V]."""
+        self._check(start, tokens)
+        return self._forward(b, b + 1, [tokens], start)[0]
+
+    def _check(self, start: int, tokens: list[int]) -> None:
+        if not 0 <= start < len(tokens) or len(tokens) >= self.max_len:
+            raise ValueError(f"prompts need 1 to {self.max_len - 1} tokens and one past the cached {start}, "
+                             f"got {len(tokens)}")
+
+    def _forward(self, lo: int, hi: int, prompts: list[list[int]], start: int) -> torch.Tensor:
+        x = torch.tensor([p[start:] for p in prompts], device=self.device)
+        table = self.table[lo:hi, : self.pool.pages_for(len(prompts[0]))]
+        logits, _ = self.model(x, start, PagedView(self.pool, table), sparse=self.sparse, last_only=True)
+        return logits[:, -1].float()
 
     # ------------------------------------------------------------------------------ decode
 
     def step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """tokens [B] long at positions pos [B] long (each < max_len; the cache holds every
+        """tokens [B] long at positions pos [B] long (each < max_len; the pages hold every
         earlier position of its row) -> next-token logits [B, V] float32. Replays the CUDA
         graph when one was captured (the result is then a buffer the next step overwrites)."""
         if self._graph is None:
@@ -110,11 +146,15 @@ class BatchDecoder:
     @torch.no_grad()
     def capture(self, warmup: int = 2) -> None:
         """Record one decode step as a CUDA graph (CUDA only). The caches' contents are
-        kept: warm-up steps write at position max_len - 1 of every row, which prefill and
-        decode overwrite before any query may read it."""
+        kept: warm-up steps write at position 0 of the scratch page only (every row is
+        pointed there meanwhile)."""
         if self.device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA model")
-        self._pos.fill_(self.max_len - 1)
+        saved = self.table.clone()
+        self.table.zero_()
+        if self._table32 is not None:
+            self._table32.zero_()
+        self._pos.zero_()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -125,50 +165,68 @@ class BatchDecoder:
         with torch.cuda.graph(graph):
             self._logits = self._step(self._tokens, self._pos)
         self._graph = graph
+        self.table.copy_(saved)
+        if self._table32 is not None:
+            self._table32.copy_(saved)
 
     def _step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         m = self.model
         cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # (B, P/2): row b's own angles
         x = m.embed_tokens(tokens).unsqueeze(0)  # (1, B, dim): the B tokens as one sequence
-        for layer, cache in zip(m.layers, self.caches):
-            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, pos, cache)
+        page = self.table[self._rows, pos // self.pool.page]  # where each row writes
+        row = pos % self.pool.page
+        for layer, lay in zip(m.layers, self.pool.layers):
+            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, pos, lay, page, row)
             h = layer.post_attention_layernorm(x)
             x = x + (_moe(layer.mlp, h) if isinstance(layer.mlp, MoE) else layer.mlp(h))
         return m.lm_head(m.norm(x)).float()[0]
 
-    def _attention(self, attn, x, cos, sin, pos, cache: LayerCache) -> torch.Tensor:
+    def _attention(self, attn, x, cos, sin, pos, lay, page, row) -> torch.Tensor:
         c = self.cfg
-        B, rows = self.batch, self._rows
+        B, P = self.batch, self.pool.page
         qr, q_nope, q_pe, kv, k_pe = attn._project(x, cos, sin)  # (1, B, ...)
-        cache.latent.kv[rows, pos] = kv[0]
-        cache.latent.pe[rows, pos] = k_pe[0]
+        lay.kv[page, row] = kv[0].to(lay.kv.dtype)
+        lay.pe[page, row] = k_pe[0].to(lay.pe.dtype)
         ind = attn.indexer.project(x, qr, cos, sin, 0, None)  # this token's q, k, w; no cache write
-        if ind.q8 is not None:
-            cache.index.k[rows, pos] = ind.k8[0]
-            cache.index.scale[rows, pos] = ind.k_s[0].unsqueeze(-1)
-            scores = fp8_index(ind.q8.transpose(0, 1), ind.q_s.transpose(0, 1), cache.index.k,
-                               cache.index.scale.squeeze(-1), ind.w.transpose(0, 1))
-        else:
-            cache.index.k[rows, pos] = ind.k[0]
-            scores = index_scores(ind.q.transpose(0, 1), cache.index.k, ind.w.transpose(0, 1))
-        scores = scores[:, 0]  # (B, L) fp32
-        visible = torch.arange(self.max_len, device=self.device)[None, :] <= pos[:, None]
         if self.sparse:
-            scores = scores.masked_fill(~visible, float("-inf"))
+            if ind.q8 is not None:
+                lay.k[page, row] = ind.k8[0]
+                lay.scale[page, row] = ind.k_s[0].unsqueeze(-1)
+                keys = lay.k[self.table].view(B, self.span, -1)  # (B, L, D): the rows' own pages
+                k_s = lay.scale[self.table].view(B, self.span)
+                scores = fp8_index(ind.q8.transpose(0, 1), ind.q_s.transpose(0, 1), keys, k_s,
+                                   ind.w.transpose(0, 1))
+            else:
+                lay.k[page, row] = ind.k[0].to(lay.k.dtype)
+                keys = lay.k[self.table].view(B, self.span, -1)
+                scores = index_scores(ind.q.transpose(0, 1), keys, ind.w.transpose(0, 1))
+            visible = self._positions[None, :] <= pos[:, None]
+            scores = scores[:, 0].masked_fill(~visible, float("-inf"))  # (B, L) fp32
             idx = scores.sort(dim=-1, descending=True, stable=True).indices[:, : self.k]  # (B, K)
             valid = self._slots[None, :] < (pos[:, None] + 1).clamp(max=self.k)
-        else:  # every visible key, in position order
-            idx = torch.arange(self.max_len, device=self.device).expand(B, -1)
-            valid = visible
-        lat = cache.latent.kv[rows[:, None], idx]  # (B, K, R)
-        pe = cache.latent.pe[rows[:, None], idx]  # (B, K, P)
+        else:  # every visible key, in position order (the index keys are still cached)
+            lay.k[page, row] = (ind.k8 if ind.q8 is not None else ind.k)[0].to(lay.k.dtype)
+            if ind.q8 is not None:
+                lay.scale[page, row] = ind.k_s[0].unsqueeze(-1)
+            idx = self._positions.expand(B, -1)
+            valid = self._positions[None, :] <= pos[:, None]
         w_uk, w_uv = attn._w_kv_b()
         q_lat = torch.einsum("bhd,hdr->bhr", q_nope[0], w_uk)  # absorb W_UK into the query
-        acc = torch.promote_types(x.dtype, torch.float32)  # fp32 scores for bf16 models
-        s = (torch.einsum("bhr,bkr->bhk", q_lat.to(acc), lat.to(acc))
-             + torch.einsum("bhp,bkp->bhk", q_pe[0].to(acc), pe.to(acc))) * c.softmax_scale
-        s = s.masked_fill(~valid[:, None, :], float("-inf"))
-        o_lat = torch.einsum("bhk,bkr->bhr", s.softmax(-1), lat.to(acc)).to(x.dtype)
+        if self.kernels:  # split-K decode over the pages, through the block table
+            from envfactory.kernels.sparse_attn import sparse_mla_decode
+
+            sel = torch.where(valid, idx, -1).to(torch.int32)[:, None]  # (B, 1, K)
+            o_lat, _ = sparse_mla_decode(q_lat[:, None].contiguous(), q_pe[0][:, None].contiguous(),
+                                         lay.kv, lay.pe, sel, c.softmax_scale, block_table=self._table32)
+            o_lat = o_lat[:, 0].to(x.dtype)
+        else:
+            where = self.table.gather(1, idx // P), idx % P
+            lat, pe = lay.kv[where], lay.pe[where]  # (B, K, R), (B, K, P)
+            acc = torch.promote_types(x.dtype, torch.float32)  # fp32 scores for bf16 models
+            s = (torch.einsum("bhr,bkr->bhk", q_lat.to(acc), lat.to(acc))
+                 + torch.einsum("bhp,bkp->bhk", q_pe[0].to(acc), pe.to(acc))) * c.softmax_scale
+            s = s.masked_fill(~valid[:, None, :], float("-inf"))
+            o_lat = torch.einsum("bhk,bkr->bhr", s.softmax(-1), lat.to(acc)).to(x.dtype)
         o = torch.einsum("bhr,hvr->bhv", o_lat, w_uv)  # (B, H, v)
         return attn.o_proj(o.reshape(1, B, -1))
 
