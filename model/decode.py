@@ -131,17 +131,29 @@ class BatchDecoder:
 
     # ------------------------------------------------------------------------------ decode
 
-    def step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, pos: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
         """tokens [B] long at positions pos [B] long (each < max_len; the pages hold every
         earlier position of its row) -> next-token logits [B, V] float32. Replays the CUDA
-        graph when one was captured (the result is then a buffer the next step overwrites)."""
+        graph when one was captured (the result is then a buffer the next step overwrites).
+        Eagerly, `rows` (slot ids, in order) steps only those slots: tokens, pos and the
+        logits then have one entry per listed row."""
         if self._graph is None:
             with torch.no_grad():
-                return self._step(tokens, pos)
+                if rows is None or len(rows) == self.batch:
+                    return self._step(tokens, pos, self.table, self._table32)
+                sel = torch.tensor(rows, dtype=torch.long, device=self.device)
+                return self._step(tokens, pos, self.table[sel],
+                                  self._table32[sel] if self._table32 is not None else None)
+        if rows is not None and list(rows) != list(range(self.batch)):
+            raise ValueError("a captured step runs every slot")
         self._tokens.copy_(tokens)
         self._pos.copy_(pos)
         self._graph.replay()
         return self._logits
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
 
     @torch.no_grad()
     def capture(self, warmup: int = 2) -> None:
@@ -159,31 +171,32 @@ class BatchDecoder:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                self._step(self._tokens, self._pos)
+                self._step(self._tokens, self._pos, self.table, self._table32)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._logits = self._step(self._tokens, self._pos)
+            self._logits = self._step(self._tokens, self._pos, self.table, self._table32)
         self._graph = graph
         self.table.copy_(saved)
         if self._table32 is not None:
             self._table32.copy_(saved)
 
-    def _step(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _step(self, tokens, pos, table, table32) -> torch.Tensor:
         m = self.model
         cos, sin = m.rope_cos[pos], m.rope_sin[pos]  # (B, P/2): row b's own angles
         x = m.embed_tokens(tokens).unsqueeze(0)  # (1, B, dim): the B tokens as one sequence
-        page = self.table[self._rows, pos // self.pool.page]  # where each row writes
+        page = table[self._rows[: len(table)], pos // self.pool.page]  # where each row writes
         row = pos % self.pool.page
         for layer, lay in zip(m.layers, self.pool.layers):
-            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, pos, lay, page, row)
+            x = x + self._attention(layer.self_attn, layer.input_layernorm(x), cos, sin, pos, lay, page, row,
+                                    table, table32)
             h = layer.post_attention_layernorm(x)
             x = x + (_moe(layer.mlp, h) if isinstance(layer.mlp, MoE) else layer.mlp(h))
         return m.lm_head(m.norm(x)).float()[0]
 
-    def _attention(self, attn, x, cos, sin, pos, lay, page, row) -> torch.Tensor:
+    def _attention(self, attn, x, cos, sin, pos, lay, page, row, table, table32) -> torch.Tensor:
         c = self.cfg
-        B, P = self.batch, self.pool.page
+        B, P = len(table), self.pool.page
         qr, q_nope, q_pe, kv, k_pe = attn._project(x, cos, sin)  # (1, B, ...)
         lay.kv[page, row] = kv[0].to(lay.kv.dtype)
         lay.pe[page, row] = k_pe[0].to(lay.pe.dtype)
@@ -192,13 +205,13 @@ class BatchDecoder:
             if ind.q8 is not None:
                 lay.k[page, row] = ind.k8[0]
                 lay.scale[page, row] = ind.k_s[0].unsqueeze(-1)
-                keys = lay.k[self.table].view(B, self.span, -1)  # (B, L, D): the rows' own pages
-                k_s = lay.scale[self.table].view(B, self.span)
+                keys = lay.k[table].view(B, self.span, -1)  # (B, L, D): the rows' own pages
+                k_s = lay.scale[table].view(B, self.span)
                 scores = fp8_index(ind.q8.transpose(0, 1), ind.q_s.transpose(0, 1), keys, k_s,
                                    ind.w.transpose(0, 1))
             else:
                 lay.k[page, row] = ind.k[0].to(lay.k.dtype)
-                keys = lay.k[self.table].view(B, self.span, -1)
+                keys = lay.k[table].view(B, self.span, -1)
                 scores = index_scores(ind.q.transpose(0, 1), keys, ind.w.transpose(0, 1))
             visible = self._positions[None, :] <= pos[:, None]
             scores = scores[:, 0].masked_fill(~visible, float("-inf"))  # (B, L) fp32
@@ -217,10 +230,10 @@ class BatchDecoder:
 
             sel = torch.where(valid, idx, -1).to(torch.int32)[:, None]  # (B, 1, K)
             o_lat, _ = sparse_mla_decode(q_lat[:, None].contiguous(), q_pe[0][:, None].contiguous(),
-                                         lay.kv, lay.pe, sel, c.softmax_scale, block_table=self._table32)
+                                         lay.kv, lay.pe, sel, c.softmax_scale, block_table=table32)
             o_lat = o_lat[:, 0].to(x.dtype)
         else:
-            where = self.table.gather(1, idx // P), idx % P
+            where = table.gather(1, idx // P), idx % P
             lat, pe = lay.kv[where], lay.pe[where]  # (B, K, R), (B, K, P)
             acc = torch.promote_types(x.dtype, torch.float32)  # fp32 scores for bf16 models
             s = (torch.einsum("bhr,bkr->bhk", q_lat.to(acc), lat.to(acc))

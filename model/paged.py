@@ -93,19 +93,25 @@ class PagePool:
             out.append(p)
         return out
 
+    def publish(self, pages: list[int], tokens: list[int]) -> None:
+        """Make the full pages of a sequence prefix-cache entries while it still runs (its
+        later writes go to later positions): `tokens` are those whose keys are in the
+        pages, in order."""
+        for i, key in enumerate(_chain(tokens, self.page)):
+            if i >= len(pages):
+                break
+            p = pages[i]
+            if p in self._key_of:  # already an entry (shared, or published before)
+                self._cached.move_to_end(self._key_of[p])
+            elif key not in self._cached:
+                self._cached[key] = p
+                self._key_of[p] = key
+
     def release(self, pages: list[int], tokens: list[int] | None = None) -> None:
         """Drop one reference to each page. With `tokens` (the sequence's tokens whose keys
         are in the pages, in order), its full pages become prefix-cache entries."""
         if tokens is not None:
-            for i, key in enumerate(_chain(tokens, self.page)):
-                if i >= len(pages):
-                    break
-                p = pages[i]
-                if p in self._key_of:  # already an entry (shared, or released before)
-                    self._cached.move_to_end(self._key_of[p])
-                elif key not in self._cached:
-                    self._cached[key] = p
-                    self._key_of[p] = key
+            self.publish(pages, tokens)
         for p in pages:
             if self._ref[p] <= 0:
                 raise ValueError(f"page {p} released more often than taken")

@@ -18,8 +18,12 @@ schema accepts, tool calls to the offered tools with typed arguments, or plain c
 with no stray special token; so a reply always parses, random weights included, unless it
 ran out of tokens (finish_reason "length"; then the raw text is the content).
 
-Requests run one at a time on one engine (`engine.py`); its prefix cache makes an agent's
-next turn prefill only what is new. Bad requests get a 400 with an OpenAI-style error.
+Requests are batched continuously (`scheduler.py`, `--slots N`, default 8): each joins the
+running batch as soon as a slot and pages are free, and leaves when done; prompts that begin
+like an earlier one (an agent's next turn, a shared system prompt) prefill only what is new,
+from the page pool's prefix entries. `--slots 0` serves one request at a time on the
+single-sequence engine (`engine.py`) instead. Bad requests get a 400 with an OpenAI-style
+error.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import queue
 import sys
 import threading
 import time
@@ -38,6 +43,7 @@ from .chat_format import ChatFormatError, parse_completion, render
 from .checkpoint import load_pretrained  # noqa: F401  (where callers have found it)
 from .constrain import Constraint, ConstraintError
 from .engine import Completion, Engine, SamplingParams
+from .scheduler import Scheduler
 
 
 class RequestError(ValueError):
@@ -121,8 +127,11 @@ class ModelServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving, and stop the engine's scheduler thread if it has one."""
         self._httpd.shutdown()
         self._httpd.server_close()
+        if hasattr(self.engine, "close"):
+            self.engine.close()
 
     def __enter__(self):
         return self.start()
@@ -178,8 +187,23 @@ class ModelServer:
                         bool(so.get("include_usage", False)))
 
     def run(self, req: Prepared, on_text=None) -> Completion:
-        with self._lock:
-            return self.engine.generate(req.prompt, req.params, req.constraint, on_text)
+        if not getattr(self.engine, "concurrent", False):  # one engine, one request at a time
+            with self._lock:
+                return self.engine.generate(req.prompt, req.params, req.constraint, on_text)
+        if on_text is None:
+            return self.engine.generate(req.prompt, req.params, req.constraint)
+        # the scheduler's thread only queues text; this request's thread writes it out, so a
+        # slow client never holds up the batch, and one that left cancels its request
+        pieces: queue.SimpleQueue = queue.SimpleQueue()
+        fut = self.engine.submit(req.prompt, req.params, req.constraint, pieces.put)
+        fut.add_done_callback(lambda _: pieces.put(None))
+        try:
+            while (piece := pieces.get()) is not None:
+                on_text(piece)
+        except BaseException:
+            self.engine.cancel(fut)
+            raise
+        return fut.result()
 
     def message(self, req: Prepared, c: Completion) -> tuple[dict, str]:
         """The assistant message and the finish reason of a completion."""
@@ -306,12 +330,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-len", type=int, default=None, help="context window (default: the model's)")
+    ap.add_argument("--slots", type=int, default=8,
+                    help="requests decoded together (continuous batching); 0: one at a time")
+    ap.add_argument("--cuda-graphs", action="store_true", help="capture the batched decode step (CUDA)")
     ap.add_argument("--name", default=None, help="the model name the server reports (default: the directory's)")
     args = ap.parse_args(argv)
     try:
         model, tok = load_pretrained(args.checkpoint, args.device)
-        server = ModelServer(Engine(model, tok, args.max_len), args.name or Path(args.checkpoint).name,
-                             args.host, args.port)
+        engine = (Scheduler(model, tok, args.slots, args.max_len, graphs=args.cuda_graphs) if args.slots
+                  else Engine(model, tok, args.max_len))
+        server = ModelServer(engine, args.name or Path(args.checkpoint).name, args.host, args.port)
     except (OSError, ValueError, KeyError) as e:
         print(f"serve: error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ __all__ = ["local_server", "DSA_DEFAULTS"]
 
 # a small distilled model answers one move per reply; sampling gives each retry and round
 # a different one, where greedy decoding would repeat itself
+SLOTS = 8  # requests decoded together; idle slots cost nothing on CPU
+
 DSA_DEFAULTS = (("temperature", 0.7), ("timeout_s", 600.0), ("max_tokens", 512), ("rounds", 8), ("base_attempts", 8))
 
 
@@ -35,7 +37,7 @@ def local_server(spec, quiet: bool = False):
     if spec.kind != "dsa" or spec.base_url:
         yield spec
         return
-    from envfactory.model.engine import Engine
+    from envfactory.model.scheduler import Scheduler
     from envfactory.model.serve import ModelServer, load_pretrained
 
     from envfactory.factory.errors import UsageError
@@ -45,7 +47,8 @@ def local_server(spec, quiet: bool = False):
         model, tok = load_pretrained(ckpt)
     except (OSError, ValueError, KeyError) as e:
         raise UsageError(f"--agent dsa: cannot load the checkpoint: {e}") from None
-    server = ModelServer(Engine(model, tok), name=f"dsa:{ckpt.name}").start()
+    # the workers' requests are batched together and share their prompts' pages
+    server = ModelServer(Scheduler(model, tok, slots=SLOTS), name=f"dsa:{ckpt.name}").start()
     if not quiet:
         print(f"dsa: serving {ckpt} ({model.num_params() / 1e6:.1f}M parameters) at {server.base_url}",
               file=sys.stderr)

@@ -1,6 +1,7 @@
 """`model.serve` on loopback answers the same client as any OpenAI-compatible server
 (`factory/agents/chat.py`): completions, structured decisions, tool calls, streaming,
-reasoning, the prefix cache, and clear 400s; with random weights, every structured reply
+reasoning, the prefix cache, and clear 400s, both on the single-sequence engine and on the
+continuous-batching scheduler; with random weights, every structured reply
 parses because decoding runs under a grammar."""
 
 import json
@@ -14,6 +15,7 @@ from envfactory.factory.agents.chat import ChatClient, ChatConfig, Conversation,
 from envfactory.model.config import get_config
 from envfactory.model.data import corpus_files, read_texts
 from envfactory.model.engine import Engine
+from envfactory.model.scheduler import Scheduler
 from envfactory.model.serve import ModelServer, load_pretrained
 from envfactory.model.tokenizer import train_bpe
 from envfactory.model.transformer import Transformer
@@ -24,8 +26,8 @@ TOOLS = [{"type": "function", "function": {"name": "hotels_in", "description": "
     "required": ["city", "max_price"]}}}]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+@pytest.fixture(scope="module", params=["engine", "scheduler"])
+def served(request, tmp_path_factory):
     from envfactory.model.checkpoint import save_checkpoint
 
     tok = train_bpe(read_texts(corpus_files("stdlib"), 300_000), 512)
@@ -35,7 +37,8 @@ def served(tmp_path_factory):
     save_checkpoint(model, ckpt)
     tok.save(ckpt / "tokenizer.json")
     model, tok = load_pretrained(ckpt)  # what `python -m envfactory.model.serve CKPT` loads
-    with ModelServer(Engine(model, tok), name="tiny") as srv:
+    engine = Engine(model, tok) if request.param == "engine" else Scheduler(model, tok, slots=3, page=16)
+    with ModelServer(engine, name="tiny") as srv:
         yield srv
 
 
@@ -111,7 +114,9 @@ def test_the_next_turn_reuses_the_cached_history(served):
     raw = httpx.post(served.base_url + "/chat/completions", timeout=60, json={
         "messages": msgs + [{"role": "assistant", "content": first.content}, {"role": "user", "content": "Next."}],
         "max_tokens": 8, "temperature": 0}).json()
-    assert raw["usage"]["prompt_tokens_details"]["cached_tokens"] >= first.usage.prompt_tokens - 1
+    # the engine keeps the whole history; the scheduler keeps its full pages
+    page = served.engine.pool.page if isinstance(served.engine, Scheduler) else 1
+    assert raw["usage"]["prompt_tokens_details"]["cached_tokens"] >= first.usage.prompt_tokens - page
 
 
 @pytest.mark.parametrize("body, why", [

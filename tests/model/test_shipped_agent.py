@@ -1,5 +1,5 @@
 """The checkpoint that ships (`model/checkpoints/agent`) does its job through the real path:
-our server, the factory's chat client and `decide`, a trip environment's recorded prompts.
+our server (continuous batching, as `--agent dsa` runs it), the factory's chat client and `decide`, a trip environment's recorded prompts.
 The data choice must be the specialist's; the level-0 task must meet the decision's
 grounded schema and use only the kinds the prompt offers. (The records are from
 `factory generate trip_planning --agent-option record=DIR`.)"""
@@ -12,7 +12,8 @@ import pytest
 
 from envfactory.factory.agents.chat import ChatClient, ChatConfig, Conversation, decide
 from envfactory.model.checkpoint import load_pretrained
-from envfactory.model.engine import Engine
+from envfactory.factory.agents.local import SLOTS
+from envfactory.model.scheduler import Scheduler
 from envfactory.model.serve import ModelServer
 
 CKPT = Path(__file__).resolve().parents[2] / "model" / "checkpoints" / "agent"
@@ -22,7 +23,7 @@ RECORDS = [json.loads(x) for x in (Path(__file__).parent / "data" / "trip_decisi
 @pytest.fixture(scope="module")
 def server():
     model, tok = load_pretrained(CKPT)
-    srv = ModelServer(Engine(model, tok), name="agent").start()
+    srv = ModelServer(Scheduler(model, tok, slots=SLOTS), name="agent").start()  # as --agent dsa serves it
     yield srv
     srv.stop()
 
