@@ -33,13 +33,14 @@ import torch
 
 from .chat_format import render
 from .config import SMALL, ModelConfig
-from .tokenizer import Tokenizer, train_bpe
+from .tokenizer import EOS, Tokenizer, train_bpe
 
-# ~10M parameters: 20 MB in bf16, under the 25 MB a committed checkpoint may take; a 4096
-# window holds the longest decision prompt (about 3k tokens with this tokenizer)
+# ~10M parameters: 20 MB in bf16, under the 25 MB a committed checkpoint may take; an 8192
+# window holds the longest decision prompt (about 3k tokens) and a trip task's reference
+# trajectory (4k to 5.5k: the prompt and tools, 10 to 16 calls and their results, the answer)
 AGENT = replace(SMALL, vocab_size=4096, dim=320, n_layers=6, n_heads=8, inter_dim=864, q_lora_rank=192,
                 kv_lora_rank=128, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, index_n_heads=4,
-                index_head_dim=64, index_topk=256, max_seq_len=4096, original_seq_len=4096, n_dense_layers=6)
+                index_head_dim=64, index_topk=256, max_seq_len=8192, original_seq_len=8192, n_dense_layers=6)
 SHARES = {"pretrain": 0.35, "sft": 0.35, "warmup": 0.1, "sparse": 0.2}
 
 
@@ -72,31 +73,57 @@ def answer_text(rec: dict) -> str:
                       ensure_ascii=False)
 
 
-def example_texts(records: list[dict]) -> list[tuple[str, str]]:
-    """(prompt text, answer text) per record."""
-    return [(render(r["messages"], thinking=False), answer_text(r)) for r in records]
+def conversation_segments(messages: list[dict], tools: list[dict] | None) -> list[tuple[str, bool]]:
+    """A conversation as (text, trained) segments: every assistant turn (what the model
+    writes: tool calls, the final answer, EOS) is trained; the prompt, the generation
+    prompts and the tool results are not. The segments join to `render(messages, tools)`."""
+    segs, done = [], ""
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant":
+            continue
+        prefix = render(messages[:i], tools=tools, add_generation_prompt=True)
+        full = render(messages[: i + 1], tools=tools, add_generation_prompt=False)
+        if not prefix.startswith(done) or not full.startswith(prefix):
+            raise ValueError(f"turn {i} does not extend the rendering of the turns before it")
+        segs += [(prefix[len(done):], False), (full[len(prefix):], True)]
+        done = full
+    if not segs:
+        raise ValueError("the conversation has no assistant turn")
+    return segs
 
 
-def train_tokenizer(pairs: list[tuple[str, str]], vocab_size: int) -> Tokenizer:
-    texts = [p + a for p, a in pairs]
-    return train_bpe(texts, vocab_size)
+def example_segments(rec: dict) -> list[tuple[str, bool]]:
+    """A record as (text, trained) segments: a decision is its rendered conversation then
+    the answer (compact JSON in schema order) and EOS; a tool-use trajectory (`solve`) is
+    its conversation with every assistant turn trained."""
+    if rec.get("decision") == "solve":
+        return conversation_segments(rec["messages"], rec.get("tools"))
+    return [(render(rec["messages"], thinking=False), False), (answer_text(rec) + EOS, True)]
 
 
-def encode_examples(tok: Tokenizer, pairs, max_len: int) -> tuple[list[tuple[list[int], int]], int]:
-    """([(ids, answer start)], how many were too long to keep)."""
+def train_tokenizer(examples: list[list[tuple[str, bool]]], vocab_size: int) -> Tokenizer:
+    return train_bpe(["".join(t for t, _ in segs) for segs in examples], vocab_size)
+
+
+def encode_examples(tok: Tokenizer, examples, max_len: int):
+    """([(ids int32 [n], trained bool [n])], how many were too long to keep)."""
     out, dropped = [], 0
-    for prompt, answer in pairs:
-        p, a = tok.encode(prompt), tok.encode(answer) + [tok.eos_id]
-        if len(p) + len(a) > max_len:
+    for segs in examples:
+        ids, mask = [], []
+        for text, trained in segs:
+            part = tok.encode(text)
+            ids += part
+            mask += [trained] * len(part)
+        if len(ids) > max_len:
             dropped += 1
             continue
-        out.append((torch.tensor(p + a, dtype=torch.int32), len(p)))
+        out.append((torch.tensor(ids, dtype=torch.int32), torch.tensor(mask, dtype=torch.bool)))
     return out, dropped
 
 
 class ExampleBatches:
     """Endless batches (x, y) [B, S] of whole examples, padded to the batch's longest; y is
-    -100 (ignored) on padding, and on the prompt when `answers_only`."""
+    -100 (ignored) on padding, and on every untrained token when `answers_only`."""
 
     def __init__(self, examples, batch_tokens: int, answers_only: bool, pad_id: int, seed: int = 0,
                  device=None):
@@ -115,29 +142,29 @@ class ExampleBatches:
         S = max(len(ids) for ids, _ in group) - 1
         x = torch.full((len(group), S), self.pad, dtype=torch.long)
         y = torch.full((len(group), S), -100, dtype=torch.long)
-        for r, (ids, start) in enumerate(group):
+        for r, (ids, trained) in enumerate(group):
             t = torch.as_tensor(ids, dtype=torch.long)
             x[r, : len(ids) - 1] = t[:-1]
-            y[r, : len(ids) - 1] = t[1:]
-            if self.answers_only:
-                y[r, : start - 1] = -100  # position start-1 predicts the answer's first token
+            # position j predicts token j + 1
+            y[r, : len(ids) - 1] = torch.where(trained[1:], t[1:], -100) if self.answers_only else t[1:]
         if self.device is not None:
             x, y = x.to(self.device), y.to(self.device)
         return x, y
 
 
 def answer_accuracy(model, examples, device, sparse: bool, n: int = 64) -> float:
-    """Share of answer tokens predicted exactly (teacher-forced), on up to n examples."""
+    """Share of trained tokens (answers, tool calls) predicted exactly, teacher-forced, on up
+    to n examples."""
     model.eval()
     hit = total = 0
     with torch.no_grad():
-        for ids, start in examples[:n]:
+        for ids, trained in examples[:n]:
             ids = torch.as_tensor(ids, dtype=torch.long)
             logits, _ = model(ids[None, :-1].to(device), sparse=sparse)
-            pred = logits[0, start - 1:].argmax(-1).cpu()
-            want = ids[start:]
-            hit += int((pred == want).sum())
-            total += len(want)
+            pred = logits[0].argmax(-1).cpu()
+            sel = trained[1:]
+            hit += int((pred[sel] == ids[1:][sel]).sum())
+            total += int(sel.sum())
     model.train()
     return hit / max(total, 1)
 
@@ -145,31 +172,45 @@ def answer_accuracy(model, examples, device, sparse: bool, n: int = 64) -> float
 def prepare(records: list[dict], out: Path, cfg: ModelConfig = AGENT, seed: int = 0, log=print) -> dict:
     """Records -> `out/` with tokenizer.json (trained on them), examples.pt and meta.json:
     everything training needs, so the GPU run needs no records, schemas or tokenizer
-    training."""
+    training. 5% of each kind (decisions, tool-use trajectories) is held out."""
     if not records:
         raise ValueError("no accepted records to learn from")
     records = list(records)
     random.Random(seed).shuffle(records)
-    pairs = example_texts(records)
-    tok = train_tokenizer(pairs, cfg.vocab_size)
+    kinds = {"decision": [r for r in records if r.get("decision") != "solve"],
+             "solve": [r for r in records if r.get("decision") == "solve"]}
+    segs = {k: [example_segments(r) for r in rs] for k, rs in kinds.items()}
+    tok = train_tokenizer(segs["decision"] + segs["solve"], cfg.vocab_size)
     cfg = replace(cfg, vocab_size=tok.vocab_size)
-    examples, dropped = encode_examples(tok, pairs, cfg.max_seq_len)
-    held = max(1, len(examples) // 20)
-    lengths = sorted(len(e[0]) for e in examples)
-    meta = {"config": cfg.to_dict(), "examples": len(examples) - held, "held_out": held, "dropped": dropped,
-            "median_tokens": lengths[len(lengths) // 2], "max_tokens": lengths[-1],
-            "decisions": {d: sum(r["decision"] == d for r in records) for d in ("data", "base", "move")}}
+    train_ex, held, dropped, lengths = [], {}, 0, []
+    for k, ss in segs.items():
+        ex, d = encode_examples(tok, ss, cfg.max_seq_len)
+        dropped += d
+        n_held = max(1, len(ex) // 20) if ex else 0
+        held[k] = ex[:n_held]
+        train_ex += ex[n_held:]
+        lengths += [len(e[0]) for e in ex]
+    if not train_ex:
+        raise ValueError("every example is longer than the model's window")
+    lengths.sort()
+    meta = {"config": cfg.to_dict(), "examples": len(train_ex), "held_out": {k: len(v) for k, v in held.items()},
+            "dropped": dropped, "median_tokens": lengths[len(lengths) // 2], "max_tokens": lengths[-1],
+            "decisions": {d: sum(r.get("decision") == d for r in records) for d in ("data", "base", "move", "solve")}}
     out.mkdir(parents=True, exist_ok=True)
     tok.save(out / "tokenizer.json")
-    torch.save({"examples": examples[held:], "held": examples[:held]}, out / "examples.pt")
+    if tok.vocab_size <= 1 << 15:  # int16 ids: the prepared data travels to the GPU machine
+        train_ex = [(ids.to(torch.int16), m) for ids, m in train_ex]
+        held = {k: [(ids.to(torch.int16), m) for ids, m in v] for k, v in held.items()}
+    torch.save({"examples": train_ex, "held": held}, out / "examples.pt")
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    log(f"distill: {meta['examples']} examples (+{held} held out, {dropped} too long), tokens per example median "
-        f"{meta['median_tokens']}, max {meta['max_tokens']}; model {cfg.num_params() / 1e6:.1f}M parameters")
+    log(f"distill: {meta['examples']} examples ({meta['decisions']}; held out {meta['held_out']}, {dropped} too "
+        f"long), tokens per example median {meta['median_tokens']}, max {meta['max_tokens']}; model "
+        f"{cfg.num_params() / 1e6:.1f}M parameters")
     return meta
 
 
 def train_prepared(data: Path, out: Path, time_budget: float = 600.0, batch_tokens: int = 32_768,
-                   device: str = "cpu", log=print, seed: int = 0) -> dict:
+                   device: str = "cpu", log=print, seed: int = 0, warmup_steps: int = 20) -> dict:
     """Train on `prepare`'s output; writes the checkpoint directory; returns metrics."""
     import shutil
 
@@ -190,15 +231,16 @@ def train_prepared(data: Path, out: Path, time_budget: float = 600.0, batch_toke
         t0 = time.time()
         base = "pretrain" if stage == "sft" else stage
         tcfg = TrainConfig(stage=base, steps=100_000, lr={"pretrain": 1e-3, "sft": 5e-4, "warmup": 1e-3,
-                                                           "sparse": 2e-4}[stage], warmup_steps=20, seed=seed)
+                                                           "sparse": 2e-4}[stage], warmup_steps=warmup_steps, seed=seed)
         batches = ExampleBatches(examples, batch_tokens, answers_only=stage != "pretrain", pad_id=eos,
                                  seed=seed, device=device)
         hist = train(model, batches, tcfg, None, time_budget * share)
-        acc = answer_accuracy(model, held, device, sparse=stage in ("warmup", "sparse"))
+        acc = {k: answer_accuracy(model, ex, device, sparse=stage in ("warmup", "sparse"))
+               for k, ex in held.items() if ex}
         metrics["stages"][stage] = {"steps": len(hist), "loss": hist[-1]["loss"], "seconds": time.time() - t0,
                                     "held_out_answer_accuracy": acc}
-        log(f"distill: {stage}: {len(hist)} steps, loss {hist[-1]['loss']:.3f}, held-out answer tokens "
-            f"{acc:.1%} exact, {time.time() - t0:.0f}s")
+        log(f"distill: {stage}: {len(hist)} steps, loss {hist[-1]['loss']:.3f}, held-out trained tokens exact: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()) + f", {time.time() - t0:.0f}s")
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model.cpu(), out, dtype=torch.bfloat16)
     shutil.copyfile(data / "tokenizer.json", out / "tokenizer.json")
@@ -212,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m envfactory.model.train distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", nargs="+", help="record files or directories of them (prepares DATA first)")
+    ap.add_argument("--bundles", nargs="+", default=[],
+                    help="bundles whose tasks become tool-use trajectories (reference calls replayed)")
     ap.add_argument("--data", default=None, help="prepared data directory (written when --records is given)")
     ap.add_argument("--prepare-only", action="store_true", help="write DATA and stop (for training elsewhere)")
     ap.add_argument("--out", default=None, help="checkpoint directory to write")
@@ -219,16 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-tokens", type=int, default=32_768)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
-    if not args.records and not args.data:
-        ap.error("give --records (and optionally --data) or a prepared --data")
+    if not args.records and not args.bundles and not args.data:
+        ap.error("give --records and/or --bundles (and optionally --data) or a prepared --data")
     if not args.prepare_only and not args.out:
         ap.error("--out is required unless --prepare-only")
     try:
         data = Path(args.data) if args.data else Path(args.out) / "data"
-        if args.records:
-            from envfactory.factory.agents.distill import read_records
+        if args.records or args.bundles:
+            from envfactory.factory.agents.distill import read_records, solve_records
+            from envfactory.factory.solve import _env_dirs
 
-            prepare(read_records(args.records), data, log=lambda m: print(m, flush=True))
+            records = read_records(args.records or [])
+            for b in args.bundles:
+                for env in _env_dirs(Path(b)):
+                    records += solve_records(env)
+            prepare(records, data, log=lambda m: print(m, flush=True))
         if args.prepare_only:
             return 0
         train_prepared(data, Path(args.out), args.time_budget, args.batch_tokens, args.device,

@@ -146,3 +146,64 @@ def read_records(paths, accepted_only: bool = True) -> list[dict]:
                 if rec.get("accepted") or not accepted_only:
                     out.append(rec)
     return out
+
+
+# ----------------------------------------------------------------- tool-use trajectories
+
+
+def solve_records(env_dir: str | Path) -> list[dict]:
+    """One tool-use trajectory per task of a built environment, for a model that solves:
+
+        {"decision": "solve", "level": L, "task_id": ..., "tools": [...], "messages": [
+            the task's system and user messages,
+            one assistant turn per reference tool call, each followed by its tool result,
+            the assistant's final answer (the reference answer as compact JSON)],
+         "accepted": true}
+
+    The calls are the task's `reference_tool_calls` (what the ladder's reference needed:
+    each unit's search, then the distances a route requirement reads), replayed on the
+    export runtime a solver talks to, so every result is the text a solver would get. The
+    greedy baseline's own episodes are not used: it explores with up to 400 calls before
+    it answers, which is neither a trajectory to imitate nor one that fits a small window.
+    """
+    from envfactory.factory.export.runtime.envfactory_runtime import Runtime
+
+    rt = Runtime(str(env_dir))
+    env = rt.env()
+    out = []
+    for task_id, task in sorted(env.tasks.items(), key=lambda t: t[1]["level"]):
+        ep = rt.start(f"distill:{task_id}", task_id)
+        try:
+            msgs = [dict(m) for m in task["messages"]]
+            for i, call in enumerate(task["reference_tool_calls"]):
+                result = ep.call(call["name"], call["arguments"])
+                cid = f"call_{i}"
+                msgs.append({"role": "assistant", "content": "", "tool_calls": [
+                    {"id": cid, "type": "function",
+                     "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}]})
+                msgs.append({"role": "tool", "tool_call_id": cid,
+                             "content": result if isinstance(result, str) else json.dumps(result)})
+            msgs.append({"role": "assistant",
+                         "content": json.dumps(task["reference_answer"], separators=(",", ":"))})
+        finally:
+            rt.release(f"distill:{task_id}")
+        tools = [env.schemas[n] for n in (task.get("tools") or ep.tool_names) if n in env.schemas]
+        out.append({"decision": "solve", "level": task["level"], "task_id": task_id, "tools": tools,
+                    "messages": msgs, "accepted": True})
+    return out
+
+
+def write_solve_records(bundle: str | Path, out_dir: str | Path) -> int:
+    """`solve_records` of every environment of a bundle into OUT_DIR/ENV_ID.solve.jsonl; -> count."""
+    from envfactory.factory.solve import _env_dirs
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for env_dir in _env_dirs(Path(bundle)):
+        recs = solve_records(env_dir)
+        with (out_dir / f"{env_dir.name}.solve.jsonl").open("w", encoding="utf-8") as f:
+            for r in recs:
+                f.write(json.dumps(r) + "\n")
+        n += len(recs)
+    return n

@@ -19,7 +19,7 @@ __all__ = ["local_server", "DSA_DEFAULTS"]
 
 # a small distilled model answers one move per reply; sampling gives each retry and round
 # a different one, where greedy decoding would repeat itself
-SLOTS = 8  # requests decoded together; idle slots cost nothing on CPU
+SLOTS = 4  # requests decoded together (the workers default to the CPU count); idle slots cost nothing on CPU
 
 DSA_DEFAULTS = (("temperature", 0.7), ("timeout_s", 600.0), ("max_tokens", 512), ("rounds", 8), ("base_attempts", 8))
 

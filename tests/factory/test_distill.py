@@ -44,3 +44,44 @@ def test_records_match_the_ladder_and_the_schema(tmp_path):
         assert later and all("The ladder's verdicts on your earlier proposals" in x["messages"][1]["content"]
                              for x in later)
         assert sum(not x["accepted"] for x in moves) > 0 and all(x["reason"] for x in moves)
+
+
+def test_tool_use_trajectories_replay_the_reference_and_train_only_the_assistant(bundle, tmp_path):
+    """Each task becomes its reference episode: one call per assistant turn, the runtime's
+    real result after it, the reference answer last (which the verifier scores 1). Training
+    sees the rendered conversation with exactly the assistant turns marked."""
+    from envfactory.factory.export.runtime.envfactory_runtime import Runtime
+    from envfactory.factory.agents.distill import solve_records
+    from envfactory.model.chat_format import parse_completion, render
+    from envfactory.model.distill import conversation_segments, encode_examples
+    from envfactory.model.tokenizer import Tokenizer
+    from tests.conftest import env_dirs, tasks_of
+
+    env = env_dirs(bundle)[0]
+    recs = solve_records(env)
+    tasks = tasks_of(env)
+    assert [r["task_id"] for r in recs] == [t["task_id"] for t in sorted(tasks, key=lambda t: t["level"])]
+    rt = Runtime(str(env))
+    for rec, task in zip(recs, sorted(tasks, key=lambda t: t["level"])):
+        msgs = rec["messages"]
+        calls = [m for m in msgs if m["role"] == "assistant" and m.get("tool_calls")]
+        assert [(c["tool_calls"][0]["function"]["name"], json.loads(c["tool_calls"][0]["function"]["arguments"]))
+                for c in calls] == [(c["name"], c["arguments"]) for c in task["reference_tool_calls"]]
+        results = [m["content"] for m in msgs if m["role"] == "tool"]
+        assert len(results) == len(calls) and not any('"error"' in r for r in results)
+        ep = rt.start("check", task["task_id"])
+        assert ep.submit(json.loads(msgs[-1]["content"]))["score"] == 1.0
+        rt.release("check")
+        segs = conversation_segments(msgs, rec["tools"])
+        assert "".join(t for t, _ in segs) == render(msgs, tools=rec["tools"], add_generation_prompt=False)
+        trained = [t for t, on in segs if on]
+        assert len(trained) == len(calls) + 1
+        for text, c in zip(trained, calls):
+            assert parse_completion(text).tool_calls[0]["function"]["name"] == c["tool_calls"][0]["function"]["name"]
+        assert json.loads(parse_completion(trained[-1]).content) == task["reference_answer"]
+    tok = Tokenizer.from_file("model/checkpoints/agent/tokenizer.json")
+    segs = conversation_segments(recs[0]["messages"], recs[0]["tools"])
+    (ids, mask), = encode_examples(tok, [segs], 10 ** 6)[0]
+    assert mask.sum() == sum(len(tok.encode(t)) for t, on in segs if on)
+    assert int((ids[mask] == tok.eos_id).sum()) == sum(on for _, on in segs)  # every trained turn ends with EOS
+    assert not mask[: len(tok.encode(render(recs[0]["messages"][:2], tools=recs[0]["tools"])))].any()
