@@ -9,11 +9,12 @@ EOS, at a stop id or stop string, when the grammar ends, at max_tokens, or at th
 end.
 
 `generate_batch` runs several prompts of different lengths together: each row prefilled in
-one pass, then one fixed-shape step per token for all rows (`decode.BatchDecoder`), which on
-CUDA can be a captured CUDA graph. What it does not do yet: continuous batching in the
-server (it serialises requests and uses `generate`) or paged caches (rows own contiguous
-caches). On CUDA the model's Triton path runs for prefill when its config says
-`attn_impl="triton"`; decode steps of a batch use the PyTorch ops (graph-capturable).
+one pass, then one fixed-shape step per token for all rows over paged caches
+(`decode.BatchDecoder`, `paged.py`), which on CUDA can be a captured CUDA graph. Requests
+that arrive at different times (a server's) are batched continuously by `scheduler.py`,
+which shares prefix pages between them; this engine keeps one sequence's caches and serves
+one request at a time. On CUDA with `attn_impl="triton"` the model's Triton path runs for
+prefill, and the batched step attends through the kernels' split-K decode.
 """
 
 from __future__ import annotations
