@@ -25,7 +25,7 @@ so on CUDA `capture()` records one step as a graph and `step` replays it: one la
 token instead of a few hundred kernels. Changing which pages a row uses (`assign`) writes
 into the same table tensor, so a captured graph stays valid while sequences come and go
 (continuous batching, `scheduler.py`). Rows are prefilled by the model's forward through
-`paged.PagedView` (`prefill` for all rows, contiguous rows of equal length in one pass;
+`paged.paged_view` (`prefill` for all rows, contiguous rows of equal length in one pass;
 `prefill_row` for one row after its shared prefix pages).
 
 Without a pool the decoder makes its own, each row owning max_pages pages. Cost against the
@@ -40,7 +40,7 @@ import torch
 from .fp8 import fp8_index
 from .indexer import index_scores
 from .moe import MoE
-from .paged import PagePool, PagedView
+from .paged import PagePool, paged_view
 from .transformer import Transformer
 
 __all__ = ["BatchDecoder"]
@@ -126,7 +126,7 @@ class BatchDecoder:
     def _forward(self, lo: int, hi: int, prompts: list[list[int]], start: int) -> torch.Tensor:
         x = torch.tensor([p[start:] for p in prompts], device=self.device)
         table = self.table[lo:hi, : self.pool.pages_for(len(prompts[0]))]
-        logits, _ = self.model(x, start, PagedView(self.pool, table), sparse=self.sparse, last_only=True)
+        logits, _ = self.model(x, start, paged_view(self.pool, table), sparse=self.sparse, last_only=True)
         return logits[:, -1].float()
 
     # ------------------------------------------------------------------------------ decode
@@ -201,26 +201,22 @@ class BatchDecoder:
         lay.kv[page, row] = kv[0].to(lay.kv.dtype)
         lay.pe[page, row] = k_pe[0].to(lay.pe.dtype)
         ind = attn.indexer.project(x, qr, cos, sin, 0, None)  # this token's q, k, w; no cache write
+        fp8 = ind.q8 is not None
+        lay.k[page, row] = (ind.k8 if fp8 else ind.k)[0].to(lay.k.dtype)  # cached in either mode
+        if fp8:
+            lay.scale[page, row] = ind.k_s[0].unsqueeze(-1)
         if self.sparse:
-            if ind.q8 is not None:
-                lay.k[page, row] = ind.k8[0]
-                lay.scale[page, row] = ind.k_s[0].unsqueeze(-1)
-                keys = lay.k[table].view(B, self.span, -1)  # (B, L, D): the rows' own pages
-                k_s = lay.scale[table].view(B, self.span)
-                scores = fp8_index(ind.q8.transpose(0, 1), ind.q_s.transpose(0, 1), keys, k_s,
-                                   ind.w.transpose(0, 1))
+            keys = lay.k[table].view(B, self.span, -1)  # (B, L, D): the rows' own pages
+            if fp8:
+                scores = fp8_index(ind.q8.transpose(0, 1), ind.q_s.transpose(0, 1), keys,
+                                   lay.scale[table].view(B, self.span), ind.w.transpose(0, 1))
             else:
-                lay.k[page, row] = ind.k[0].to(lay.k.dtype)
-                keys = lay.k[table].view(B, self.span, -1)
                 scores = index_scores(ind.q.transpose(0, 1), keys, ind.w.transpose(0, 1))
             visible = self._positions[None, :] <= pos[:, None]
             scores = scores[:, 0].masked_fill(~visible, float("-inf"))  # (B, L) fp32
             idx = scores.sort(dim=-1, descending=True, stable=True).indices[:, : self.k]  # (B, K)
             valid = self._slots[None, :] < (pos[:, None] + 1).clamp(max=self.k)
-        else:  # every visible key, in position order (the index keys are still cached)
-            lay.k[page, row] = (ind.k8 if ind.q8 is not None else ind.k)[0].to(lay.k.dtype)
-            if ind.q8 is not None:
-                lay.scale[page, row] = ind.k_s[0].unsqueeze(-1)
+        else:  # every visible key, in position order
             idx = self._positions.expand(B, -1)
             valid = self._positions[None, :] <= pos[:, None]
         w_uk, w_uv = attn._w_kv_b()

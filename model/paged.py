@@ -16,7 +16,7 @@ that is a cache entry stays filled until the pool needs it (least recently used 
 `match` finds the longest run of cached pages a new prompt begins with. Nothing is
 copied on write: a sequence only writes positions after its shared pages.
 
-`PagedView` gives one or more sequences the `LatentCache` / `IndexKeyCache` interface
+`paged_view` gives one or more sequences the `LatentCache` / `IndexKeyCache` interface
 (`update(start_pos, ...)` writes and returns contiguous views up to the write's end), so
 the model's own forward prefills straight into pages.
 """
@@ -34,7 +34,7 @@ from .cache import LayerCache
 from .config import ModelConfig
 from .fp8 import E4M3
 
-__all__ = ["PagePool", "PoolFull", "PagedView"]
+__all__ = ["PagePool", "PoolFull", "paged_view"]
 
 
 class PoolFull(RuntimeError):
@@ -53,8 +53,7 @@ class PagePool:
     def __init__(self, cfg: ModelConfig, n_pages: int, page: int = 64, dtype=torch.float32, device=None):
         if n_pages < 2 or page < 1:
             raise ValueError("a pool needs at least 2 pages (page 0 is scratch) of at least 1 token")
-        self.cfg, self.n_pages, self.page = cfg, n_pages, page
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.n_pages, self.page = n_pages, page
         fp8 = cfg.index_fp8
         self.layers = [
             PagedLayer(
@@ -69,6 +68,7 @@ class PagePool:
         self._free = list(range(n_pages - 1, 0, -1))  # pop() hands out low ids first
         self._cached: OrderedDict[bytes, int] = OrderedDict()  # prefix key -> page, LRU first
         self._key_of: dict[int, bytes] = {}  # page -> its prefix key
+        self._idle = 0  # entries nobody holds (evictable)
         self.hits = 0  # prompt tokens served from cached pages
 
     # ---------------------------------------------------------------- accounting
@@ -76,7 +76,7 @@ class PagePool:
     @property
     def available(self) -> int:
         """Pages that `alloc` can hand out now: free ones and cached ones nobody holds."""
-        return len(self._free) + sum(1 for p in self._cached.values() if self._ref[p] == 0)
+        return len(self._free) + self._idle
 
     def alloc(self, n: int) -> list[int]:
         if n > self.available:
@@ -89,6 +89,7 @@ class PagePool:
                 key = next(k for k, q in self._cached.items() if self._ref[q] == 0)
                 p = self._cached.pop(key)
                 del self._key_of[p]
+                self._idle -= 1
             self._ref[p] = 1
             out.append(p)
         return out
@@ -116,8 +117,11 @@ class PagePool:
             if self._ref[p] <= 0:
                 raise ValueError(f"page {p} released more often than taken")
             self._ref[p] -= 1
-            if self._ref[p] == 0 and p not in self._key_of:
-                self._free.append(p)
+            if self._ref[p] == 0:
+                if p in self._key_of:
+                    self._idle += 1
+                else:
+                    self._free.append(p)
 
     def match(self, tokens: list[int]) -> list[int]:
         """The cached pages `tokens` begins with, each taken (one reference). At least one
@@ -129,6 +133,8 @@ class PagePool:
             if p is None:
                 break
             self._cached.move_to_end(key)
+            if self._ref[p] == 0:
+                self._idle -= 1
             self._ref[p] += 1
             out.append(p)
         self.hits += len(out) * self.page
@@ -183,7 +189,7 @@ class _PagedIndex(_PagedLatent):
         return self.layer.k[page, row], (self.layer.scale[page, row] if self.fp8 else None)
 
 
-def PagedView(pool: PagePool, table: torch.Tensor) -> list[LayerCache]:
+def paged_view(pool: PagePool, table: torch.Tensor) -> list[LayerCache]:
     """Caches for the model's forward over B sequences whose block tables are the rows of
     `table` [B, n] (long, on the pool's device); every sequence must have the same length."""
     return [LayerCache(_PagedLatent(layer, table, pool.page), _PagedIndex(layer, table, pool.page))

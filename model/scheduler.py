@@ -5,7 +5,8 @@ or the blocking `generate`, which has `Engine.generate`'s signature) waits until
 free and the pool has pages for its prompt plus max_tokens; then it takes the longest run
 of cached prefix pages its prompt begins with (an agent's next turn, or another request
 with the same system prompt and tools, finished or still running), prefills only the rest
-into fresh pages, publishes its prompt's full pages as prefix entries, and joins the batch. Every loop turn is one `BatchDecoder.step` for all slots (a CUDA graph with
+into fresh pages, publishes its prompt's full pages as prefix entries, and joins the
+batch. Every loop turn is one `BatchDecoder.step` for all slots (a CUDA graph with
 `graphs=True` on CUDA); each row samples with its own parameters, grammar and seeded
 generator, so a request's completion does not depend on what else runs beside it. A
 finished request leaves at once: its full pages become prefix-cache entries and its slot
@@ -48,6 +49,7 @@ class _Request:
     params: SamplingParams
     constraint: Constraint | None
     on_text: Callable[[str], None] | None
+    need: int  # pages for the prompt plus max_tokens
     future: Future = field(default_factory=Future)
     cancelled: bool = False
     # set on admission
@@ -101,10 +103,10 @@ class Scheduler:
             raise ValueError("the prompt is empty")
         if len(prompt) >= self.max_len:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in a {self.max_len}-token window")
-        req = _Request(list(prompt), params, constraint, on_text)
         need = self.pool.pages_for(min(len(prompt) + params.max_tokens, self.max_len))
         if need > self.pool.n_pages - 1:
             raise PoolFull(f"a request of {need} pages can never fit a pool of {self.pool.n_pages - 1}")
+        req = _Request(list(prompt), params, constraint, on_text, need)
         with self._cv:
             if self._closed:
                 raise RuntimeError("the scheduler is closed")
@@ -164,12 +166,11 @@ class Scheduler:
                     req.future.set_exception(RuntimeError("cancelled"))
                     continue
                 shared = self.pool.match(req.prompt)
-                need = self.pool.pages_for(min(len(req.prompt) + req.params.max_tokens, self.max_len))
-                if need - len(shared) > self.pool.available:
+                if req.need - len(shared) > self.pool.available:
                     self.pool.release(shared)
                     return  # wait for running requests to give pages back
                 self._waiting.popleft()
-                req.slot, req.pages = free[0], shared + self.pool.alloc(need - len(shared))
+                req.slot, req.pages = free[0], shared + self.pool.alloc(req.need - len(shared))
                 req.cached = len(shared) * self.pool.page
                 self._slots[req.slot] = req
             try:

@@ -21,6 +21,13 @@ def _model(seed: int, **kw) -> Transformer:
     return Transformer(cfg).double().eval()
 
 
+def _seeded(**kw):
+    """A fresh seed (printed), a model from it and a token stream from it."""
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    return _model(seed, **kw), random.Random(seed)
+
+
 def _recompute(model, ids: list[int]) -> torch.Tensor:
     logits, _ = model(torch.tensor([ids]), 0, None, sparse=True)
     return logits[0, -1]
@@ -76,10 +83,7 @@ def test_pool_evicts_the_least_recently_used_entry_first():
 
 @pytest.mark.parametrize("fp8", [False, True])
 def test_scattered_small_pages_decode_as_the_model_does(fp8):
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
-    model = _model(seed, index_fp8=fp8)
-    rng = random.Random(seed)
+    model, rng = _seeded(index_fp8=fp8)
     pool = PagePool(model.cfg, 40, page=3, dtype=torch.float64)
     order = pool.alloc(39)
     rng.shuffle(order)  # rows get pages in no particular order
@@ -104,10 +108,7 @@ def test_scattered_small_pages_decode_as_the_model_does(fp8):
 def test_a_row_resumes_after_shared_prefix_pages():
     """Row 0 runs a prompt and releases it; row 1 starts with the same tokens, gets the
     cached pages, prefills only the rest, and its logits equal a full recomputation."""
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
-    model = _model(seed)
-    rng = random.Random(seed)
+    model, rng = _seeded()
     pool = PagePool(model.cfg, 24, page=4, dtype=torch.float64)
     dec = BatchDecoder(model, 2, 40, pool=pool)
     first = [rng.randrange(VOCAB) for _ in range(14)]
@@ -132,10 +133,7 @@ def test_a_row_resumes_after_shared_prefix_pages():
 
 
 def test_a_row_on_the_scratch_page_leaves_other_rows_alone():
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
-    model = _model(seed)
-    rng = random.Random(seed)
+    model, rng = _seeded()
     pool = PagePool(model.cfg, 12, page=5, dtype=torch.float64)
     dec = BatchDecoder(model, 2, 25, pool=pool)
     dec.assign(0, pool.alloc(5))  # row 1 has no sequence: all its pages are page 0
