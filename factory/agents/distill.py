@@ -192,18 +192,3 @@ def solve_records(env_dir: str | Path) -> list[dict]:
                     "messages": msgs, "accepted": True})
     return out
 
-
-def write_solve_records(bundle: str | Path, out_dir: str | Path) -> int:
-    """`solve_records` of every environment of a bundle into OUT_DIR/ENV_ID.solve.jsonl; -> count."""
-    from envfactory.factory.solve import _env_dirs
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for env_dir in _env_dirs(Path(bundle)):
-        recs = solve_records(env_dir)
-        with (out_dir / f"{env_dir.name}.solve.jsonl").open("w", encoding="utf-8") as f:
-            for r in recs:
-                f.write(json.dumps(r) + "\n")
-        n += len(recs)
-    return n
