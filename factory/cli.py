@@ -34,7 +34,14 @@ def cmd_generate(a) -> int:
     if a.envs < 1:
         raise UsageError("--envs must be at least 1")
     spec = _agent_spec(a)
-    load_seed(resolve_seed(a.seed_ref))  # a bad seed fails here, before any progress display
+    seed_path = resolve_seed(a.seed_ref)
+    seed = load_seed(seed_path)  # a bad seed fails here, before any progress display
+    from envfactory.factory.journal import preflight
+    from envfactory.factory.generate import run_header
+
+    out = Path(a.out)
+    if out.is_dir():  # and so does a run directory that cannot be resumed or reused
+        preflight(out, run_header(seed, seed_path, a.seed, spec), a.resume, a.force, agent=False)
     console = Console(stderr=True)
     with Progress(TextColumn("[bold]generate[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
@@ -44,7 +51,8 @@ def cmd_generate(a) -> int:
             bar.update(task, completed=done, description=f"{env.env_id} (levels {env.levels}, plans {env.counts})")
 
         with local_server(spec) as served:  # --agent dsa: our model on loopback, for the workers
-            res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress, served)
+            res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress, served,
+                           resume=a.resume)
         spec = served
     for e in res.envs:
         print(f"{e.env_id}\tlevels={e.levels}\tplans={','.join(map(str, e.counts))}\t"
@@ -316,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="run seed: same seed, same output (default 0)")
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     g.add_argument("--force", action="store_true", help="replace environments that already exist")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its journal (a killed run, or a finished one grown with "
+                        "a larger --envs), building only what it has not finished")
     _agent_args(g)
     g.add_argument("--fallback", choices=["none", "specialist"], default="none",
                    help="when the model cannot make a decision usably: fail that environment (none, the default) "

@@ -62,7 +62,23 @@ def _worker_init() -> None:
     global _CTX
     from envfactory.sandboxes.sources import FetchContext
 
+    _watch_parent()
     _CTX = FetchContext()
+
+
+def _watch_parent() -> None:
+    """Exit this worker as soon as the run's process is gone (killed with SIGKILL, say), so
+    no orphan keeps building into a directory that a resumed run now owns."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _job(seed_path: str, region, index: int, run_seed: int, base_url: str, out_dir: str, force: bool, agent):
@@ -124,12 +140,23 @@ def _publish(seed, seed_path: Path, web) -> None:
         web.add_table(table, [dict(zip(order, r)) for r in rows])
 
 
+def run_header(seed, seed_path: Path, run_seed: int, agent) -> dict:
+    """The journal's first line for this run (`factory.journal`)."""
+    from envfactory.factory import journal as jr
+    from envfactory.factory.bundle import sha256_file
+
+    return jr.run_header(seed.name, sha256_file(seed_path), run_seed, agent.kind, agent.model)
+
+
 def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, workers: int | None = None,
-             force: bool = False, progress=None, agent=None) -> BatchResult:
+             force: bool = False, progress=None, agent=None, resume: bool = False) -> BatchResult:
     """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
-    called after each environment."""
+    called after each environment. Every outcome goes to the run's journal as it happens
+    (`factory.journal`); `resume` continues a killed run in `out_dir` (or grows a finished
+    one to a larger `n_envs`), building only what it has not finished."""
     from envfactory.sandboxes.web import OfflineWeb
 
+    from envfactory.factory import journal as jr
     from envfactory.factory.agents.base import AgentSpec
     from envfactory.factory.agents.local import local_server
 
@@ -139,16 +166,31 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     seed = load_seed(seed_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    header = run_header(seed, seed_path, run_seed, agent)
+    rows = jr.preflight(out, header, resume, force)
     regions = _parts(seed, seed_path, run_seed, n_envs)
     workers = max(1, min(workers or os.cpu_count() or 1, n_envs or 1))
     done: dict[int, EnvSummary] = {}
     failed: list[tuple[str, str]] = []
     totals: dict = {"kind": agent.kind, "model": agent.model, "proposals": 0, "rejected": 0}
+    skipped: dict[int, str] = {}
+    log = jr.Journal(out, header, resume)  # takes OUT's lock first
+    if resume:
+        ok, skipped = jr.finished(out, rows)
+        # journaled summaries hold the directory's name; the run's own hold its path
+        done = {i: EnvSummary(**(d | {"path": str(out / d["path"])})) for i, d in ok.items()
+                if i < len(regions)}
+        for i in sorted(skipped):
+            failed.append((regions[i].origin_name if i < len(regions) else "?", skipped[i]))
+        for e in done.values():
+            agent_totals(totals, e.agent)
+        # what a kill left half-done, or moved into place without its line, is built again
+        jr.sweep(out, f"{seed.name}-s{run_seed}-", {Path(e.path).name for e in done.values()})
     # --agent dsa without a server: one in this process for every worker (the CLI starts it first)
-    with local_server(agent, quiet=True) as agent, OfflineWeb() as web, \
+    with log, local_server(agent, quiet=True) as agent, OfflineWeb() as web, \
             ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
         _publish(seed, seed_path, web)
-        queue = list(enumerate(regions))
+        queue = [(i, r) for i, r in enumerate(regions) if i not in done and i not in skipped]
         running = {}
 
         def submit():
@@ -156,7 +198,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
             fut = pool.submit(_job, str(seed_path), region, i, run_seed, web.base_url, str(out), force, agent)
             running[fut] = (i, region)
 
-        while queue and len(running) < min(n_envs, workers * 2):
+        while queue and len(running) < min(n_envs - len(done), workers * 2):
             submit()
         while running:
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -169,9 +211,12 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
                     reason, stats = value
                     failed.append((region.origin_name, reason))
                     agent_totals(totals, stats)
+                    log.write({"event": "env", "i": i, "status": "skip", "reason": reason})
                 else:
                     done[i] = value
                     agent_totals(totals, value.agent)
+                    log.write({"event": "env", "i": i, "status": "ok",
+                               "summary": asdict(value) | {"path": Path(value.path).name}})
                     if progress:
                         progress(min(len(done), n_envs), n_envs, value)
             while queue and len(running) + len(done) < n_envs:
@@ -185,9 +230,12 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     envs = [done[i] for i in sorted(done)][:n_envs]
     # environments beyond the first n (built in parallel as replacements finished) are dropped
     keep = {e.env_id for e in envs}
-    for i, e in done.items():
-        if e.env_id not in keep:
-            shutil.rmtree(e.path, ignore_errors=True)
+    dropped = [i for i, e in done.items() if e.env_id not in keep]
+    if dropped:
+        with jr.Journal(out, header, resume=True) as log:
+            for i in dropped:
+                shutil.rmtree(done[i].path, ignore_errors=True)
+                log.write({"event": "env", "i": i, "status": "dropped"})
     result = BatchResult(str(out), envs, failed, time.perf_counter() - t0, totals)
     write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals,
                                     "envs": [asdict(e) | {"path": Path(e.path).name} for e in envs],
