@@ -33,6 +33,8 @@ def cmd_generate(a) -> int:
 
     if a.envs < 1:
         raise UsageError("--envs must be at least 1")
+    if a.address and a.executor != "ray":
+        raise UsageError("--address is for --executor ray")
     spec = _agent_spec(a)
     seed_path = resolve_seed(a.seed_ref)
     seed = load_seed(seed_path)  # a bad seed fails here, before any progress display
@@ -52,7 +54,7 @@ def cmd_generate(a) -> int:
 
         with local_server(spec) as served:  # --agent dsa: our model on loopback, for the workers
             res = generate(a.seed_ref, a.envs, a.out, a.seed, a.workers, a.force, progress, served,
-                           resume=a.resume)
+                           resume=a.resume, executor=a.executor, address=a.address)
         spec = served
     for e in res.envs:
         print(f"{e.env_id}\tlevels={e.levels}\tplans={','.join(map(str, e.counts))}\t"
@@ -70,6 +72,14 @@ def cmd_generate(a) -> int:
               f"rejected), {t.get('data_defaults', 0)} data choices defaulted; "
               f"{len(res.failed)} environments replaced", file=sys.stderr)
     return 0
+
+
+def _executor_args(p) -> None:
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where environments are built: a local process pool (default) or Ray tasks")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: a running cluster to join (auto, or host:port); default: start a "
+                        "local Ray instance for this command")
 
 
 def _agent_spec(a):
@@ -324,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="run seed: same seed, same output (default 0)")
     g.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
     g.add_argument("--force", action="store_true", help="replace environments that already exist")
+    _executor_args(g)
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its journal (a killed run, or a finished one grown with "
                         "a larger --envs), building only what it has not finished")

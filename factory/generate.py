@@ -1,23 +1,25 @@
 """Batch generation: N environments from one seed, in a process pool, with progress.
 
 The offline web runs in this process (a loopback server thread); each worker keeps one
-fetch context (httpx client + one Chromium) for all its environments. Environments are
+fetch context (httpx client + one Chromium) for all its environments. Workers are local
+processes or Ray tasks (`factory.executors`); every outcome is journaled as it arrives
+(`factory.journal`), so a killed run resumes. Environments are
 pure functions of (seed, region, run seed), so the output does not depend on scheduling.
 If an environment cannot reach the ladder's level count, the next spare region replaces it.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from envfactory.factory.bundle import write_json
 from envfactory.factory.envbuild import EnvSummary, build_env
+from envfactory.factory.executors import make_pool
 from envfactory.factory.partition import PartitionError, choose_parts
 from envfactory.factory.seed import load_seed, resolve_seed
 
@@ -149,11 +151,13 @@ def run_header(seed, seed_path: Path, run_seed: int, agent) -> dict:
 
 
 def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, workers: int | None = None,
-             force: bool = False, progress=None, agent=None, resume: bool = False) -> BatchResult:
+             force: bool = False, progress=None, agent=None, resume: bool = False, executor: str = "local",
+             address: str | None = None) -> BatchResult:
     """Generate `n_envs` environments into `out_dir`. `progress(done, total, summary)` is
     called after each environment. Every outcome goes to the run's journal as it happens
     (`factory.journal`); `resume` continues a killed run in `out_dir` (or grows a finished
-    one to a larger `n_envs`), building only what it has not finished."""
+    one to a larger `n_envs`), building only what it has not finished. `executor` "local"
+    (a process pool) or "ray" (Ray tasks; `address` joins a cluster), `factory.executors`."""
     from envfactory.sandboxes.web import OfflineWeb
 
     from envfactory.factory import journal as jr
@@ -188,7 +192,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
         jr.sweep(out, f"{seed.name}-s{run_seed}-", {Path(e.path).name for e in done.values()})
     # --agent dsa without a server: one in this process for every worker (the CLI starts it first)
     with log, local_server(agent, quiet=True) as agent, OfflineWeb() as web, \
-            ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            make_pool(executor, workers, _worker_init, address) as pool:
         _publish(seed, seed_path, web)
         queue = [(i, r) for i, r in enumerate(regions) if i not in done and i not in skipped]
         running = {}
@@ -237,7 +241,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
                 shutil.rmtree(done[i].path, ignore_errors=True)
                 log.write({"event": "env", "i": i, "status": "dropped"})
     result = BatchResult(str(out), envs, failed, time.perf_counter() - t0, totals)
-    write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals,
+    write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals, "executor": executor,
                                     "envs": [asdict(e) | {"path": Path(e.path).name} for e in envs],
                                     "replaced": [{"origin": o, "reason": m} for o, m in failed]})
     return result

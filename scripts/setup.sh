@@ -41,8 +41,8 @@ if [ ! -f "$stamp" ]; then
   # torch==2.13.0 resolves to the CPU wheel on local disk here; a bare `torch` could pull
   # a multi-GB CUDA build.
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,model,kernels,mcp]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import factory, duckdb, ortools, playwright, torch, triton" >/dev/null
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,model,kernels,mcp,ray]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import factory, duckdb, ortools, playwright, torch, triton, ray" >/dev/null
   touch "$stamp"
 fi
 # The Docker daemon and the sandbox image (built once, locally, with no registry pull).

@@ -1,0 +1,37 @@
+"""`factory generate --executor ray`: environments as Ray tasks on a local Ray instance give
+the same tasks, verifiers and tools, byte for byte, as the local process pool."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.factory.test_resume import _files
+
+ARGS = ["generate", "trip_planning", "--seed", "5", "--envs", "3", "--workers", "2"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "envfactory.factory.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_ray_tasks_write_the_same_bytes_as_the_local_pool(tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed (scripts/setup.sh installs it)")
+    local, ray = tmp_path / "local", tmp_path / "ray"
+    r = _cli(*ARGS, "--out", str(local))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli(*ARGS, "--out", str(ray), "--executor", "ray")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _files(local), _files(ray)
+    assert len(a) >= 3 * 3 and sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []
+    batch = lambda d: json.loads((d / "batch.json").read_text())  # noqa: E731
+    assert batch(local)["executor"] == "local" and batch(ray)["executor"] == "ray"
+    assert batch(local)["envs"] == batch(ray)["envs"]
+
+
+def test_address_without_ray_is_one_clear_error(tmp_path):
+    r = _cli(*ARGS, "--out", str(tmp_path / "x"), "--address", "auto")
+    assert r.returncode == 2 and r.stderr.strip() == "factory: error: --address is for --executor ray"
