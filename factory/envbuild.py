@@ -21,6 +21,7 @@ from envfactory.factory.agents.base import AgentError, AgentSpec, agent_stats, m
 from envfactory.factory.agents.data import check_choice, data_catalog, everything, seed_for
 from envfactory.factory.checkgate import CheckGate
 from envfactory.factory.bundle import finalize, generator_info, sha256_file, write_json, write_manifest, write_tasks
+from envfactory.factory.fingerprint import data_digest, task_fingerprint, template_of
 from envfactory.factory.ladder import LadderError, Level, build_ladder
 from envfactory.factory.prompt import SYSTEM_PROMPT, task_prompt
 from envfactory.factory.partition import Part
@@ -49,6 +50,8 @@ class EnvSummary:
     tool_calls: list[int]
     tools: list[str]
     agent: dict = field(default_factory=dict)  # which agent built it, and its proposals' fate
+    data: str = ""  # the data digest (`factory.fingerprint`): seed + the partition's members
+    tasks: list = field(default_factory=list)  # per level: task_id, parent, move, fingerprint, template
 
 
 def _slug(text: str) -> str:
@@ -227,6 +230,11 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
             raise EnvBuildError(f"{rec['task_id']}: the reference answer fails its own verifier: {bad}")
         records.append(rec)
     write_tasks(tmp / "tasks", records)
+    data = data_digest(seed.name, region.members)
+    lineage = [{"task_id": r["task_id"], "level": r["level"],
+                "parent": records[i - 1]["task_id"] if i else None, "move": r["move"],
+                "fingerprint": task_fingerprint(data, r["constraints"]),
+                "template": template_of(seed.name, r["constraints"])} for i, r in enumerate(records)]
     shutil.copyfile(seed_path, tmp / "seed.toml")
     write_json(tmp / "db" / "rebuild.json", {
         "command": f"factory generate {seed_path.name} --seed {run_seed}",
@@ -238,9 +246,10 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     (tmp / "README.md").write_text(_card(env_id, env_seed, region, levels, tools, provs), encoding="utf-8")
     write_manifest(tmp, {
         "env_id": env_id, "seed": seed.name, "seed_sha256": sha256_file(seed_path), "run_seed": run_seed,
-        "generator": generator_info(), "agent": agent_info,
+        "generator": generator_info(), "agent": agent_info, "data_digest": data,
+        # lineage: each level's task, the parent it was made from and the move that made it
         "levels": {str(lv.level): {"tasks": 1, "solution_count": lv.count, "capped": lv.capped,
-                                   "min_tool_calls": len(lv.calls)} for lv in levels}})
+                                   "min_tool_calls": len(lv.calls)} | ln for lv, ln in zip(levels, lineage)}})
     return EnvSummary(env_id, str(tmp.parent / env_id), region.origin_name, region.country_name, len(levels),
                       [lv.count for lv in levels], [lv.capped for lv in levels], [len(lv.calls) for lv in levels],
-                      [t.name for t in tools], agent_info)
+                      [t.name for t in tools], agent_info, data, lineage)

@@ -20,6 +20,7 @@ from pathlib import Path
 from envfactory.factory.bundle import write_json
 from envfactory.factory.envbuild import EnvSummary, build_env
 from envfactory.factory.executors import make_pool
+from envfactory.factory.fingerprint import run_index
 from envfactory.factory.partition import PartitionError, choose_parts
 from envfactory.factory.seed import load_seed, resolve_seed
 
@@ -241,7 +242,13 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
                 shutil.rmtree(done[i].path, ignore_errors=True)
                 log.write({"event": "env", "i": i, "status": "dropped"})
     result = BatchResult(str(out), envs, failed, time.perf_counter() - t0, totals)
+    rows = [asdict(e) | {"path": Path(e.path).name} for e in envs]
+    index = run_index(rows)
+    write_json(out / "splits.json", index["splits"])
+    dup = index["duplicates"]
     write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals, "executor": executor,
-                                    "envs": [asdict(e) | {"path": Path(e.path).name} for e in envs],
-                                    "replaced": [{"origin": o, "reason": m} for o, m in failed]})
+                                    "seconds": round(result.seconds, 3), "envs": rows,
+                                    "replaced": [{"origin": o, "reason": m} for o, m in failed],
+                                    "duplicates": dup | {"n_envs": sum(len(g) - 1 for g in dup["envs"]),
+                                                         "n_tasks": sum(len(g) - 1 for g in dup["tasks"])}})
     return result
