@@ -61,6 +61,15 @@ def cmd_generate(a) -> int:
               f"calls={','.join(map(str, e.tool_calls))}\ttools={len(e.tools)}")
     rate = len(res.envs) / res.seconds * 60
     print(f"{len(res.envs)} environments in {res.seconds:.1f} s ({rate:.1f}/min) -> {res.out_dir}", file=sys.stderr)
+    phases: dict[str, float] = {}
+    for e in res.envs:
+        for k, v in e.timings.items():
+            phases[k] = phases.get(k, 0.0) + v
+    if phases:
+        total = sum(phases.values()) or 1.0
+        print("where the time went (worker seconds): " + ", ".join(
+            f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])),
+            file=sys.stderr)
     if spec.kind != "specialist":
         t = res.agent
         print(f"agent {spec.kind} ({spec.model or 'server default'}): {t.get('proposals', 0)} proposals, "

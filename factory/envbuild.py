@@ -52,6 +52,25 @@ class EnvSummary:
     agent: dict = field(default_factory=dict)  # which agent built it, and its proposals' fate
     data: str = ""  # the data digest (`factory.fingerprint`): seed + the partition's members
     tasks: list = field(default_factory=list)  # per level: task_id, parent, move, fingerprint, template
+    timings: dict = field(default_factory=dict)  # seconds per phase (agent, data, ladder, tools, verifiers, write)
+
+
+class _Clock:
+    """Seconds spent per phase of a build: `mark(phase)` adds the time since the last mark
+    to that phase and returns the totals so far."""
+
+    def __init__(self):
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.totals: dict[str, float] = {}
+
+    def mark(self, phase: str) -> dict:
+        t = self._now()
+        self.totals[phase] = round(self.totals.get(phase, 0.0) + t - self._last, 4)
+        self._last = t
+        return dict(self.totals)
 
 
 def _slug(text: str) -> str:
@@ -181,12 +200,15 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     rng = random.Random(f"{seed.name}:{run_seed}:{region.origin_id}")
     agent = make_agent(spec, seed)
     gate = None
+    clock = _Clock()
     try:
         # the agent's first decision: which tables this environment loads (the required ones
         # and any optional one it wants), and which columns its tasks may read
         choice = _choose_data(agent, seed, cat, rng)
         env_seed = seed_for(seed, choice)
+        clock.mark("agent")
         provs = build_sandbox(db, env_seed, region, base_url, ctx, cat)
+        clock.mark("data")
         con = duckdb.connect(str(db), read_only=True)
         try:
             p = load_problem(con, env_seed)
@@ -195,8 +217,10 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
         gate = CheckGate(p, seed.name, db)
         if hasattr(agent, "gate"):
             agent.gate = gate  # a model agent runs its level-0 checks through the harness before answering
+        clock.mark("data")
         levels, tools = build_ladder(p, agent, seed, from_seed(seed, region.center_id), rng, seed.ladder.levels,
                                      gate)
+        clock.mark("ladder")
         if getattr(agent, "write_tools", False):
             tools = _written_tools(agent, p, tools, levels, db)
     except (LadderError, AgentError) as e:
@@ -208,6 +232,7 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
             agent.close()
     if hasattr(agent, "dump"):
         agent.dump(env_id)  # distillation records, outside the bundle
+    clock.mark("agent")
     agent_info = ({"kind": spec.kind, "model": spec.model} | agent_stats(agent) | gate.stats()
                   | {"data": choice.to_json()})
     tools_py = tmp / "tools" / "tools.py"
@@ -217,6 +242,7 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
     # a model-written body already ran on its reference calls in the sandbox: not again on the host
     written = {t.name for t in tools if t.written}
     check_tools(mod, [c for lv in levels for c in lv.calls], frozenset(written))
+    clock.mark("tools")
     write_json(tmp / "tools" / "tool_schemas.json", tool_schemas(mod))
     records = []
     for lv in levels:
@@ -229,6 +255,7 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
             bad = [c for c in result["checks"] if not c["passed"]]
             raise EnvBuildError(f"{rec['task_id']}: the reference answer fails its own verifier: {bad}")
         records.append(rec)
+    clock.mark("verifiers")
     write_tasks(tmp / "tasks", records)
     data = data_digest(seed.name, region.members)
     lineage = [{"task_id": r["task_id"], "level": r["level"],
@@ -252,4 +279,4 @@ def _build_into(tmp, env_id, seed, seed_path, region, index, run_seed, base_url,
                                    "min_tool_calls": len(lv.calls)} | ln for lv, ln in zip(levels, lineage)}})
     return EnvSummary(env_id, str(tmp.parent / env_id), region.origin_name, region.country_name, len(levels),
                       [lv.count for lv in levels], [lv.capped for lv in levels], [len(lv.calls) for lv in levels],
-                      [t.name for t in tools], agent_info, data, lineage)
+                      [t.name for t in tools], agent_info, data, lineage, clock.mark("write"))

@@ -244,10 +244,16 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     result = BatchResult(str(out), envs, failed, time.perf_counter() - t0, totals)
     rows = [asdict(e) | {"path": Path(e.path).name} for e in envs]
     index = run_index(rows)
+    phases: dict[str, float] = {}
+    for e in envs:
+        for k, v in e.timings.items():
+            phases[k] = round(phases.get(k, 0.0) + v, 3)
     write_json(out / "splits.json", index["splits"])
     dup = index["duplicates"]
     write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals, "executor": executor,
-                                    "seconds": round(result.seconds, 3), "envs": rows,
+                                    "seconds": round(result.seconds, 3),
+                                    # summed over environments (worker seconds, not wall time)
+                                    "phase_seconds": phases, "envs": rows,
                                     "replaced": [{"origin": o, "reason": m} for o, m in failed],
                                     "duplicates": dup | {"n_envs": sum(len(g) - 1 for g in dup["envs"]),
                                                          "n_tasks": sum(len(g) - 1 for g in dup["tasks"])}})
