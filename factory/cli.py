@@ -102,6 +102,13 @@ def _agent_spec(a):
         raise UsageError(str(e)) from None
 
 
+def cmd_report(a) -> int:
+    from envfactory.factory.report import render_report
+
+    print(render_report(Path(a.run), Path(a.out) if a.out else None))
+    return 0
+
+
 def cmd_solve(a) -> int:
     from envfactory.factory.solve import format_solve_table, solve_bundle
 
@@ -375,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="chat settings for the model (timeout_s, max_tokens, temperature, strategy, ...)")
     so.add_argument("--max-steps", type=int, default=24, help="model turns per attempt (openai; default 24)")
     so.set_defaults(fn=cmd_solve)
+    rp = sub.add_parser("report", help="one self-contained HTML page about a run: ladders, constraint mix, tools, "
+                                       "validation, pass@k, rejected proposals, timings")
+    rp.add_argument("run", metavar="RUN", help="a generate --out directory (or one environment)")
+    rp.add_argument("--out", default=None, help="the HTML file to write (default RUN/report.html)")
+    rp.set_defaults(fn=cmd_report)
     sd = sub.add_parser("seed", help="seed files: draft one with a model")
     sds = sd.add_subparsers(dest="seed_cmd", required=True)
     dr = sds.add_parser("draft", help="a model drafts a seed from a description; the seed checker gates it")
