@@ -4,8 +4,9 @@
   entity keys it was built from), so two environments over the same entities collide
   whatever their order or names.
 - A task's fingerprint: the data digest plus its constraints normalised: names dropped,
-  numbers rounded to two significant digits (a budget of 218 and one of 220 over the same
-  data are the same task for training purposes), keys and list order canonical.
+  numbers to within 1% (a budget of 218 and one of 218.9 over the same data are the same
+  task for training purposes; the ladder's tightening steps are larger), keys and list
+  order canonical.
 - Splits are by hash, so they never change as a run grows: environment-level (every task
   of an environment in one split) and template-level (a template is the seed plus the
   sorted set of constraint kinds; every task of a template in one split, so a held-out
@@ -30,9 +31,11 @@ def data_digest(seed_name: str, members) -> str:
 
 
 def _round(x):
+    """A number's 1% bucket on a log scale (sign kept): 218 and 218.9 fall together, 238 and
+    244 (a tightened budget one level up, with an eighth of the plans) do not."""
     if isinstance(x, bool) or not isinstance(x, (int, float)) or x == 0 or not math.isfinite(x):
         return x
-    return float(f"{x:.2g}")
+    return math.copysign(round(math.log(abs(x)) / math.log(1.01)), x)
 
 
 def _norm(v):
@@ -45,7 +48,7 @@ def _norm(v):
 
 
 def normalise_constraints(constraints: list[dict]) -> list:
-    """Constraints without their names, numbers to two significant digits, in a fixed order."""
+    """Constraints without their names, numbers to 1% buckets, in a fixed order."""
     return _norm([{"kind": c["kind"], "params": c.get("params", {})} for c in constraints])
 
 
@@ -88,6 +91,11 @@ def run_index(envs: list[dict]) -> dict:
             task_keys[t["task_id"]] = t["fingerprint"]
             env_split.setdefault(s, []).append(t["task_id"])
             tpl_split.setdefault(split_of(t["template"]), []).append(t["task_id"])
-    return {"duplicates": {"envs": duplicates(env_keys), "tasks": duplicates(task_keys)},
+    # within one environment the ladder's levels differ by construction (each has strictly
+    # fewer plans, even when a tightened number moves by less than 1%): only groups that
+    # span environments are near-duplicates
+    owner = {t["task_id"]: e["env_id"] for e in envs for t in e.get("tasks", [])}
+    tasks = [g for g in duplicates(task_keys) if len({owner[t] for t in g}) > 1]
+    return {"duplicates": {"envs": duplicates(env_keys), "tasks": tasks},
             "splits": {"env": {k: env_split.get(k, []) for k, _ in SPLITS},
                        "template": {k: tpl_split.get(k, []) for k, _ in SPLITS}}}

@@ -1,0 +1,168 @@
+"""A run of many environments, generated and validated, on the local pool and on Ray side by
+side (issue 17): wall time, environments per minute, peak memory of the whole process tree
+(every descendant's RSS summed, sampled twice a second; Ray's own daemons included), the
+driver's RSS at each quarter of the run (flat = the run does not grow in memory), and
+whether the two runs wrote identical tasks, verifiers and tools.
+
+    .venv/bin/python benchmarks/scale.py [--envs 2000] [--seed 7] [--workers 2]
+                                         [--executors local,ray] [--out DIR] [--no-validate]
+
+On the 2-core machine 2,000 environments take one to two hours per executor; `--envs 100`
+gives the same table in a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss(root: int) -> tuple[int, int]:
+    """(RSS of `root`, RSS of root and all its descendants), bytes, from /proc."""
+    parent, rss = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{d}/statm") as f:
+                pages = int(f.read().split()[1])
+        except OSError:
+            continue
+        parent[int(d)] = int(stat[stat.rfind(")") + 2:].split()[1])
+        rss[int(d)] = pages * PAGE
+    tree, frontier = {root}, [root]
+    children: dict[int, list[int]] = {}
+    for p, pp in parent.items():
+        children.setdefault(pp, []).append(p)
+    while frontier:
+        for c in children.get(frontier.pop(), []):
+            if c not in tree:
+                tree.add(c)
+                frontier.append(c)
+    return rss.get(root, 0), sum(rss.get(p, 0) for p in tree)
+
+
+class Sampler:
+    """Samples a process tree's memory twice a second while a command runs."""
+
+    def __init__(self, pid: int, run: Path, total: int):
+        self.pid, self.run, self.total = pid, run, total
+        self.peak = 0
+        self.driver_at: dict[int, int] = {}  # quarter of the run -> driver RSS then
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _done(self) -> int:
+        try:
+            return (self.run / "journal.jsonl").read_text().count('"status": "ok"')
+        except OSError:
+            return 0
+
+    def _loop(self):
+        while not self._stop.wait(0.5):
+            driver, tree = _tree_rss(self.pid)
+            self.peak = max(self.peak, tree)
+            q = min(4, 4 * self._done() // max(1, self.total))
+            if q and q not in self.driver_at:
+                self.driver_at[q] = driver
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+
+
+def _timed(cmd: list[str], run: Path, total: int) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sampler = Sampler(proc.pid, run, total)
+    _, err = proc.communicate()
+    sampler.stop()
+    if proc.returncode != 0:
+        sys.exit(f"scale: {' '.join(cmd[2:5])} failed ({proc.returncode}): {err.strip()[-800:]}")
+    return {"wall": time.perf_counter() - t0, "peak": sampler.peak, "driver_at": sampler.driver_at,
+            "stderr": err}
+
+
+def _digest(run: Path) -> tuple[str, int]:
+    """A digest of every file under each environment's tasks/, verifiers/ and tools/."""
+    h, n = hashlib.sha256(), 0
+    for env in sorted(p for p in run.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for part in ("tasks", "verifiers", "tools"):
+            for f in sorted((env / part).rglob("*")):
+                if f.is_file():
+                    h.update(str(f.relative_to(run)).encode() + b"\0" + f.read_bytes())
+                    n += 1
+    return h.hexdigest()[:16], n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--envs", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--executors", default="local,ray")
+    ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--no-validate", action="store_true")
+    a = ap.parse_args()
+    base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="scale-"))
+    base.mkdir(parents=True, exist_ok=True)
+    py = [sys.executable, "-m", "envfactory.factory.cli"]
+    rows = []
+    for ex in a.executors.split(","):
+        run = base / ex
+        gen = _timed(py + ["generate", "trip_planning", "--envs", str(a.envs), "--seed", str(a.seed), "--workers",
+                           str(a.workers), "--out", str(run), "--executor", ex, "--force"], run, a.envs)
+        row = {"executor": ex, "gen": gen}
+        if not a.no_validate:
+            val = _timed(py + ["validate", str(run), "--backend", "local", "--workers", str(a.workers), "--quiet"],
+                         run, a.envs)
+            rep = json.loads((run / "validation.json").read_text())
+            row["val"] = val
+            row["valid"] = rep.get("summary", {})
+        row["digest"], row["files"] = _digest(run)
+        batch = json.loads((run / "batch.json").read_text())
+        row["dups"] = batch["duplicates"]["n_envs"], batch["duplicates"]["n_tasks"]
+        row["phases"] = batch.get("phase_seconds", {})
+        rows.append(row)
+        print(f"{ex}: generated in {gen['wall']:.0f} s" + (f", validated in {row['val']['wall']:.0f} s"
+                                                           if "val" in row else ""), flush=True)
+    print(f"\n{a.envs} trip_planning environments, run seed {a.seed}, {a.workers} workers, {os.cpu_count()} cores; "
+          f"runs in {base}\n")
+    print("| executor | generate s | envs/min | peak MB (tree) | driver MB at 25/50/75/100% | validate s | "
+          "validation | duplicate envs/tasks | output digest (files) | vs local |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ref = rows[0]
+    for r in rows:
+        g = r["gen"]
+        drv = "/".join(f"{g['driver_at'].get(q, 0) / 2**20:.0f}" for q in (1, 2, 3, 4))
+        val = f"{r['val']['wall']:.0f}" if "val" in r else "-"
+        summ = json.dumps(r.get("valid", {}), sort_keys=True)[:60] if "val" in r else "-"
+        same = "identical" if r["digest"] == ref["digest"] else "DIFFERENT"
+        ratio = g["wall"] / ref["gen"]["wall"]
+        print(f"| {r['executor']} | {g['wall']:.0f} | {a.envs / g['wall'] * 60:.1f} | {g['peak'] / 2**20:.0f} | {drv} | "
+              f"{val} | {summ} | {r['dups'][0]}/{r['dups'][1]} | {r['digest']} ({r['files']}) | "
+              f"{ratio:.2f}x time, {same} |")
+    phases = ref["phases"]
+    if phases:
+        tot = sum(phases.values()) or 1.0
+        print("\nwhere the time went (local, worker seconds): " + ", ".join(
+            f"{k} {v:.0f} s ({100 * v / tot:.0f}%)" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])))
+    if any(r["digest"] != ref["digest"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
