@@ -131,7 +131,7 @@ def main() -> None:
                          run, a.envs)
             rep = json.loads((run / "validation.json").read_text())
             row["val"] = val
-            row["valid"] = rep.get("summary", {})
+            row["valid"] = f"{'ok' if rep.get('ok') else 'FAILED'}, {rep.get('verifier_calls', 0)} verifier calls"
         row["digest"], row["files"] = _digest(run)
         batch = json.loads((run / "batch.json").read_text())
         row["dups"] = batch["duplicates"]["n_envs"], batch["duplicates"]["n_tasks"]
@@ -149,7 +149,7 @@ def main() -> None:
         g = r["gen"]
         drv = "/".join(f"{g['driver_at'].get(q, 0) / 2**20:.0f}" for q in (1, 2, 3, 4))
         val = f"{r['val']['wall']:.0f}" if "val" in r else "-"
-        summ = json.dumps(r.get("valid", {}), sort_keys=True)[:60] if "val" in r else "-"
+        summ = r.get("valid", "-")
         same = "identical" if r["digest"] == ref["digest"] else "DIFFERENT"
         ratio = g["wall"] / ref["gen"]["wall"]
         print(f"| {r['executor']} | {g['wall']:.0f} | {a.envs / g['wall'] * 60:.1f} | {g['peak'] / 2**20:.0f} | {drv} | "
@@ -160,7 +160,7 @@ def main() -> None:
         tot = sum(phases.values()) or 1.0
         print("\nwhere the time went (local, worker seconds): " + ", ".join(
             f"{k} {v:.0f} s ({100 * v / tot:.0f}%)" for k, v in sorted(phases.items(), key=lambda kv: -kv[1])))
-    if any(r["digest"] != ref["digest"] for r in rows):
+    if any(r["digest"] != ref["digest"] for r in rows) or any("FAILED" in r.get("valid", "") for r in rows):
         sys.exit(1)
 
 
