@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 try:  # pragma: no cover - exercised by the import itself
     import triton
     import triton.language as tl
@@ -46,6 +48,47 @@ if HAS_TRITON:
 def require_triton() -> None:
     if not HAS_TRITON:
         raise ImportError("kernels/ needs the `triton` package (CPU: run under TRITON_INTERPRET=1)")
+
+
+# Test hygiene: with poisoning on, `empty` hands out buffers pre-filled with values no kernel
+# writes (NaN for floats, the dtype's most negative value for integers), so a slot a kernel
+# leaves unwritten shows instead of passing with whatever memory held. Off by default: `empty`
+# is then plain torch.empty. On with ENVFACTORY_KERNEL_POISON=1 (read at every call) or
+# set_poison(True) (tests/kernels/conftest.py); set_poison(None) defers to the variable again.
+_POISON: bool | None = None
+
+
+def set_poison(on: bool | None) -> None:
+    global _POISON
+    _POISON = on
+
+
+def poison_enabled() -> bool:
+    if _POISON is not None:
+        return _POISON
+    return os.environ.get("ENVFACTORY_KERNEL_POISON", "0") not in ("", "0")
+
+
+def poison_value(dtype):
+    """What a poisoned buffer of `dtype` holds: NaN for floating dtypes (float8 included:
+    e4m3fn stores it as 0x7F), the minimum for signed integers (negative, so never a key
+    position, and not -1, the empty-slot marker of index outputs), the maximum for unsigned
+    ones, True for bool."""
+    if dtype.is_floating_point or dtype.is_complex:
+        return float("nan")
+    if dtype == torch.bool:
+        return True
+    return torch.iinfo(dtype).min if dtype.is_signed else torch.iinfo(dtype).max
+
+
+def empty(shape, dtype, device):
+    """torch.empty(shape), or with poisoning on a tensor of `poison_value(dtype)`: for the
+    buffers a kernel is meant to write in full (outputs, partial outputs, LSE, logits)."""
+    if not poison_enabled():
+        return torch.empty(shape, dtype=dtype, device=device)
+    if dtype.is_floating_point and dtype.itemsize == 1:  # float8: no fill kernel; cast a NaN
+        return torch.full(shape, float("nan"), dtype=torch.float32, device=device).to(dtype)
+    return torch.full(shape, poison_value(dtype), dtype=dtype, device=device)
 
 
 def next_pow2(n: int) -> int:

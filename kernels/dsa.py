@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ._common import empty
 from .indexer_kl.triton_kl import indexer_kl
 from .indexer_logits.triton_indexer import indexer_logits, indexer_logits_fp8
 from .sparse_attn.triton_bwd import sparse_attn_target, sparse_mla_bwd
@@ -21,7 +22,13 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     """Indexer logits + causal top-k without an L x L score matrix.
 
     q [B,S,H,D] (bf16/fp32, or e4m3 with q_s [B,S,H]), k [B,T,D] (or e4m3 with k_s [B,T]),
-    w [B,S,H] fp32 -> idx [B,S,topk] int32 (-1 = empty; a row's order is not fixed).
+    w [B,S,H] fp32 -> idx [B,S,topk] int32: the set `select_topk` picks (ties to the
+    earlier key), the -1 (empty) slots last. Order within a row: ascending positions on
+    the split-row path and, with the "bound" method, for rows of at most maxg keys (8192
+    by default) or more than 128 * maxg; rows in between are bounded from the group
+    maxima and list their keys in the order the top-k's filter programs claim survivor
+    slots, not fixed on a GPU (other methods: see `topk_rows`). Consumers must be
+    order-free.
     `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel.
     Query rows go through in blocks whose [B, rows, T] fp32 logits stay under
     `max_block_bytes`; within a block only the causal part is written and read. Rows are
@@ -39,8 +46,8 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     if rows_per_block is None:
         rows_per_block = max(1, min(S, max_block_bytes // max(1, 4 * B * T)))
     if out is None:
-        out = torch.empty(B, S, topk, dtype=torch.int32, device=q.device)
-    buf = torch.empty(B * min(rows_per_block, S) * T, dtype=torch.float32, device=q.device)
+        out = empty((B, S, topk), torch.int32, q.device)
+    buf = empty((B * min(rows_per_block, S) * T,), torch.float32, q.device)
     fp8 = q_s is not None
     s0 = 0
     while s0 < S:
@@ -55,8 +62,7 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
             n = s1 - s0
             if 1 < g <= 128:  # rows longer than maxg bound from the maxima; shorter: read
                 group = g
-                maxima = torch.empty(B, n, -(-(start_pos + s1) // g), dtype=torch.float32,
-                                     device=q.device)
+                maxima = empty((B, n, -(-(start_pos + s1) // g)), torch.float32, q.device)
         # keys beyond the block's last position are never visible: trim them
         t_end = min(T, start_pos + s1)
         logits = buf[:B * n * t_end].view(B, n, t_end)  # contiguous: top-k reads it in place

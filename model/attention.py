@@ -92,9 +92,15 @@ class MLA(nn.Module):
         scores = idx = ind = None
         fused = sparse and c.attn_impl == "triton"  # kernels select, attend and give the KL
         use_sdpa = not sparse and c.full_attn_impl == "sdpa"
+        n_dense = 0
         if fused:  # indexer + blocked top-k: no [B, S, T] score matrix, no mask
             ind = self.indexer.project(x, qr, cos, sin, start_pos, cache.index if cache else None)
-            idx = _dsa_select(ind, c.index_topk, start_pos)  # (B, S, topk) int32, -1 = empty
+            # rows at positions < k see at most k keys and would select all of them: they
+            # attend densely (same result, cheaper). The sparse stage's KL needs every row.
+            n_dense = 0 if index_loss else min(S, max(0, c.index_topk - start_pos))
+            if n_dense < S:  # (B, S - n_dense, topk) int32, -1 = empty
+                idx = _dsa_select(ind.rows(n_dense) if n_dense else ind, c.index_topk,
+                                  start_pos + n_dense)
             mask = None
         else:
             if sparse or (index_loss and c.attn_impl != "triton"):
@@ -115,14 +121,23 @@ class MLA(nn.Module):
         q_lat = lse = None
         if fused:
             q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query
-            if cache is not None and S <= 4 and not (torch.is_grad_enabled() and q_lat.requires_grad):
-                # decode: each token's top-k split over many programs (split-K), merged by LSE
-                o_lat, lse = _kernels().sparse_mla_decode(q_lat.contiguous(), q_pe.contiguous(),
-                                                          kv, k_pe, idx, c.softmax_scale)
-            else:
-                o_lat, lse = _kernels().sparse_mla_with_lse(q_lat, q_pe, kv, k_pe, idx,
-                                                            c.softmax_scale)
-            o = torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
+            parts = []
+            if n_dense:  # keys 0 .. start_pos + n_dense - 1, causal
+                t_d = start_pos + n_dense
+                parts.append(self._dense_core(q_nope[:, :n_dense], q_pe[:, :n_dense],
+                                              q_lat[:, :n_dense], kv[:, :t_d], k_pe[:, :t_d],
+                                              w_uv, decode=cache is not None and S <= 4))
+            if n_dense < S:
+                ql, qp = q_lat[:, n_dense:], q_pe[:, n_dense:]
+                if cache is not None and S <= 4 and not (torch.is_grad_enabled() and ql.requires_grad):
+                    # decode: each token's top-k split over many programs (split-K), merged by LSE
+                    o_lat, lse = _kernels().sparse_mla_decode(ql.contiguous(), qp.contiguous(),
+                                                              kv, k_pe, idx, c.softmax_scale)
+                else:
+                    o_lat, lse = _kernels().sparse_mla_with_lse(ql, qp, kv, k_pe, idx,
+                                                                c.softmax_scale)
+                parts.append(torch.einsum("bshr,hvr->bshv", o_lat, w_uv))
+            o = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         elif sparse and c.attn_impl != "dense":
             q_lat = torch.einsum("bshd,hdr->bshr", q_nope, w_uk)  # absorb W_UK into the query
             o_lat = _sparse_core(c.attn_impl)(q_lat, q_pe, kv, k_pe, idx, c.softmax_scale)
@@ -141,10 +156,7 @@ class MLA(nn.Module):
             # 576 / 512 (V3.2 shapes). On an H200, bf16, S=4096, fwd+bwd of the core: 6 ms and
             # 1.4 GB (cuDNN kernel) against 121 ms and 6.2 GB (576 is too wide for the flash
             # and cuDNN kernels, which leaves the memory-efficient one).
-            kvb = self.kv_b_proj(kv).view(B, T, c.n_heads, c.qk_nope_head_dim + c.v_head_dim)
-            k_nope, v = kvb.split([c.qk_nope_head_dim, c.v_head_dim], dim=-1)
-            q = torch.cat((q_nope, q_pe), dim=-1)
-            k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, c.n_heads, -1)), dim=-1)
+            q, k, v = self._mha_qkv(q_nope, q_pe, kv, k_pe)
             if use_sdpa:
                 o = sdpa_attention(q, k, v, c.softmax_scale)
             else:
@@ -165,6 +177,28 @@ class MLA(nn.Module):
             kl = index_kl(scores, mask, target)
         return out, kl
 
+
+    def _dense_core(self, q_nope, q_pe, q_lat, kv, k_pe, w_uv, decode: bool):
+        """Causal attention of the last n of T positions over all T keys through SDPA ->
+        [B, n, H, v]: the absorbed MQA form for a few decode rows, MHA for a prefill."""
+        c = self.cfg
+        if decode:
+            o_lat = sdpa_attention(torch.cat((q_lat, q_pe), dim=-1),
+                                   torch.cat((kv, k_pe), dim=-1).unsqueeze(2), kv.unsqueeze(2),
+                                   c.softmax_scale)
+            return torch.einsum("bshr,hvr->bshv", o_lat, w_uv)
+        return sdpa_attention(*self._mha_qkv(q_nope, q_pe, kv, k_pe), c.softmax_scale)
+
+    def _mha_qkv(self, q_nope, q_pe, kv, k_pe):
+        """The MHA form: per-head q [B, S, H, N+P], k [B, T, H, N+P] and v [B, T, H, V],
+        keys and values expanded from the latent."""
+        c = self.cfg
+        B, T = kv.shape[:2]
+        kvb = self.kv_b_proj(kv).view(B, T, c.n_heads, c.qk_nope_head_dim + c.v_head_dim)
+        k_nope, v = kvb.split([c.qk_nope_head_dim, c.v_head_dim], dim=-1)
+        q = torch.cat((q_nope, q_pe), dim=-1)
+        k = torch.cat((k_nope, k_pe.unsqueeze(2).expand(-1, -1, c.n_heads, -1)), dim=-1)
+        return q, k, v
 
     def _project(self, x, cos, sin):
         """x [B, S, dim] -> qr [B, S, q_lora], q_nope [B, S, H, N], q_pe [B, S, H, P] (RoPE'd),

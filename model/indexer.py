@@ -124,6 +124,12 @@ class IndexerInputs:
     q_st: torch.Tensor | None = None  # training with FP8: dequantised q8 / k8 (fp32) whose
     k_st: torch.Tensor | None = None  # gradient passes straight through to q / k
 
+    def rows(self, start: int) -> "IndexerInputs":
+        """The same operands for query rows start.. only (keys unchanged)."""
+        cut = lambda t: None if t is None else t[:, start:]  # noqa: E731
+        return IndexerInputs(cut(self.q), self.k, cut(self.w), cut(self.q8), cut(self.q_s),
+                             self.k8, self.k_s, cut(self.q_st), self.k_st)
+
     def dequantised(self):
         """(q, k, w) whose plain logits Σ_j w·ReLU(q·k) equal the scores: the FP8 values
         times their scales when FP8 (scales are positive and commute with the ReLU), built

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import block, mma, require_triton, tl, triton
+from .._common import block, empty, mma, require_triton, tl, triton
 
 if triton is not None:
 
@@ -105,9 +105,9 @@ def indexer_kl_fwd_bwd(q, k, w, idx, target, block_k=None, num_warps=None):
     idx = idx.to(torch.int32).contiguous()
     target = target.float().contiguous()
     dev = q.device
-    loss = torch.empty(B, S, dtype=torch.float32, device=dev)
-    dq = torch.empty(B, S, H, D, dtype=torch.float32, device=dev)
-    dw = torch.empty(B, S, H, dtype=torch.float32, device=dev)
+    loss = empty((B, S), torch.float32, dev)
+    dq = empty((B, S, H, D), torch.float32, dev)
+    dw = empty((B, S, H), torch.float32, dev)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=dev)
     coef = 1.0 / (B * S)
     BK = block_k or (64 if q.is_cuda else 16)

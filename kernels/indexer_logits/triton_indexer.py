@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import block, mma, require_triton, tl, triton
+from .._common import block, empty, mma, require_triton, tl, triton
 
 if triton is not None:
 
@@ -121,7 +121,7 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
         raise ValueError("q and k need a contiguous last dim")
     w = w.float().contiguous()
     if out is None:
-        out = torch.empty(B, S, T, dtype=torch.float32, device=q.device)
+        out = empty((B, S, T), torch.float32, q.device)
     fp8 = q_s is not None
     if fp8:
         q_s = q_s.float().contiguous()

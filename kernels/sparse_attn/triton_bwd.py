@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import block, mma, require_triton, tl, triton
+from .._common import block, empty, mma, require_triton, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -141,8 +141,8 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
     _check(kv, pe)
     idx = idx.to(torch.int32).contiguous()
     lse = lse.float().contiguous()
-    dql = torch.empty_like(q_lat)
-    dqp = torch.empty_like(q_pe)
+    dql = empty(q_lat.shape, q_lat.dtype, q_lat.device)  # (both made contiguous above)
+    dqp = empty(q_pe.shape, q_pe.dtype, q_pe.device)
     dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
     dpe = torch.zeros(pe.shape, dtype=torch.float32, device=pe.device)
     BH = block_h or min(64, block(H))
@@ -171,7 +171,7 @@ def sparse_attn_target(q_lat, q_pe, kv, pe, idx, lse, scale, block_h=None, block
     _check(q_lat, q_pe, kv, pe)
     idx = idx.to(torch.int32).contiguous()
     lse = lse.float().contiguous()
-    tgt = torch.empty(B, S, K, dtype=torch.float32, device=q_lat.device)
+    tgt = empty((B, S, K), torch.float32, q_lat.device)
     BH = block_h or min(64, block(H))
     BK = block_k or (64 if q_lat.is_cuda else 16)
     _target_kernel[(B * S, triton.cdiv(K, BK))](

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import block, mma, require_triton, tl, triton
+from .._common import block, empty, mma, require_triton, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -292,10 +292,10 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
             raise ValueError("lse_only takes one split over a bf16/fp32 latent")
         out = torch.empty(1, 1, 1, 1, 1, dtype=out_dtype, device=dev)
     elif n_split == 1:
-        out = torch.empty(B, S, 1, H, R, dtype=out_dtype, device=dev)
+        out = empty((B, S, 1, H, R), out_dtype, dev)
     else:
-        out = torch.empty(B, S, n_split, H, R, dtype=torch.float32, device=dev)
-    lse = torch.empty(B, S, n_split, H, dtype=torch.float32, device=dev)
+        out = empty((B, S, n_split, H, R), torch.float32, dev)
+    lse = empty((B, S, n_split, H), torch.float32, dev)
     k_per_split = triton.cdiv(triton.cdiv(K, n_split), BK) * BK
     n_hb = triton.cdiv(H, BH)
     heads_fastest = heads_fastest and n_hb > 1
@@ -329,8 +329,8 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
         )
     if n_split == 1:
         return out[:, :, 0], lse[:, :, 0]
-    final = torch.empty(B, S, H, R, dtype=out_dtype, device=dev)
-    final_lse = torch.empty(B, S, H, dtype=torch.float32, device=dev)
+    final = empty((B, S, H, R), out_dtype, dev)
+    final_lse = empty((B, S, H), torch.float32, dev)
     po, pl = out.view(B * S, n_split, H, R), lse.view(B * S, n_split, H)
     _combine_kernel[(B * S, H)](
         po, pl, final, final_lse, H, R, n_split,

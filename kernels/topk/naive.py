@@ -2,7 +2,8 @@
 
 Row s (position start_pos + s) sees keys 0..start_pos+s. It keeps min(k, visible) of them:
 the largest scores, ties going to the earlier token (a stable descending sort). The kernel
-returns the same *set* in ascending position order, padded with -1; so does this reference.
+returns the same *set* with the -1 padding last (in ascending order on some paths only: see
+`topk_rows`); this reference returns each row ascending.
 """
 
 from __future__ import annotations

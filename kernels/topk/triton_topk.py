@@ -13,7 +13,11 @@
    reach the threshold (or to the exact k-th largest when ties prevent it), then the keys
    above it plus the earliest ties.
 A row the bound cannot serve (no usable maxima, more survivors than the cap) is flagged and
-redone by the radix kernel below.
+redone by the radix kernel below. Order: a row read whole, or of at most k keys, comes out in
+ascending position order; a row bounded from the maxima lists its keys in survivor order,
+and the filter's programs claim survivor slots with atomics, so on a GPU that order changes
+from run to run (the interpreter, running programs one after another, happens to give
+ascending order).
 
 "radix" (and the flagged rows): each program walks its row in tiles, four passes build
 256-bin histograms of successive 8-bit digits of the keys, which pins the k-th largest key
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import require_triton, tl, triton
+from .._common import empty, require_triton, tl, triton
 
 if triton is not None:
 
@@ -526,8 +530,8 @@ def _select(x, K, n_cols, chunk, n_chunks, start_pos, rows_per_b, lengths=None, 
     R = x.shape[0]
     dev = x.device
     if out_idx is None:
-        out_idx = torch.empty(R, n_chunks, K, dtype=torch.int32, device=dev)
-    out_val = torch.empty(R, n_chunks, K, dtype=torch.float32, device=dev) if want_val else out_idx
+        out_idx = empty((R, n_chunks, K), torch.int32, dev)
+    out_val = empty((R, n_chunks, K), torch.float32, dev) if want_val else out_idx
     BLOCK = block or (1024 if x.is_cuda else 128)
     _topk_kernel[(R, n_chunks)](
         x, cand if cand is not None else x, lengths if lengths is not None else x,
@@ -547,10 +551,10 @@ def _topk_compact(x, K, T, start_pos, rows_per_b, hbits=12, cap=4096, block=None
     picks (ascending), then -1. Rows the kernel flags are redone by the multi-pass kernel."""
     R = x.shape[0]
     dev = x.device
-    out = torch.empty(R, K, dtype=torch.int32, device=dev)
-    flag = torch.empty(R, dtype=torch.int32, device=dev)
-    sk = torch.empty(R, cap, dtype=torch.int32, device=dev)
-    sp = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    out = empty((R, K), torch.int32, dev)
+    flag = empty((R,), torch.int32, dev)
+    sk = empty((R, cap), torch.int32, dev)
+    sp = empty((R, cap), torch.int32, dev)
     BLOCK = block or (2048 if x.is_cuda else 128)
     sh = 32 - hbits
     if not 8 < sh <= 24 or (hbits > 12 and hbits != 16):
@@ -593,14 +597,14 @@ def _topk_bound(x, K, T, start_pos, rows_per_b, maxima=None, group=1, cap=BOUND_
     # no row holds more than T keys: short rows need neither a CAP- nor a MAXG-wide pass
     cap = triton.next_power_of_2(max(K, min(cap, T)))
     maxg = triton.next_power_of_2(max(16, min(maxg, T)))
-    out = torch.empty(R, K, dtype=torch.int32, device=dev)
-    flag = torch.empty(R, dtype=torch.int32, device=dev)
-    tau = torch.empty(R, dtype=torch.float32, device=dev)
-    cnt = torch.empty(R, dtype=torch.int32, device=dev)
-    gcnt = torch.empty(R, dtype=torch.int32, device=dev)
-    gl = torch.empty(R if has_m else 1, maxg, dtype=torch.int32, device=dev)
-    sk = torch.empty(R, cap, dtype=torch.float32, device=dev)
-    sp = torch.empty(R, cap, dtype=torch.int32, device=dev)
+    out = empty((R, K), torch.int32, dev)
+    flag = empty((R,), torch.int32, dev)
+    tau = empty((R,), torch.float32, dev)
+    cnt = empty((R,), torch.int32, dev)
+    gcnt = empty((R,), torch.int32, dev)
+    gl = empty((R if has_m else 1, maxg), torch.int32, dev)
+    sk = empty((R, cap), torch.float32, dev)
+    sp = empty((R, cap), torch.int32, dev)
     m = maxima if has_m else x
     cuda = x.is_cuda
     G = max(group, 1) if has_m else 1
@@ -639,9 +643,11 @@ def topk_rows(scores: torch.Tensor, k: int, start_pos: int = 0, chunk: int | Non
     passes, two histograms then a write that parks the threshold bin's keys in a scratch row
     resolved in registers; a row holds the positions above the threshold bin in ascending
     order, then the threshold bin's picks in ascending order; hbits<=12: two passes with one
-    2^hbits-bin histogram, slower on the H200 as the large histogram costs more). With `chunk` (decode: few, long rows) each row is split into
-    chunks selected in parallel (ascending). The set is the same in every case: the k
-    largest, ties to the earlier position.
+    2^hbits-bin histogram, slower on the H200 as the large histogram costs more), "bound"
+    (see the module docstring: ascending without `maxima`; with them, rows bounded from
+    the maxima in no fixed order). With `chunk` (decode: few, long rows) each row is split
+    into chunks selected in parallel (ascending). The set is the same in every case: the k
+    largest, ties to the earlier position; -1 slots always come last.
     """
     B, S, T = scores.shape
     if scores.dtype != torch.float32 or scores.stride(-1) != 1:
@@ -681,8 +687,8 @@ def _topk_split_rows(x, K, T, chunk, start_pos, rows_per_b, block=None, num_warp
     dev = x.device
     n_chunks = triton.cdiv(T, chunk)
     hist = torch.zeros(R, 4, 256, dtype=torch.int32, device=dev)
-    cnt = torch.empty(R, n_chunks, 2, dtype=torch.int32, device=dev)
-    out = torch.empty(R, K, dtype=torch.int32, device=dev)
+    cnt = empty((R, n_chunks, 2), torch.int32, dev)
+    out = empty((R, K), torch.int32, dev)
     BLOCK = block or (min(2048, triton.next_power_of_2(chunk)) if x.is_cuda else 128)
     grid = (R, n_chunks)
     for p in range(4):

@@ -33,7 +33,8 @@ def test_blocked_selection_never_needs_the_full_matrix():
     q, kk = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, S, D, device=DEVICE)
     w = torch.randn(B, S, H, device=DEVICE)
     got = dsa_select(q, kk, w, k, rows_per_block=50)  # three row blocks of logits
-    assert torch.equal(canonical(got), topk_ref(indexer_logits(q, kk, w), k).long())
+    # rows of at most maxg (8192) keys are read whole: the documented ascending order, exactly
+    assert torch.equal(got, topk_ref(indexer_logits(q, kk, w), k))
 
 
 def test_decode_selection_splits_rows():
@@ -99,8 +100,11 @@ def _record(monkeypatch):
 
 
 def _same_sets(kernel_idx, torch_idx):
-    """The kernel's [B, S, topk] int32 ascending selection and select_topk's [B, S, min(k, T)]
-    best-first one hold the same positions (and the same number of -1 slots)."""
+    """The kernel's [B, S, topk] int32 selection and select_topk's [B, S, min(k, T)]
+    best-first one hold the same positions (and the same number of -1 slots). The order
+    within a row is not compared: `_dsa_select` does not fix it (rows bounded from the
+    indexer's group maxima come in the top-k filter's order), only that -1 slots, exactly
+    -1, come last."""
     assert kernel_idx.dtype == torch.int32
     a = canonical(kernel_idx)
     b = canonical(torch_idx)
@@ -108,10 +112,9 @@ def _same_sets(kernel_idx, torch_idx):
     assert torch.equal(a, b)
     valid = kernel_idx[kernel_idx >= 0]
     assert valid.numel() > 0
-    # ascending within a row, -1 only at the end (the kernel's documented layout)
-    a, b = kernel_idx[..., :-1], kernel_idx[..., 1:]
-    nxt = torch.where(b < 0, torch.iinfo(torch.int32).max, b)
-    assert bool((((a >= 0) & (a < nxt)) | ((a < 0) & (b < 0))).all())
+    empty = kernel_idx < 0
+    assert bool((kernel_idx[empty] == -1).all())
+    assert not bool((empty[..., :-1] & ~empty[..., 1:]).any()), "a key after an empty slot"
 
 
 # FP8 indexer and FP8-rounded latent cache, one layer. With two layers the second one's input
@@ -222,7 +225,9 @@ def test_model_triton_dense_warmup_kl_matches_torch(kw, monkeypatch):
     # With FP8 operands a head's q8·k8 can cancel exactly (about 1 pair in 70,000 at the
     # tiny shape); the two paths round that 0 to +-eps in different orders, so the ReLU's
     # kink may fall either way and move one term of the gradient (seen once in CI: 1.4%).
-    tol = 3e-2 if kw else 2e-4
+    # The same happens in fp32, rarely: a layer-1 q·k of 1.6e-7 where typical values are 3
+    # moved one term by 0.8% (KERNEL_TEST_SEED=3173148985).
+    tol = 3e-2 if kw else 1e-2
     for a, b in zip(ga, gb):
         assert a.norm() > 0 and rel(b, a) < tol, rel(b, a)
 
@@ -230,8 +235,8 @@ def test_model_triton_dense_warmup_kl_matches_torch(kw, monkeypatch):
 @CASES
 def test_model_triton_decode_with_caches(kw, monkeypatch):
     """Prefill 5 tokens (fewer than top-k 8), then decode one token at a time: the cached
-    triton path equals the uncached masked-dense model, and every decode step selects the
-    same set as the dense model's row for that position."""
+    triton path equals the uncached masked-dense model, and every decode step that selects
+    selects the same set as the dense model's row for that position."""
     dense, tri = _pair(**kw)
     cfg = tri.cfg
     B, S, P = 2, 19, 5
@@ -249,18 +254,18 @@ def test_model_triton_decode_with_caches(kw, monkeypatch):
         parts = [tri(tokens[:, :P], 0, caches)[0]]
         parts += [tri(tokens[:, t:t + 1], t, caches)[0] for t in range(P, S)]
     assert rel(torch.cat(parts, 1), full) < 1e-5
-    # the prefill (5 tokens) attends through the prefill kernel, each decode step through
-    # the split-K decode kernel
-    assert len(decode_calls) == cfg.n_layers * (S - P)
+    # positions below top-k see at most k keys and attend densely (tests/kernels/
+    # test_dense_rows.py): the 5-token prefill and the steps at 5..7 select nothing; each
+    # step from position k on selects and attends through the split-K decode kernel
+    k, L = cfg.index_topk, cfg.n_layers
+    assert len(decode_calls) == L * (S - k)
     assert all(shape[1] == 1 for shape in decode_calls)
     sel = got["kernel"]
-    L = cfg.n_layers
-    assert len(sel) == L * (1 + S - P)
+    assert len(sel) == L * (S - k)
     _same_operand_sets(got)
     for i, ki in enumerate(sel):
         step, layer = divmod(i, L)
-        rows = slice(0, P) if step == 0 else slice(P + step - 1, P + step)
-        _same_sets(ki, ref_sel[layer][:, rows])
+        _same_sets(ki, ref_sel[layer][:, k + step:k + step + 1])
 
 
 def test_blocked_selection_bounds_long_rows_from_the_indexer_maxima(monkeypatch):

@@ -45,11 +45,39 @@ def test_lse_only_equals_the_forward_lse(dtype):
     assert got.shape == lse.shape and torch.allclose(got, lse, rtol=1e-6, atol=1e-6)
 
 
-def test_prefill_forward_int64_indices_and_int32_agree():
-    ql, qp, kv, pe, idx = inputs(2, 20, 20, 3, 16, 8, 7, torch.float32)
-    a, _ = sparse_mla_fwd(ql, qp, kv, pe, idx.long(), 0.3)
-    b, _ = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.3)
-    assert torch.equal(a, b)
+def _strided(idx, layout, T):
+    """idx [B, S, K] in a layout whose last stride is not 1 (same values)."""
+    if layout == "int64-transposed":  # dense, so .to(int32) keeps the strides
+        return idx.long().transpose(1, 2).contiguous().transpose(1, 2)
+    # every other slot of a [B, S, 2K] tensor whose other slots hold valid but wrong keys
+    dt = torch.int64 if layout == "int64-every-other" else torch.int32
+    wide = torch.randint(0, T, idx.shape[:2] + (2 * idx.shape[2],), device=idx.device, dtype=dt)
+    wide[..., ::2] = idx
+    return wide[..., ::2]
+
+
+@pytest.mark.parametrize("layout", ["int64-transposed", "int64-every-other", "int32-every-other"])
+def test_strided_indices_match_the_reference(layout):
+    """The kernels read a row's K slots at unit stride: the launchers (forward, decode,
+    backward, target) must turn any index tensor into a contiguous int32 one. Rows 0..5
+    see fewer than K keys, so -1 slots take part."""
+    B, S, T, H, R, P, K = 2, 20, 20, 3, 16, 8, 7
+    ql, qp, kv, pe, idx = inputs(B, S, T, H, R, P, K, torch.float32)
+    strided = _strided(idx, layout, T)
+    assert torch.equal(strided, idx.to(strided.dtype)) and strided.stride(-1) != 1
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, 0.3)
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, strided, 0.3)
+    assert rel(out, ref) < 1e-5 and rel(lse, ref_lse) < 1e-5
+    out_d, lse_d = sparse_mla_decode(ql, qp, kv, pe, strided, 0.3, n_split=2)
+    assert rel(out_d, ref) < 1e-5 and rel(lse_d, ref_lse) < 1e-5
+    tgt = sparse_attn_target(ql, qp, kv, pe, strided, lse, 0.3)
+    assert rel(tgt, sparse_target_ref(ql, qp, kv, pe, idx, 0.3)) < 1e-5
+    dout = torch.randn_like(out)
+    leaves = [x.detach().clone().requires_grad_() for x in (ql, qp, kv, pe)]
+    sparse_mla_ref(*leaves, idx, 0.3)[0].backward(dout)
+    grads = sparse_mla_bwd(ql, qp, kv, pe, strided, out, lse, dout, 0.3)
+    for g, leaf in zip(grads, leaves):
+        assert rel(g, leaf.grad) < 1e-5
 
 
 def test_prefill_forward_many_head_blocks_heads_fastest():

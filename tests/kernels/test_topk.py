@@ -96,6 +96,17 @@ def test_bound_topk_hands_over_only_rows_it_cannot_bound(monkeypatch):
     assert torch.equal(flags[0].bool(), expect)
 
 
+def test_bound_topk_without_maxima_is_ascending():
+    """Without maxima, "bound" reads every row of at most maxg keys whole (tau exact) and
+    hands longer ones to the radix kernel: either way positions come out ascending, which
+    is the order `dsa_select` documents for such rows. Ties overflow the cap in some rows."""
+    S, T0, k = 90, 20, 6
+    scores = torch.randn(2, S, T0 + S, device=DEVICE)
+    scores[1, :, ::2] = scores[1, :, :1]  # row batch 1: half its keys tie
+    out = topk_rows(scores, k, start_pos=T0, method="bound", cap=16, maxg=64)
+    assert torch.equal(out, topk_ref(scores, k, T0))
+
+
 def test_bound_topk_rejects_bad_maxima():
     scores = torch.randn(1, 40, 40, device=DEVICE)
     with pytest.raises(ValueError, match="maxima"):
