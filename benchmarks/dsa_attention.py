@@ -1,12 +1,22 @@
 """DSA kernels on one GPU: correctness first, then timings against dense SDPA (issue 6).
 
     python benchmarks/dsa_attention.py [--lengths 4096,16384,65536,131072] [--json out.json]
-                                       [--skip indexer,topk,v32,decode,prefill]
+        [--v32-lengths 16384,65536,131072] [--v32-batches 1,32,64] [--v32-decode-length 131072]
+        [--skip v32prefill,v32decode,indexer,topk,v32,decode,prefill,warmup]
 
 Model shape (batch 1, bf16): 16 attention heads. Dense baseline: torch SDPA, flash
 backend, 16 heads of 128, causal (what the issue measured). DSA on the same 16 heads in
 MLA's absorbed form over the shared latent (d_qk = 512 + 64, d_v = 512), top-k 2048, with an
 indexer of 8 heads of 128 (V3.2's ratio: 64 index heads per 128 attention heads), FP8.
+
+The first tables are at DeepSeek-V3.2's own shape (issue 16): 128 heads; dense prefill in
+MHA form (qk 192, v 128) through cuDNN SDPA, the fastest dense attention torch has on Hopper
+(flash with v padded to 192 beside it); DSA = FP8 indexer 64 x 128 + top-k 2048 + sparse
+attention over the 512 + 64 latent, with the rows that see at most 2048 keys attending densely
+(as the model does); batched decode at 128K for B = 1, 32, 64 under CUDA graphs, against the
+absorbed dense decode and the HBM bound of reading the latent once. Sparse attention is also
+timed over indices with realistic locality (neighbouring queries share 90% of their keys).
+The 16-head tables follow (the shape of issue 6).
 
 Sections, in order (each prints its own lines; the tables come last):
 - correctness: every kernel against its naive reference on fresh random inputs at odd
@@ -369,7 +379,8 @@ def time_v32(g, res):
     check("V3.2 shape fwd (64 rows)", rel(o, ro) < 1e-2, f"rel {rel(o, ro):.2e}")
     best = None
     for bh, bk, nw, ns, hf in [(64, 64, 8, 2, False), (64, 64, 8, 2, True), (64, 64, 8, 3, True),
-                               (32, 64, 4, 3, True)]:
+                               (32, 64, 4, 3, True), (64, 32, 8, 3, True), (64, 32, 8, 4, True),
+                               (64, 64, 8, 1, True)]:
         try:
             t = bench(lambda: sparse_mla_fwd(ql, qp, kv, pe, idx, scale, block_h=bh, block_k=bk,
                                              num_warps=nw, num_stages=ns, heads_fastest=hf),
@@ -397,9 +408,190 @@ def time_v32(g, res):
         print(f"  V3.2 bwd BH={bh} BK={bk}: {t:.2f} ms")
         t_bwd = t if t_bwd is None else min(t, t_bwd)
     t_bwd = t_bwd or float("nan")
+    bh, bk, nw, ns, hf = best[2]
+    ATT32_CFG.update(block_h=bh, block_k=bk, num_warps=nw, num_stages=ns, heads_fastest=hf)
     res["v32"] = {"fwd_ms": best[0], "fwd_tflops": best[1], "cfg": best[2], "bwd_ms": t_bwd,
                   "bwd_tflops": 2.5 * flops / t_bwd / 1e9}
     return res["v32"]
+
+
+# ---------------------------------------------------------------- V3.2 shape ----------
+H32, DQK32, DV32, H_IDX32 = 128, 192, 128, 64  # attention heads, MHA head dims, index heads
+SCALE32 = DQK32 ** -0.5
+
+
+def local_indices(L, rows, topk, g, share=0.9, block_rows=64):
+    """[1, rows, topk] int32 selections for the last `rows` of L positions with realistic
+    locality: slot i of every row lies in its own stride bucket of the row's visible prefix,
+    and neighbouring queries (blocks of `block_rows`) share the offset inside the bucket for
+    a `share` of the slots (the rest are drawn per row), as an indexer's picks do."""
+    s = torch.arange(L - rows, L, device=DEV)
+    stride = ((s + 1) // topk).clamp(min=1)  # positions >= topk see at least topk keys
+    slot = torch.arange(topk, device=DEV)
+    nblk = -(-rows // block_rows)
+    shared = torch.rand(nblk, 1, topk, device=DEV, generator=g).repeat_interleave(block_rows, 0)[:rows, 0]
+    own = torch.rand(rows, topk, device=DEV, generator=g)
+    u = torch.where(torch.rand(rows, topk, device=DEV, generator=g) < share, shared, own)
+    pos = slot[None, :] * stride[:, None] + (u * stride[:, None]).long()
+    return pos.clamp(max=(s[:, None])).int().unsqueeze(0).contiguous()
+
+
+def _mha_dense(L, g, rows=None):
+    """Causal dense prefill in MHA form at the V3.2 shape (128 heads, qk 192, v 128): q, k, v
+    [1, 128, L, d] bf16, the last `rows` queries (all when None)."""
+    n = rows or L
+    q = torch.randn(1, H32, n, DQK32, device=DEV, generator=g).to(BF)
+    k = torch.randn(1, H32, L, DQK32, device=DEV, generator=g).to(BF)
+    v = torch.randn(1, H32, L, DV32, device=DEV, generator=g).to(BF)
+    return q, k, v
+
+
+def time_v32_prefill(L, g, res):
+    """Prefill at the V3.2 shape: dense MHA through cuDNN SDPA (and flash, v padded to 192)
+    against DSA = FP8 indexer 64 x 128 + top-k 2048 + sparse MLA over the 512 + 64 latent,
+    with the rows that see at most k keys attending densely (MHA, cuDNN) as the model does."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    row = {"L": L}
+    q, k, v = _mha_dense(L, g)
+    sdpa = F.scaled_dot_product_attention
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        row["cudnn_ms"] = bench(lambda: sdpa(q, k, v, is_causal=True, scale=SCALE32), rep=100)
+    try:
+        vp = F.pad(v, (0, DQK32 - DV32))
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            row["flash_ms"] = bench(lambda: sdpa(q, k, vp, is_causal=True, scale=SCALE32), rep=100)
+        del vp
+    except RuntimeError as e:  # no flash kernel for this head dim on this build
+        print(f"  flash SDPA at qk 192: {str(e)[:120]}")
+        row["flash_ms"] = None
+    dense_flops = 2 * H32 * (L * (L + 1) / 2) * (DQK32 + DV32)
+    row["cudnn_tflops"] = dense_flops / row["cudnn_ms"] / 1e9
+    # the DSA's dense rows: positions < TOPK over their causal prefix (cuDNN)
+    nd = min(L, TOPK)
+    qd, kd, vd = q[:, :, :nd].contiguous(), k[:, :, :nd].contiguous(), v[:, :, :nd].contiguous()
+    del q, k, v
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        row["dense_rows_ms"] = bench(lambda: sdpa(qd, kd, vd, is_causal=True, scale=SCALE32), rep=100)
+    del qd, kd, vd
+    torch.cuda.empty_cache()
+    qi = torch.randn(1, L, H_IDX32, D_IDX, device=DEV, generator=g).to(BF)
+    q8, qs = quant_rows(qi)
+    del qi
+    k8, ks = quant_rows(torch.randn(1, L, D_IDX, device=DEV, generator=g).to(BF))
+    w = torch.randn(1, L, H_IDX32, device=DEV, generator=g) * H_IDX32 ** -0.5
+    ns = L - nd  # sparse rows
+    idx = torch.empty(1, ns, TOPK, dtype=torch.int32, device=DEV)
+    sel = lambda: dsa_select(q8[:, nd:], k8, w[:, nd:], TOPK, nd, q_s=qs[:, nd:], k_s=ks,  # noqa: E731
+                             out=idx, topk_cfg=BEST["topk"] or None)
+    row["select_ms"] = bench(sel, rep=100)
+    sel()
+    ref = topk_ref(indexer_logits_fp8(q8[:, -3:], qs[:, -3:], k8, ks, w[:, -3:], L - 3), TOPK, L - 3)
+    check(f"V3.2 L={L} selection (last 3 rows)", torch.equal(canonical(idx[:, -3:]), ref.long()))
+    del q8, qs, k8, ks, w
+    ql = (torch.randn(1, ns, H32, R, device=DEV, generator=g) * 0.1).to(BF)
+    qp = (torch.randn(1, ns, H32, P, device=DEV, generator=g) * 0.1).to(BF)
+    kv = torch.randn(1, L, R, device=DEV, generator=g).to(BF)
+    pe = torch.randn(1, L, P, device=DEV, generator=g).to(BF)
+    scale = (R + P) ** -0.5
+    o, _ = sparse_mla_fwd(ql[:, -64:], qp[:, -64:], kv, pe, idx[:, -64:], scale, **ATT32_CFG)
+    ro, _ = sparse_mla_ref(ql[:, -64:], qp[:, -64:], kv, pe, idx[:, -64:], scale)
+    check(f"V3.2 L={L} sparse fwd (last 64 rows)", rel(o, ro) < 1e-2, f"rel {rel(o, ro):.2e}")
+    sp_flops = 2 * ns * TOPK * H32 * (R + P + R)
+    row["attn_ms"] = bench(lambda: sparse_mla_fwd(ql, qp, kv, pe, idx, scale, **ATT32_CFG), rep=100)
+    row["attn_tflops"] = sp_flops / row["attn_ms"] / 1e9
+    loc = local_indices(L, ns, TOPK, g)
+    row["attn_local_ms"] = bench(lambda: sparse_mla_fwd(ql, qp, kv, pe, loc, scale, **ATT32_CFG),
+                                 rep=100)
+    row["attn_local_tflops"] = sp_flops / row["attn_local_ms"] / 1e9
+    row["dsa_ms"] = row["dense_rows_ms"] + row["select_ms"] + row["attn_ms"]
+    row["speedup"] = row["cudnn_ms"] / row["dsa_ms"]
+    print(f"  V3.2 prefill L={L}: {row}", flush=True)
+    res.setdefault("v32_prefill", []).append(row)
+    del ql, qp, kv, pe, idx, loc
+    torch.cuda.empty_cache()
+
+
+ATT32_CFG: dict = {}  # sparse forward tiles at 128 heads (kernel defaults unless swept)
+
+
+def decode_n_splits(B, K):
+    """The split counts the decode sweep tries (the launcher's own choice is None)."""
+    return [None] + [n for n in (1, 2, 4, 8, 16, 32) if n <= max(1, K // 64)]
+
+
+def time_v32_decode(B, L, g, res):
+    """One decode step at the V3.2 shape for B sequences of L tokens, CUDA graphs: the dense
+    baseline is the absorbed MQA over the whole latent (SDPA, and the HBM bound of reading it
+    once); the DSA step is the FP8 indexer over L keys + split-row top-k + split-K sparse
+    decode over a bf16 latent."""
+    row = {"B": B, "L": L}
+    kv = torch.randn(B, L, R, device=DEV, generator=g).to(BF)
+    pe = torch.randn(B, L, P, device=DEV, generator=g).to(BF)
+    ql = (torch.randn(B, 1, H32, R, device=DEV, generator=g) * 0.1).to(BF)
+    qp = (torch.randn(B, 1, H32, P, device=DEV, generator=g) * 0.1).to(BF)
+    scale = (R + P) ** -0.5
+    nbytes = B * L * (R + P) * 2
+    row["hbm_bound_ms"] = nbytes / HBM_BPS[0] * 1e3 if HBM_BPS else None
+    try:
+        kfull = torch.cat((kv, pe), -1)
+        qh = torch.cat((ql, qp), -1).transpose(1, 2)  # [B, H, 1, 576]
+        kh = kfull.unsqueeze(1).expand(-1, H32, -1, -1)
+        vh = kv.unsqueeze(1).expand(-1, H32, -1, -1)
+        row["dense_ms"] = bench_graph(lambda: F.scaled_dot_product_attention(qh, kh, vh, scale=scale))
+        del kfull, kh, vh
+    except (RuntimeError, torch.OutOfMemoryError) as e:
+        print(f"  dense decode B={B}: {type(e).__name__}: {str(e)[:120]}")
+        row["dense_ms"] = None
+    torch.cuda.empty_cache()
+    qi = torch.randn(B, 1, H_IDX32, D_IDX, device=DEV, generator=g).to(BF)
+    q8, qs = quant_rows(qi)
+    k8, ks = quant_rows(torch.randn(B, L, D_IDX, device=DEV, generator=g).to(BF))
+    w = torch.randn(B, 1, H_IDX32, device=DEV, generator=g) * H_IDX32 ** -0.5
+    idx = torch.empty(B, 1, TOPK, dtype=torch.int32, device=DEV)
+    sel = lambda: dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx)  # noqa: E731
+    sel()
+    ref = topk_ref(indexer_logits_fp8(q8[:1], qs[:1], k8[:1], ks[:1], w[:1], L - 1), TOPK, L - 1)
+    check(f"V3.2 decode B={B} L={L} selection (row 0)", torch.equal(canonical(idx[:1]), ref.long()))
+    od, _ = sparse_mla_decode(ql, qp, kv, pe, idx, scale)
+    ro, _ = sparse_mla_ref(ql[:2], qp[:2], kv[:2], pe[:2], idx[:2], scale)
+    check(f"V3.2 decode B={B} sparse decode", rel(od[:2], ro) < 1e-2, f"rel {rel(od[:2], ro):.2e}")
+    row["select_ms"] = bench_graph(sel)
+    flops = 2 * B * TOPK * H32 * (R + P + R)
+    best = None
+    for n in decode_n_splits(B, TOPK):
+        t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n))
+        print(f"  V3.2 decode B={B} L={L} n_split={n}: {t * 1e3:.1f} us "
+              f"({flops / t / 1e9:.0f} TFLOP/s)")
+        row.setdefault("split_sweep", []).append({"n_split": n, "ms": t})
+        if n is None:
+            row["attn_ms"] = t
+        if best is None or t < best[0]:
+            best = (t, n)
+    row["attn_best_ms"], row["attn_best_split"] = best
+    row["attn_tflops"] = flops / row["attn_ms"] / 1e9
+
+    def step():
+        i = dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx)
+        return sparse_mla_decode(ql, qp, kv, pe, i, scale)
+    row["dsa_ms"] = bench_graph(step)
+    print(f"  V3.2 decode B={B} L={L}: { {k: v for k, v in row.items() if k != 'split_sweep'} }",
+          flush=True)
+    res.setdefault("v32_decode", []).append(row)
+    del kv, pe, ql, qp, q8, k8, w, idx
+    torch.cuda.empty_cache()
+
+
+HBM_BPS: list = []
+
+
+def measure_hbm():
+    """Read bandwidth of this GPU (bytes/s): a sum over 4 GiB of bf16."""
+    x = torch.empty(2 << 30, dtype=BF, device=DEV).normal_()
+    t = bench(lambda: x.sum(), rep=100)
+    HBM_BPS.append(x.numel() * 2 / (t * 1e-3))
+    print(f"  HBM read bandwidth: {HBM_BPS[0] / 1e12:.2f} TB/s")
+    del x
+    torch.cuda.empty_cache()
 
 
 def time_warmup_kl(L, g, res):
@@ -522,8 +714,11 @@ def main():
     ap.add_argument("--decode-lengths", default="4096,8192,16384,65536,131072")
     ap.add_argument("--json", default=None)
     ap.add_argument("--warmup-lengths", default="4096,16384,32768")
+    ap.add_argument("--v32-lengths", default="16384,65536,131072")
+    ap.add_argument("--v32-batches", default="1,32,64")
+    ap.add_argument("--v32-decode-length", type=int, default=131072)
     ap.add_argument("--skip", default="",
-                    help="comma list of: indexer,topk,v32,decode,prefill,warmup")
+                    help="comma list of: v32prefill,v32decode,indexer,topk,v32,decode,prefill,warmup")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -551,6 +746,14 @@ def main():
         guarded("topk sweep", time_topk, g, res)
     if "v32" not in skip:
         guarded("V3.2 timing", time_v32, g, res)
+    if "v32prefill" not in skip or "v32decode" not in skip:
+        measure_hbm()
+    if "v32decode" not in skip:
+        for B in map(int, a.v32_batches.split(",")):
+            guarded(f"V3.2 decode B={B}", time_v32_decode, B, a.v32_decode_length, g, res)
+    if "v32prefill" not in skip:
+        for L in map(int, a.v32_lengths.split(",")):
+            guarded(f"V3.2 prefill {L}", time_v32_prefill, L, g, res)
     if "decode" not in skip:
         for L in map(int, a.decode_lengths.split(",")):
             guarded(f"decode {L}", time_decode, L, g, res)
@@ -577,6 +780,27 @@ def main():
 
 
 def print_tables(res):
+    if res.get("v32_prefill"):
+        print("prefill at the V3.2 shape, batch 1 (128 heads; dense MHA qk 192 / v 128; DSA: FP8 "
+              "indexer 64x128, top-k 2048, sparse MLA 576/512; rows < 2048 dense), ms")
+        print("       L | cuDNN dense (TFLOP/s) | flash, v padded | DSA dense rows | select | "
+              "sparse attn (TFLOP/s) | local idx (TFLOP/s) | DSA total | speed-up")
+        for r in res["v32_prefill"]:
+            fl = f"{r['flash_ms']:.1f}" if r.get("flash_ms") else "-"
+            print(f"  {r['L']:>6} | {r['cudnn_ms']:8.1f} ({r['cudnn_tflops']:.0f}) | {fl:>8} | "
+                  f"{r['dense_rows_ms']:8.2f} | {r['select_ms']:7.1f} | {r['attn_ms']:7.1f} "
+                  f"({r['attn_tflops']:.0f}) | {r['attn_local_ms']:7.1f} ({r['attn_local_tflops']:.0f}) | "
+                  f"{r['dsa_ms']:7.1f} | {r['speedup']:.2f}x")
+    if res.get("v32_decode"):
+        print("decode at the V3.2 shape, one token per sequence, CUDA graphs, ms")
+        print("    B       L | dense SDPA | HBM bound | DSA select | sparse decode (TFLOP/s) | "
+              "best split | DSA step")
+        for r in res["v32_decode"]:
+            dn = f"{r['dense_ms']:.3f}" if r.get("dense_ms") else "-"
+            hb = f"{r['hbm_bound_ms']:.3f}" if r.get("hbm_bound_ms") else "-"
+            print(f"  {r['B']:>3} {r['L']:>7} | {dn:>10} | {hb:>9} | {r['select_ms']:10.3f} | "
+                  f"{r['attn_ms']:7.3f} ({r['attn_tflops']:.0f}) | {r['attn_best_ms']:.3f} "
+                  f"(n={r['attn_best_split']}) | {r['dsa_ms']:.3f}")
     if res["prefill"]:
         print("prefill, batch 1, 16 heads  dense SDPA  DSA(bf16 KV)  idx   topk   attn | DSA(FP8 KV) attn8 | oracle | speedup bf16/FP8 KV (ms)")
         for r in res["prefill"]:
