@@ -257,4 +257,26 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
                                     "replaced": [{"origin": o, "reason": m} for o, m in failed],
                                     "duplicates": dup | {"n_envs": sum(len(g) - 1 for g in dup["envs"]),
                                                          "n_tasks": sum(len(g) - 1 for g in dup["tasks"])}})
+    _run_card(out, seed.name, run_seed, n_envs, result, executor)
     return result
+
+
+def _run_card(out: Path, seed_name: str, run_seed: int, n_envs: int, result: BatchResult, executor: str) -> None:
+    """The run's README.md, linking its report, and the report itself (`factory report`),
+    rendered now and again by `factory report RUN` after validate or solve add results."""
+    from envfactory.factory.report import render_report
+
+    try:
+        render_report(out)
+        link = "[report.html](report.html)"
+    except Exception as e:  # the run is built either way; say why there is no page
+        link = f"not rendered ({type(e).__name__}: {e}); run `factory report {out}`"
+    (out / "README.md").write_text(
+        f"# {seed_name}, run seed {run_seed}\n\n"
+        f"{len(result.envs)} environments ({n_envs} asked for, {len(result.failed)} regions replaced), "
+        f"built by the {result.agent.get('kind', 'specialist')} agent on the {executor} executor in "
+        f"{result.seconds:.0f} s.\n\n"
+        f"- Report: {link} (`factory report {out.name}` redraws it after `factory validate` or `factory solve`)\n"
+        f"- Summary: `batch.json`; splits: `splits.json`; journal: `journal.jsonl` "
+        f"(`factory generate {seed_name} --seed {run_seed} --envs N --out {out.name} --resume` continues or grows it)\n",
+        encoding="utf-8")
