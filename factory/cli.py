@@ -28,7 +28,7 @@ def cmd_generate(a) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from envfactory.factory.agents.local import local_server
-    from envfactory.factory.generate import generate
+    from envfactory.factory.generate import generate, phase_totals
     from envfactory.factory.seed import load_seed, resolve_seed
 
     if a.envs < 1:
@@ -61,10 +61,7 @@ def cmd_generate(a) -> int:
               f"calls={','.join(map(str, e.tool_calls))}\ttools={len(e.tools)}")
     rate = len(res.envs) / res.seconds * 60
     print(f"{len(res.envs)} environments in {res.seconds:.1f} s ({rate:.1f}/min) -> {res.out_dir}", file=sys.stderr)
-    phases: dict[str, float] = {}
-    for e in res.envs:
-        for k, v in e.timings.items():
-            phases[k] = phases.get(k, 0.0) + v
+    phases = phase_totals(res.envs)
     if phases:
         total = sum(phases.values()) or 1.0
         print("where the time went (worker seconds): " + ", ".join(

@@ -143,6 +143,15 @@ def _publish(seed, seed_path: Path, web) -> None:
         web.add_table(table, [dict(zip(order, r)) for r in rows])
 
 
+def phase_totals(envs) -> dict[str, float]:
+    """Seconds per build phase summed over environments (worker seconds, not wall time)."""
+    phases: dict[str, float] = {}
+    for e in envs:
+        for k, v in e.timings.items():
+            phases[k] = round(phases.get(k, 0.0) + v, 3)
+    return phases
+
+
 def run_header(seed, seed_path: Path, run_seed: int, agent) -> dict:
     """The journal's first line for this run (`factory.journal`)."""
     from envfactory.factory import journal as jr
@@ -244,10 +253,7 @@ def generate(seed_ref: str, n_envs: int, out_dir: str | Path, run_seed: int, wor
     result = BatchResult(str(out), envs, failed, time.perf_counter() - t0, totals)
     rows = [asdict(e) | {"path": Path(e.path).name} for e in envs]
     index = run_index(rows)
-    phases: dict[str, float] = {}
-    for e in envs:
-        for k, v in e.timings.items():
-            phases[k] = round(phases.get(k, 0.0) + v, 3)
+    phases = phase_totals(envs)
     write_json(out / "splits.json", index["splits"])
     dup = index["duplicates"]
     write_json(out / "batch.json", {"seed": seed.name, "run_seed": run_seed, "agent": totals, "executor": executor,
