@@ -556,8 +556,18 @@ def time_v32_decode(B, L, g, res):
     ro, _ = sparse_mla_ref(ql[:2], qp[:2], kv[:2], pe[:2], idx[:2], scale)
     check(f"V3.2 decode B={B} sparse decode", rel(od[:2], ro) < 1e-2, f"rel {rel(od[:2], ro):.2e}")
     row["select_ms"] = bench_graph(sel)
+    # the selection's two parts: the indexer's logits over L keys, the split-row top-k
+    lg = torch.empty(B, 1, L, device=DEV)
+    row["indexer_ms"] = bench_graph(lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg,
+                                                               write_upper=False))
+    chunk = max(1024, min(4096, L // 128))
+    row["topk_ms"] = bench_graph(lambda: topk_rows(lg, TOPK, L - 1, chunk=chunk))
+    row["indexer_gbs"] = B * L * (D_IDX + 4) / row["indexer_ms"] / 1e6
+    del lg
     flops = 2 * B * TOPK * H32 * (R + P + R)
     best = None
+    from envfactory.kernels.sparse_attn.triton_fwd import decode_split
+    row["auto_split"] = decode_split(B, H32, TOPK, DEV)
     for n in decode_n_splits(B, TOPK):
         t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n))
         print(f"  V3.2 decode B={B} L={L} n_split={n}: {t * 1e3:.1f} us "
@@ -567,6 +577,18 @@ def time_v32_decode(B, L, g, res):
             row["attn_ms"] = t
         if best is None or t < best[0]:
             best = (t, n)
+    for extra in ({"num_warps": 8}, {"block_h": 32}, {"block_h": 32, "num_warps": 8}):
+        try:
+            t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=best[1],
+                                                      **extra))
+        except Exception as e:
+            print(f"  V3.2 decode {extra} failed: {type(e).__name__}")
+            continue
+        print(f"  V3.2 decode B={B} L={L} n_split={best[1]} {extra}: {t * 1e3:.1f} us")
+        row["split_sweep"].append({"n_split": best[1], **extra, "ms": t})
+        if t < best[0]:
+            best = (t, best[1])
+            row["attn_best_cfg"] = extra
     row["attn_best_ms"], row["attn_best_split"] = best
     row["attn_tflops"] = flops / row["attn_ms"] / 1e9
 
@@ -793,14 +815,16 @@ def print_tables(res):
                   f"{r['dsa_ms']:7.1f} | {r['speedup']:.2f}x")
     if res.get("v32_decode"):
         print("decode at the V3.2 shape, one token per sequence, CUDA graphs, ms")
-        print("    B       L | dense SDPA | HBM bound | DSA select | sparse decode (TFLOP/s) | "
-              "best split | DSA step")
+        print("    B       L | dense SDPA | HBM bound | DSA select (indexer GB/s + top-k) | "
+              "sparse decode (TFLOP/s) | best split | DSA step")
         for r in res["v32_decode"]:
             dn = f"{r['dense_ms']:.3f}" if r.get("dense_ms") else "-"
             hb = f"{r['hbm_bound_ms']:.3f}" if r.get("hbm_bound_ms") else "-"
             print(f"  {r['B']:>3} {r['L']:>7} | {dn:>10} | {hb:>9} | {r['select_ms']:10.3f} | "
+                  f"({r['indexer_ms']:.3f} {r['indexer_gbs']:.0f} + {r['topk_ms']:.3f}) | "
                   f"{r['attn_ms']:7.3f} ({r['attn_tflops']:.0f}) | {r['attn_best_ms']:.3f} "
-                  f"(n={r['attn_best_split']}) | {r['dsa_ms']:.3f}")
+                  f"(n={r['attn_best_split']}{', ' + str(r['attn_best_cfg']) if r.get('attn_best_cfg') else ''}; "
+                  f"auto {r.get('auto_split')}) | {r['dsa_ms']:.3f}")
     if res["prefill"]:
         print("prefill, batch 1, 16 heads  dense SDPA  DSA(bf16 KV)  idx   topk   attn | DSA(FP8 KV) attn8 | oracle | speedup bf16/FP8 KV (ms)")
         for r in res["prefill"]:

@@ -100,6 +100,20 @@ def block(n: int, lo: int = 16) -> int:
     return max(lo, next_pow2(n))
 
 
+_SM_COUNT: dict = {}
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); 1 for a CPU tensor's device."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 1
+    i = device.index if device.index is not None else torch.cuda.current_device()
+    if i not in _SM_COUNT:
+        _SM_COUNT[i] = torch.cuda.get_device_properties(i).multi_processor_count
+    return _SM_COUNT[i]
+
+
 
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

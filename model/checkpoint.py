@@ -64,12 +64,44 @@ def hf_state_dict(model: torch.nn.Module, fp8: bool = False, dtype=None) -> dict
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def save_checkpoint(model: torch.nn.Module, path: str | Path, fp8: bool = False, dtype=None) -> Path:
-    """Write `model.safetensors` and `config.json` into the directory `path`."""
+def _split_by_bytes(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """Tensors in name order, packed greedily into groups of at most `max_bytes` (a tensor larger
+    than the cap gets a group of its own)."""
+    groups: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(state):
+        n = state[name].numel() * state[name].element_size()
+        if groups[-1] and size + n > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][name] = state[name]
+        size += n
+    return groups
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | Path, fp8: bool = False, dtype=None,
+                    max_shard_bytes: int | None = None) -> Path:
+    """Write the weights and `config.json` into the directory `path`: one `model.safetensors`, or
+    with `max_shard_bytes` the Hugging Face layout `model-0000i-of-0000n.safetensors` plus
+    `model.safetensors.index.json` (weight name -> file). Old weight files there are removed so a
+    reader never mixes two saves."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(model, fp8, dtype), str(path / "model.safetensors"),
-              metadata={"format": "pt"})
+    state = hf_state_dict(model, fp8, dtype)
+    for old in list(path.glob("model*.safetensors")) + list(path.glob("model.safetensors.index.json")):
+        old.unlink()
+    groups = [state] if max_shard_bytes is None else _split_by_bytes(state, max_shard_bytes)
+    if len(groups) == 1:
+        save_file(groups[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, group in enumerate(groups, 1):
+            name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+            save_file(group, str(path / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in group})
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        (path / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2, sort_keys=True))
     (path / "config.json").write_text(json.dumps(config_to_hf(model.cfg, fp8), indent=2))
     return path
 

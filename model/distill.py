@@ -242,7 +242,8 @@ def train_prepared(data: Path, out: Path, time_budget: float = 600.0, batch_toke
         log(f"distill: {stage}: {len(hist)} steps, loss {hist[-1]['loss']:.3f}, held-out trained tokens exact: "
             + ", ".join(f"{k} {v:.1%}" for k, v in acc.items()) + f", {time.time() - t0:.0f}s")
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model.cpu(), out, dtype=torch.bfloat16)
+    # shards under 15 MB: the files travel back from the GPU machine and into git one by one
+    save_checkpoint(model.cpu(), out, dtype=torch.bfloat16, max_shard_bytes=15_000_000)
     shutil.copyfile(data / "tokenizer.json", out / "tokenizer.json")
     (out / "distill.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import block, empty, mma, require_triton, tl, triton
+from .._common import block, empty, mma, require_triton, sm_count, tl, triton
 
 LOG2E = 1.4426950408889634
 
@@ -72,8 +72,11 @@ if triton is not None:
         BLOCK_K: tl.constexpr, HEADS_FASTEST: tl.constexpr, LSE_ONLY: tl.constexpr,
     ):
         if HEADS_FASTEST:  # a token's head blocks run side by side and share its gathers in L2
-            pid_h = tl.program_id(0)
-            pid_s = tl.program_id(1)
+            # one flat axis (grid x allows 2^31 - 1 programs; y and z only 65535 tokens)
+            n_hb = tl.cdiv(H, BLOCK_H)
+            pid = tl.program_id(0)
+            pid_h = pid % n_hb
+            pid_s = pid // n_hb
         else:
             pid_s = tl.program_id(0)
             pid_h = tl.program_id(1)
@@ -299,7 +302,7 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
     k_per_split = triton.cdiv(triton.cdiv(K, n_split), BK) * BK
     n_hb = triton.cdiv(H, BH)
     heads_fastest = heads_fastest and n_hb > 1
-    grid = (n_hb, B * S, n_split) if heads_fastest else (B * S, n_hb, n_split)
+    grid = (n_hb * B * S, 1, n_split) if heads_fastest else (B * S, n_hb, n_split)
     bt = block_table.to(torch.int32).contiguous() if paged else idx
     kvs = kv_scale if fp8 else pe
     args = (q_lat, q_pe, kv, pe, kvs, idx, bt, out, lse,
@@ -365,6 +368,21 @@ def sparse_mla_lse(q_lat, q_pe, kv, pe, idx, scale):
     return sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, lse_only=True)[1]
 
 
+def decode_split(rows: int, H: int, K: int, device, block_h=None) -> int:
+    """How many programs share one token's K selections in `sparse_mla_decode`.
+
+    About one program per SM (rows x head blocks x splits, rounded down), at most 32 and at
+    least 64 selections per split: every extra split writes an fp32 [H, R] partial that the
+    combine kernel reads back. H100, V3.2 shape (128 heads, 131K keys), 8 warps: B=1 is
+    fastest at 32 splits, B=32 at 2 (95 us against 161 at 4), B=64 at 1
+    (`benchmarks/dsa_attention.py`). On the CPU (interpreter) at most 4."""
+    if torch.device(device).type != "cuda":
+        return max(1, min(4, K // 16))
+    n_hb = -(-H // (block_h or min(64, block(H))))
+    want = sm_count(device) // max(1, rows * n_hb)
+    return max(1, min(want, 32, K // 64))
+
+
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
                       n_split=None, block_h=None, block_k=None, num_warps=None, num_stages=None):
     """Decode forward for a few query tokens per sequence.
@@ -375,10 +393,14 @@ def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scal
     positions (-1 = empty). K is split over `n_split` programs per token (flash-decoding) and
     merged by a combine kernel. Returns (out [B,Sq,H,R], lse [B,Sq,H]).
     """
-    K = idx.shape[-1]
     if n_split is None:
-        n_split = max(1, min(32, K // 64)) if q_lat.is_cuda else max(1, min(4, K // 16))
-    nw = num_warps or 4
+        n_split = decode_split(q_lat.shape[0] * q_lat.shape[1], q_lat.shape[2], idx.shape[-1],
+                               q_lat.device, block_h)
+    # 8 warps for head blocks of 64 over a bf16 latent, as in the prefill (H100, B=32 at
+    # 128 heads: 95 against 161 us with 4)
+    wide = (q_lat.is_cuda and kv_scale is None
+            and (block_h or min(64, block(q_lat.shape[2]))) >= 64)
+    nw = num_warps or (8 if wide else 4)
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split,
                    q_lat.dtype, block_h, block_k, nw, ns)

@@ -191,3 +191,21 @@ def test_target_is_head_mean_of_probabilities():
     ref = sparse_target_ref(ql, qp, kv, pe, idx, 0.2)
     assert rel(tgt, ref) < 1e-5
     assert torch.allclose(tgt.sum(-1), torch.ones(2, S, device=DEVICE), atol=1e-5)
+
+
+def test_decode_split_fills_the_gpu_without_over_splitting(monkeypatch):
+    """The launcher's split count: about one program per SM, at most 32, at least 64
+    selections per split (132 SMs: an H100/H200)."""
+    from envfactory.kernels import _common
+    from envfactory.kernels.sparse_attn.triton_fwd import decode_split
+    monkeypatch.setitem(_common._SM_COUNT, 0, 132)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cuda = torch.device("cuda", 0)
+    assert decode_split(1, 128, 2048, cuda) == 32       # 2 head blocks: split all the way
+    assert decode_split(32, 128, 2048, cuda) == 2       # 64 programs -> 132 // 64
+    assert decode_split(64, 128, 2048, cuda) == 1
+    assert decode_split(256, 128, 2048, cuda) == 1      # the batch alone fills the GPU
+    assert decode_split(1, 128, 256, cuda) == 4         # >= 64 selections per split
+    assert decode_split(1, 16, 2048, cuda) == 32
+    assert decode_split(8, 16, 2048, cuda, block_h=8) == 8
+    assert decode_split(4, 128, 2048, "cpu") == 4

@@ -212,3 +212,21 @@ def test_v32_shape(part):
 def test_v32_checks_at_a_tiny_shape(part):
     """The same checks at 4 heads, R=64, P=16, top-k 32, 100 keys (interpreter on CPU)."""
     CHECKS[part](TINY)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("heads_fastest", [False, True])
+def test_forward_past_65535_query_rows(heads_fastest):
+    """A 128K prefill has more query rows than a grid's y axis holds (65535): the rows must
+    sit on the x axis in both launch orders (heads_fastest once failed to launch at 128K)."""
+    S, H, R, P, K = 70_001, 32, 64, 16, 16
+    t = lambda *s: torch.randn(*s, device="cuda").to(BF)  # noqa: E731
+    ql, qp, kv, pe = t(1, S, H, R), t(1, S, H, P), t(1, S, R), t(1, S, P)
+    pos = torch.arange(S, device="cuda")[:, None]
+    idx = (pos - torch.arange(K, device="cuda")[None, :] * 37).clamp(min=-1)  # -1 = empty
+    idx = idx.int()[None].contiguous()
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.2, block_h=16, heads_fastest=heads_fastest)
+    rows = torch.cat([torch.arange(64), torch.arange(S - 64, S)]).cuda()
+    ref, ref_lse = sparse_mla_ref(ql[:, rows], qp[:, rows], kv, pe, idx[:, rows], 0.2)
+    assert rel(out[:, rows], ref) < 2e-2 and rel(lse[:, rows], ref_lse) < 2e-3

@@ -69,6 +69,29 @@ def test_plain_round_trip_is_exact_and_mtp_layers_are_skipped(tmp_path):
         assert torch.equal(a, b), n
 
 
+def test_sharded_save_caps_every_file_and_loads_exactly(tmp_path):
+    cfg = get_config("tiny")
+    src = Transformer(cfg)
+    save_checkpoint(src, tmp_path)  # a single-file save first: the sharded one must replace it
+    cap = 200_000
+    save_checkpoint(src, tmp_path, max_shard_bytes=cap)
+    files = sorted(tmp_path.glob("*.safetensors"))
+    assert len(files) > 2 and not (tmp_path / "model.safetensors").exists()
+    assert files[0].name == f"model-00001-of-{len(files):05d}.safetensors"
+    index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {f.name for f in files}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            keys = list(h.keys())
+            size = sum(h.get_tensor(k).numel() * h.get_tensor(k).element_size() for k in keys)
+        assert size <= cap or len(keys) == 1, (f.name, size)
+        assert all(index["weight_map"][k] == f.name for k in keys)
+    dst = Transformer(cfg)
+    assert load_checkpoint(dst, tmp_path) == []
+    for (n, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
 def test_missing_and_misshapen_tensors_are_errors(tmp_path):
     save_checkpoint(Transformer(get_config("tiny")), tmp_path)
     with pytest.raises(ValueError):
