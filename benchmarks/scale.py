@@ -6,9 +6,13 @@ whether the two runs wrote identical tasks, verifiers and tools.
 
     .venv/bin/python benchmarks/scale.py [--envs 2000] [--seed 7] [--workers 2]
                                          [--executors local,ray] [--out DIR] [--no-validate]
+                                         [--save-rows DIR] [--with ROW.json ...]
 
 On the 2-core machine 2,000 environments take one to two hours per executor; `--envs 100`
-gives the same table in a few minutes.
+gives the same table in a few minutes. `--save-rows DIR` writes each executor's row as
+`DIR/scale_<envs>_<executor>.json` (with the commit it ran at); `--with` puts rows saved by an
+earlier invocation into the table, so the two halves of a long comparison can run apart (rows
+from another commit or other settings are refused).
 """
 
 from __future__ import annotations
@@ -108,6 +112,27 @@ def _digest(run: Path) -> tuple[str, int]:
     return h.hexdigest()[:16], n
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _load_row(path: str, settings: dict, commit: str) -> dict:
+    try:
+        row = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        sys.exit(f"scale: cannot read the saved row {path}: {e}")
+    if row.get("settings") != settings:
+        sys.exit(f"scale: {path} was run with {row.get('settings')}, not {settings}")
+    if row.get("commit") != commit:
+        print(f"note: {path} ran at commit {row.get('commit')}, this run at {commit} (the digests say whether "
+              "the outputs still agree)", flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--envs", type=int, default=2000)
@@ -116,12 +141,16 @@ def main() -> None:
     ap.add_argument("--executors", default="local,ray")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--no-validate", action="store_true")
+    ap.add_argument("--save-rows", default=None, help="write each executor's row as JSON into this directory")
+    ap.add_argument("--with", dest="with_rows", nargs="*", default=[], help="rows saved by an earlier run")
     a = ap.parse_args()
+    commit = _commit()
+    settings = {"envs": a.envs, "seed": a.seed, "workers": a.workers, "validate": not a.no_validate}
     base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="scale-"))
     base.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "envfactory.factory.cli"]
-    rows = []
-    for ex in a.executors.split(","):
+    rows = [_load_row(f, settings, commit) for f in a.with_rows]
+    for ex in [e for e in a.executors.split(",") if e]:
         run = base / ex
         gen = _timed(py + ["generate", "trip_planning", "--envs", str(a.envs), "--seed", str(a.seed), "--workers",
                            str(a.workers), "--out", str(run), "--executor", ex, "--force"], run, a.envs)
@@ -137,6 +166,11 @@ def main() -> None:
         row["dups"] = batch["duplicates"]["n_envs"], batch["duplicates"]["n_tasks"]
         row["phases"] = batch.get("phase_seconds", {})
         rows.append(row)
+        if a.save_rows:
+            out = Path(a.save_rows) / f"scale_{a.envs}_{ex}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(row | {"settings": settings, "commit": commit,
+                                             "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1, default=str))
         print(f"{ex}: generated in {gen['wall']:.0f} s" + (f", validated in {row['val']['wall']:.0f} s"
                                                            if "val" in row else ""), flush=True)
     print(f"\n{a.envs} trip_planning environments, run seed {a.seed}, {a.workers} workers, {os.cpu_count()} cores; "
@@ -147,7 +181,7 @@ def main() -> None:
     ref = rows[0]
     for r in rows:
         g = r["gen"]
-        drv = "/".join(f"{g['driver_at'].get(q, 0) / 2**20:.0f}" for q in (1, 2, 3, 4))
+        drv = "/".join(f"{g['driver_at'].get(q, g['driver_at'].get(str(q), 0)) / 2**20:.0f}" for q in (1, 2, 3, 4))
         val = f"{r['val']['wall']:.0f}" if "val" in r else "-"
         summ = r.get("valid", "-")
         same = "identical" if r["digest"] == ref["digest"] else "DIFFERENT"

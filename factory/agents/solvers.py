@@ -190,21 +190,25 @@ def _constraints(task: dict):
     return [Constraint.from_json(c) for c in task.get("constraints", [])]
 
 
-def _failures(p, constraints, plan) -> int:
-    """Requirements a plan breaks (a check that cannot run on the discovered rows counts as broken)."""
+def _failures(p, constraints, plan, bound: int | None = None) -> int:
+    """Requirements a plan breaks (a check that cannot run on the discovered rows counts as broken).
+    With `bound`, counting stops once it reaches `bound`: the answer is exact below it and some
+    number >= bound otherwise (all a search that keeps the best so far needs)."""
     from envfactory.verifiers import structure
     from envfactory.verifiers.constraints import get_kind
 
     bad = len(structure.problems(p, plan))
+    if p.unordered and len({ids[0] for ids in plan}) < len(plan):
+        bad += 1
     rows = p.plan_rows(plan)
     for c in constraints:
+        if bound is not None and bad >= bound:
+            return bad
         try:
             ok = get_kind(c.kind).check(rows, c.params, p.ctx())[0]
         except Exception:  # noqa: BLE001  (missing columns, odd values: broken, never fatal)
             ok = False
         bad += not ok
-    if p.unordered and len({ids[0] for ids in plan}) < len(plan):
-        bad += 1
     return bad
 
 
@@ -308,7 +312,7 @@ class GreedySolver(_Baseline):
                     new = plan[:u] + (o[0],) + plan[u + 1:]
                     if u + 1 < p.units and not structure.follows(p, o, by_ids.get(plan[u + 1], (plan[u + 1], {}, 0))):
                         continue
-                    s = _failures(p, constraints, new)
+                    s = _failures(p, constraints, new, best[0])
                     if s < best[0]:
                         best = (s, new)
             if best[1] is None:
