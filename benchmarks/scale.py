@@ -8,6 +8,10 @@ whether the two runs wrote identical tasks, verifiers and tools.
                                          [--executors local,ray] [--out DIR] [--no-validate]
                                          [--save-rows DIR] [--with ROW.json ...]
 
+The seed is the built-in trip_planning with its region cities' `min_population` lowered to
+`--min-population` (default 50,000: 2,730 distinct regions; the built-in 80,000 has 1,702),
+written next to the runs, so that 2,000 environments exist without repeating an origin.
+
 On the 2-core machine 2,000 environments take one to two hours per executor; `--envs 100`
 gives the same table in a few minutes. `--save-rows DIR` writes each executor's row as
 `DIR/scale_<envs>_<executor>.json` (with the commit it ran at); `--with` puts rows saved by an
@@ -112,6 +116,17 @@ def _digest(run: Path) -> tuple[str, int]:
     return h.hexdigest()[:16], n
 
 
+def _seed_file(base: Path, min_population: int) -> Path:
+    """The built-in trip_planning seed with another population floor for its region cities."""
+    from envfactory.factory.seed import resolve_seed
+
+    text = resolve_seed("trip_planning").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("min_population"))
+    out = base / f"trip_planning_pop{min_population}.toml"
+    out.write_text(text.replace(line, f"min_population = {min_population}", 1))
+    return out
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -141,18 +156,22 @@ def main() -> None:
     ap.add_argument("--executors", default="local,ray")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--no-validate", action="store_true")
+    ap.add_argument("--min-population", type=int, default=50_000,
+                    help="region cities' population floor (the built-in seed has 80,000)")
     ap.add_argument("--save-rows", default=None, help="write each executor's row as JSON into this directory")
     ap.add_argument("--with", dest="with_rows", nargs="*", default=[], help="rows saved by an earlier run")
     a = ap.parse_args()
     commit = _commit()
-    settings = {"envs": a.envs, "seed": a.seed, "workers": a.workers, "validate": not a.no_validate}
+    settings = {"envs": a.envs, "seed": a.seed, "workers": a.workers, "validate": not a.no_validate,
+                "min_population": a.min_population}
     base = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="scale-"))
     base.mkdir(parents=True, exist_ok=True)
     py = [sys.executable, "-m", "envfactory.factory.cli"]
+    seed_file = _seed_file(base, a.min_population)
     rows = [_load_row(f, settings, commit) for f in a.with_rows]
     for ex in [e for e in a.executors.split(",") if e]:
         run = base / ex
-        gen = _timed(py + ["generate", "trip_planning", "--envs", str(a.envs), "--seed", str(a.seed), "--workers",
+        gen = _timed(py + ["generate", str(seed_file), "--envs", str(a.envs), "--seed", str(a.seed), "--workers",
                            str(a.workers), "--out", str(run), "--executor", ex, "--force"], run, a.envs)
         row = {"executor": ex, "gen": gen}
         if not a.no_validate:
@@ -173,7 +192,7 @@ def main() -> None:
                                              "date": time.strftime("%Y-%m-%d %H:%M")}, indent=1, default=str))
         print(f"{ex}: generated in {gen['wall']:.0f} s" + (f", validated in {row['val']['wall']:.0f} s"
                                                            if "val" in row else ""), flush=True)
-    print(f"\n{a.envs} trip_planning environments, run seed {a.seed}, {a.workers} workers, {os.cpu_count()} cores; "
+    print(f"\n{a.envs} trip_planning environments (region cities of {a.min_population:,}+ people), run seed {a.seed}, {a.workers} workers, {os.cpu_count()} cores; "
           f"runs in {base}\n")
     print("| executor | generate s | envs/min | peak MB (tree) | driver MB at 25/50/75/100% | validate s | "
           "validation | duplicate envs/tasks | output digest (files) | vs local |")
