@@ -563,6 +563,8 @@ def time_v32_decode(B, L, g, res):
     chunk = max(1024, min(4096, L // 128))
     row["topk_ms"] = bench_graph(lambda: topk_rows(lg, TOPK, L - 1, chunk=chunk))
     row["indexer_gbs"] = B * L * (D_IDX + 4) / row["indexer_ms"] / 1e6
+    row["indexer_one_block_ms"] = bench_graph(lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg,
+                                                                         write_upper=False, decode_blocks=1))
     del lg
     flops = 2 * B * TOPK * H32 * (R + P + R)
     best = None
@@ -821,7 +823,9 @@ def print_tables(res):
             dn = f"{r['dense_ms']:.3f}" if r.get("dense_ms") else "-"
             hb = f"{r['hbm_bound_ms']:.3f}" if r.get("hbm_bound_ms") else "-"
             print(f"  {r['B']:>3} {r['L']:>7} | {dn:>10} | {hb:>9} | {r['select_ms']:10.3f} | "
-                  f"({r['indexer_ms']:.3f} {r['indexer_gbs']:.0f} + {r['topk_ms']:.3f}) | "
+                  f"({r['indexer_ms']:.3f} {r['indexer_gbs']:.0f}"
+                  + (f" [1 block/program {r['indexer_one_block_ms']:.3f}]" if r.get("indexer_one_block_ms") else "")
+                  + f" + {r['topk_ms']:.3f}) | "
                   f"{r['attn_ms']:7.3f} ({r['attn_tflops']:.0f}) | {r['attn_best_ms']:.3f} "
                   f"(n={r['attn_best_split']}{', ' + str(r['attn_best_cfg']) if r.get('attn_best_cfg') else ''}; "
                   f"auto {r.get('auto_split')}) | {r['dsa_ms']:.3f}")

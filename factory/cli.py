@@ -33,8 +33,7 @@ def cmd_generate(a) -> int:
 
     if a.envs < 1:
         raise UsageError("--envs must be at least 1")
-    if a.address and a.executor != "ray":
-        raise UsageError("--address is for --executor ray")
+    _check_address(a)
     spec = _agent_spec(a)
     seed_path = resolve_seed(a.seed_ref)
     seed = load_seed(seed_path)  # a bad seed fails here, before any progress display
@@ -80,9 +79,14 @@ def cmd_generate(a) -> int:
     return 0
 
 
-def _executor_args(p) -> None:
+def _check_address(a) -> None:
+    if a.address and a.executor != "ray":
+        raise UsageError("--address is for --executor ray")
+
+
+def _executor_args(p, what: str = "built") -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="where environments are built: a local process pool (default) or Ray tasks")
+                   help=f"where environments are {what}: a local process pool (default) or Ray tasks")
     p.add_argument("--address", default=None,
                    help="with --executor ray: a running cluster to join (auto, or host:port); default: start a "
                         "local Ray instance for this command")
@@ -109,6 +113,7 @@ def cmd_report(a) -> int:
 def cmd_solve(a) -> int:
     from envfactory.factory.solve import format_solve_table, solve_bundle
 
+    _check_address(a)
     if a.k < 1:
         raise UsageError("-k must be at least 1")
     from envfactory.factory.agents.solvers import SOLVERS
@@ -135,7 +140,8 @@ def cmd_solve(a) -> int:
                 print(f"solve {agent}: {done}/{total} {name}", file=sys.stderr)
 
         with local_server(spec) if spec else contextlib.nullcontext() as served:
-            reports.append(solve_bundle(a.bundle, agent, a.k, a.seed, a.workers, served, a.max_tasks, progress))
+            reports.append(solve_bundle(a.bundle, agent, a.k, a.seed, a.workers, served, a.max_tasks, progress,
+                                        executor=a.executor, address=a.address))
     print(format_solve_table(reports))
     for r in reports:
         print(f"{r.agent}: {sum(v['tasks'] for v in r.levels.values())} tasks x {r.k} attempts in {r.seconds:.1f} s "
@@ -254,7 +260,8 @@ def _validate_solve(a, report_path) -> None:
     from envfactory.factory.bundle import write_json
     from envfactory.factory.solve import format_solve_table, solve_bundle
 
-    reports = [solve_bundle(a.path, agent, a.solve_k, 0, a.workers) for agent in _baselines(a.solve)]
+    reports = [solve_bundle(a.path, agent, a.solve_k, 0, a.workers, executor=a.executor, address=a.address)
+               for agent in _baselines(a.solve)]
     print(format_solve_table(reports))
     path = Path(report_path)
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -268,6 +275,7 @@ def cmd_validate(a) -> int:
     from envfactory.factory.validate import format_table, validate
     from envfactory.sandboxes.isolate import SandboxWarning
 
+    _check_address(a)
     if a.solve:
         _baselines(a.solve)  # a bad agent name fails before the validation runs
 
@@ -282,7 +290,7 @@ def cmd_validate(a) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SandboxWarning)
         report = validate(a.path, backend=a.backend, workers=a.workers, report_path=a.report,
-                          progress=progress, log=log)
+                          progress=progress, log=log, executor=a.executor, address=a.address)
     for w in caught:
         if issubclass(w.category, SandboxWarning):
             print(f"factory: warning: {w.message}", file=sys.stderr)
@@ -370,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("-k", type=int, default=1, help="attempts per task (default 1)")
     so.add_argument("--seed", type=int, default=0, help="seed of the attempts' randomness (default 0)")
     so.add_argument("--workers", type=int, default=None, help="processes, one environment each (default: CPU count)")
+    _executor_args(so, "solved")
     so.add_argument("--max-tasks", type=int, default=None, help="tasks per environment, lowest levels first")
     so.add_argument("--quiet", action="store_true", help="no per-environment progress")
     so.add_argument("--model", default=None, help="model name sent to the server (openai)")
@@ -402,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--backend", choices=["auto", "docker", "local"], default="auto",
                     help="where generated code runs (default: docker if a daemon answers, else local with a warning)")
     va.add_argument("--workers", type=int, default=None, help="sandbox workers and host processes (default: CPU count)")
+    _executor_args(va, "prepared (mutants, completeness cases); their code runs in --backend")
     va.add_argument("--report", default=None, help="JSON report path (default: PATH/validation.json)")
     va.add_argument("--max-failures", type=int, default=20, help="failures to print (all are in the report)")
     va.add_argument("--quiet", action="store_true", help="no per-environment progress")

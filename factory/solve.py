@@ -12,13 +12,14 @@ over tasks. Environments run in parallel processes. The report goes to
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from envfactory.factory.executors import make_pool
 
 __all__ = ["solve_bundle", "SolveError", "SolveReport", "format_solve_table"]
 
@@ -96,7 +97,10 @@ def pass_at(n: int, c: int, k: int) -> float:
 
 
 def solve_bundle(path: str | Path, agent: str, k: int = 1, seed: int = 0, workers: int | None = None,
-                 spec=None, max_tasks: int | None = None, progress=None, write: bool = True) -> SolveReport:
+                 spec=None, max_tasks: int | None = None, progress=None, write: bool = True,
+                 executor: str = "local", address: str | None = None) -> SolveReport:
+    """Solve every task of the bundle `k` times with `agent`; one environment per task of the
+    executor ("local" process pool or "ray", `factory.executors`)."""
     path = Path(path)
     if not path.is_dir():
         raise SolveError(f"{path}: not a directory")
@@ -108,7 +112,7 @@ def solve_bundle(path: str | Path, agent: str, k: int = 1, seed: int = 0, worker
     t0 = time.perf_counter()
     workers = max(1, min(workers or os.cpu_count() or 1, len(dirs)))
     results: list[dict] = []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+    with make_pool(executor, workers, address=address) as pool:
         futs = {pool.submit(_solve_env, str(d), agent, spec, k, seed, max_tasks): d for d in dirs}
         for n, fut in enumerate(as_completed(futs), 1):
             results.extend(fut.result())

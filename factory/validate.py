@@ -17,15 +17,15 @@ and overlaps the sandboxed verifier calls. Nothing generated is imported on the 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from envfactory.factory.bundle import verify_manifest, write_json
+from envfactory.factory.executors import make_pool
 
 __all__ = ["validate", "ValidateError", "ValidationReport", "EnvReport", "TaskReport", "find_envs"]
 
@@ -258,7 +258,12 @@ def _judge_tools(rep: TaskReport, t: dict, tresp: dict, max_chars: int) -> None:
 # ---- the run ------------------------------------------------------------------------------
 
 def validate(path, backend: str = "auto", workers: int | None = None, report_path=None,
-             progress=lambda done, total, env: None, log=lambda msg: None) -> ValidationReport:
+             progress=lambda done, total, env: None, log=lambda msg: None, executor: str = "local",
+             address: str | None = None) -> ValidationReport:
+    """Validate every environment under `path`. Each environment's preparation (its mutants,
+    completeness cases and the checks that need no sandbox) runs on `executor` ("local": a
+    process pool; "ray": Ray tasks, `address` joins a cluster); the generated code then runs
+    in this host's sandbox pool (`backend`)."""
     from envfactory.sandboxes.isolate import Limits, SandboxError, SandboxPool
     from envfactory.toolgen.generate import MAX_RESULT_CHARS
 
@@ -275,7 +280,7 @@ def validate(path, backend: str = "auto", workers: int | None = None, report_pat
     except SandboxError as e:
         raise ValidateError(str(e)) from None
     vcalls = tcalls = 0
-    with pool, ProcessPoolExecutor(max_workers=min(workers, len(envs)), mp_context=mp.get_context("spawn")) as ex:
+    with pool, make_pool(executor, min(workers, len(envs)), address=address) as ex:
         futures = {ex.submit(_prepare, str(e)): e for e in envs}
         for n, fut in enumerate(as_completed(futures), 1):
             env = futures[fut]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .._common import block, empty, mma, require_triton, tl, triton
+from .._common import block, empty, mma, require_triton, sm_count, tl, triton
 
 if triton is not None:
 
@@ -81,39 +81,55 @@ if triton is not None:
         sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s,
         FP8: tl.constexpr, WRITE_UPPER: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        N_BLOCKS: tl.constexpr,
     ):
-        """Few query rows (decode): one program per (key block, query row) with the index
-        heads as the rows of a single tensor-core product, [H, D] x [D, BLOCK_N]."""
+        """Few query rows (decode): one program per (N_BLOCKS key blocks, query row) with the
+        index heads as the rows of a single tensor-core product, [H, D] x [D, BLOCK_N]; the
+        query and its weights are loaded once for all N_BLOCKS blocks."""
         pid_n = tl.program_id(0)
         s = tl.program_id(1).to(tl.int64)
         b = tl.program_id(2).to(tl.int64)
         offs_h = tl.arange(0, BLOCK_H)
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, BLOCK_D)
         pos = start_pos + s
-        out_ptrs = out_ptr + b * so_b + s * so_s + offs_n
-        if pid_n * BLOCK_N > pos:
-            if WRITE_UPPER:
-                tl.store(out_ptrs, tl.full([BLOCK_N], float("-inf"), tl.float32), mask=offs_n < T)
-            return
-        h_ok = offs_h < H
-        q = tl.load(q_ptr + b * sq_b + s * sq_s + offs_h[:, None] * sq_h + offs_d[None, :],
-                    mask=h_ok[:, None] & (offs_d[None, :] < D), other=0.0)
-        w = tl.load(w_ptr + b * sw_b + s * sw_s + offs_h, mask=h_ok, other=0.0)
-        if FP8:
-            w = w * tl.load(qs_ptr + b * sw_b + s * sw_s + offs_h, mask=h_ok, other=0.0)
-        k_tile = tl.load(k_ptr + b * sk_b + offs_n[:, None].to(tl.int64) * sk_t + offs_d[None, :],
-                         mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
-        r = mma(q, tl.trans(k_tile), None, IEEE)  # (BLOCK_H, BLOCK_N)
-        acc = tl.sum(tl.maximum(r, 0.0) * w[:, None], 0)
-        if FP8:
-            acc = acc * tl.load(ks_ptr + b * T + offs_n, mask=offs_n < T, other=0.0)
-        acc = tl.where(offs_n <= pos, acc, float("-inf"))
-        tl.store(out_ptrs, acc, mask=offs_n < T)
+        n0 = pid_n * (N_BLOCKS * BLOCK_N)
+        # blocks of this program that hold a visible key; the rest are above the diagonal
+        n_vis = tl.minimum(N_BLOCKS, tl.maximum(0, tl.cdiv(pos + 1 - n0, BLOCK_N)))
+        if WRITE_UPPER:
+            for j in range(n_vis, N_BLOCKS):
+                offs_n = n0 + j * BLOCK_N + tl.arange(0, BLOCK_N)
+                tl.store(out_ptr + b * so_b + s * so_s + offs_n, tl.full([BLOCK_N], float("-inf"), tl.float32),
+                         mask=offs_n < T)
+        if n_vis > 0:
+            h_ok = offs_h < H
+            q = tl.load(q_ptr + b * sq_b + s * sq_s + offs_h[:, None] * sq_h + offs_d[None, :],
+                        mask=h_ok[:, None] & (offs_d[None, :] < D), other=0.0)
+            w = tl.load(w_ptr + b * sw_b + s * sw_s + offs_h, mask=h_ok, other=0.0)
+            if FP8:
+                w = w * tl.load(qs_ptr + b * sw_b + s * sw_s + offs_h, mask=h_ok, other=0.0)
+            for j in range(0, n_vis):
+                offs_n = n0 + j * BLOCK_N + tl.arange(0, BLOCK_N)
+                k_tile = tl.load(k_ptr + b * sk_b + offs_n[:, None].to(tl.int64) * sk_t + offs_d[None, :],
+                                 mask=(offs_n[:, None] < T) & (offs_d[None, :] < D), other=0.0)
+                r = mma(q, tl.trans(k_tile), None, IEEE)  # (BLOCK_H, BLOCK_N)
+                acc = tl.sum(tl.maximum(r, 0.0) * w[:, None], 0)
+                if FP8:
+                    acc = acc * tl.load(ks_ptr + b * T + offs_n, mask=offs_n < T, other=0.0)
+                acc = tl.where(offs_n <= pos, acc, float("-inf"))
+                tl.store(out_ptr + b * so_b + s * so_s + offs_n, acc, mask=offs_n < T)
+
+
+def decode_blocks_per_program(n_blocks: int, device) -> int:
+    """Key blocks per program of the decode indexer: enough programs for about eight waves
+    over the GPU's SMs, each reusing its query over up to 16 blocks (1 on the CPU)."""
+    if not str(device).startswith("cuda"):
+        return 1
+    per = n_blocks // (8 * sm_count(device))
+    return 1 if per < 2 else min(16, 1 << (per.bit_length() - 1))
 
 
 def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, num_warps,
-            num_stages, maxima=None, group=0):
+            num_stages, maxima=None, group=0, decode_blocks=None):
     require_triton()
     B, S, H, D = q.shape
     T = k.shape[1]
@@ -137,13 +153,14 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
         block_m = block_m or 64  # the tiled kernel writes them
     if block_m is None and S <= 4 and H <= 128:  # decode: heads as the product's rows
         BN = block_n or (128 if q.is_cuda else 32)
-        _indexer_decode_kernel[(triton.cdiv(T, BN), S, B)](
+        nb = decode_blocks or decode_blocks_per_program(B * S * triton.cdiv(T, BN), q.device)
+        _indexer_decode_kernel[(triton.cdiv(T, BN * nb), S, B)](
             q, k, w, q_s if fp8 else w, k_s if fp8 else w, out,
             S, T, H, D, start_pos,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
             w.stride(0), w.stride(1), out.stride(0), out.stride(1),
             FP8=fp8, WRITE_UPPER=write_upper, IEEE=(q.dtype == torch.float32),
-            BLOCK_H=block(H), BLOCK_N=BN, BLOCK_D=BD, num_warps=4, num_stages=2,
+            BLOCK_H=block(H), BLOCK_N=BN, BLOCK_D=BD, N_BLOCKS=nb, num_warps=4, num_stages=2,
         )
         return out
     # H200 sweep (benchmarks/dsa_attention.py): 64 x 128 tiles, 4 warps, 4 stages are the
@@ -170,7 +187,7 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
 
 def indexer_logits(q, k, w, start_pos: int = 0, out=None, write_upper: bool = True,
                    block_m=None, block_n=None, num_warps=4, num_stages=4, maxima=None,
-                   group: int = 0):
+                   group: int = 0, decode_blocks: int | None = None):
     """q [B, S, H, D] (bf16/fp16/fp32), k [B, T, D], w [B, S, H] -> [B, S, T] fp32, causal.
 
     Query row s sits at position start_pos + s; keys after it read -inf. With
@@ -178,19 +195,21 @@ def indexer_logits(q, k, w, start_pos: int = 0, out=None, write_upper: bool = Tr
     kernel never reads them), saving half the stores of a prefill. With `maxima`
     [B, S, >= ceil(T / group)] fp32 the kernel also writes, per row, the max over every
     `group` consecutive keys (-inf where none is visible): the bound the "bound" top-k uses.
+    `decode_blocks`: key blocks per program on the decode path (S <= 4; default from the SM
+    count, `decode_blocks_per_program`).
     """
     if q.dtype != k.dtype:
         raise ValueError("q and k must share a dtype")
     return _launch(q, k, w, None, None, start_pos, out, write_upper, block_m, block_n,
-                   num_warps, num_stages, maxima, group)
+                   num_warps, num_stages, maxima, group, decode_blocks)
 
 
 def indexer_logits_fp8(q8, q_s, k8, k_s, w, start_pos: int = 0, out=None,
                        write_upper: bool = True, block_m=None, block_n=None, num_warps=4,
-                       num_stages=4, maxima=None, group: int = 0):
+                       num_stages=4, maxima=None, group: int = 0, decode_blocks: int | None = None):
     """q8 [B, S, H, D] e4m3, q_s [B, S, H] fp32, k8 [B, T, D] e4m3, k_s [B, T] (or [B, T, 1])
     fp32, w [B, S, H] fp32 -> [B, S, T] fp32 (k_s · Σ_j w·q_s·ReLU(q8·k8)), causal."""
     if q8.dtype != torch.float8_e4m3fn or k8.dtype != torch.float8_e4m3fn:
         raise ValueError("FP8 path takes float8_e4m3fn q8 and k8")
     return _launch(q8, k8, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n,
-                   num_warps, num_stages, maxima, group)
+                   num_warps, num_stages, maxima, group, decode_blocks)

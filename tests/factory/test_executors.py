@@ -1,5 +1,6 @@
-"""`factory generate --executor ray`: environments as Ray tasks on a local Ray instance give
-the same tasks, verifiers and tools, byte for byte, as the local process pool."""
+"""`factory generate|validate|solve --executor ray`: environments as Ray tasks on a local Ray
+instance give the same tasks, verifiers and tools, byte for byte, the same validation report
+and the same solve results as the local process pool."""
 
 import json
 import subprocess
@@ -32,6 +33,22 @@ def test_ray_tasks_write_the_same_bytes_as_the_local_pool(tmp_path):
     untimed = lambda d: [{k: v for k, v in e.items() if k != "timings"} for e in batch(d)["envs"]]  # noqa: E731
     assert untimed(local) == untimed(ray)
     assert set(batch(ray)["phase_seconds"]) >= {"data", "ladder", "tools", "verifiers", "write"}
+
+    # validate and solve the same bundle on both executors
+    untimed_report = {}
+    for ex in ("local", "ray"):
+        report = tmp_path / f"validation-{ex}.json"
+        r = _cli("validate", str(local), "--backend", "local", "--workers", "2", "--quiet", "--executor", ex,
+                 "--report", str(report))
+        assert r.returncode == 0, r.stderr[-2000:]
+        rep = json.loads(report.read_text())
+        untimed_report[ex] = {k: v for k, v in rep.items() if k not in ("seconds", "verifier_calls_per_s")}
+        r = _cli("solve", str(local), "--agent", "greedy", "--quiet", "--executor", ex)
+        assert r.returncode == 0, r.stderr[-2000:]
+        untimed_report[ex]["solve"] = {k: v for k, v in json.loads((local / "solve-greedy.json").read_text()).items()
+                                       if k != "seconds"}
+    assert untimed_report["local"]["ok"] and untimed_report["local"]["verifier_calls"] > 100
+    assert untimed_report["local"] == untimed_report["ray"]
 
 
 def test_address_without_ray_is_one_clear_error(tmp_path):

@@ -79,3 +79,27 @@ def test_indexer_writes_group_maxima(write_upper):
     _check(m[:, seen], ref_m[:, seen], 1e-5)
     with pytest.raises(ValueError, match="maxima"):
         indexer_logits(q, k, w, start_pos=T0, maxima=m, group=3)
+
+
+@pytest.mark.parametrize("blocks", [1, 3, 4])
+@pytest.mark.parametrize("write_upper", [True, False])
+def test_decode_programs_over_several_key_blocks(blocks, write_upper):
+    """The decode path with each program looping over `blocks` key blocks (query loaded once):
+    T not a multiple of blocks x BLOCK_N, rows whose diagonal ends inside a program's range,
+    and programs wholly above it."""
+    B, S, H, D, T = 2, 3, 5, 24, 300
+    T0 = 170  # rows see 171..173 keys: the last programs hold none
+    q = torch.randn(B, S, H, D, device=DEVICE)
+    k = torch.randn(B, T, D, device=DEVICE)
+    w = torch.randn(B, S, H, device=DEVICE)
+    out = torch.full((B, S, T), float("nan"), device=DEVICE)
+    indexer_logits(q, k, w, start_pos=T0, out=out, write_upper=write_upper, block_n=32, decode_blocks=blocks)
+    ref = indexer_logits_ref(q, k, w, T0)
+    vis = torch.arange(T, device=DEVICE)[None, :] <= T0 + torch.arange(S, device=DEVICE)[:, None]
+    vis = vis.expand(B, S, T)
+    assert not out[vis].isnan().any()
+    assert rel(out[vis], ref[vis]) < 1e-5
+    if write_upper:
+        assert torch.equal(out.isfinite(), ref.isfinite())
+    else:  # blocks wholly above every row's diagonal stay unwritten
+        assert out[..., 192:].isnan().all()
