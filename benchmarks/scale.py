@@ -16,7 +16,8 @@ On the 2-core machine 2,000 environments take one to two hours per executor; `--
 gives the same table in a few minutes. `--save-rows DIR` writes each executor's row as
 `DIR/scale_<envs>_<executor>.json` (with the commit it ran at); `--with` puts rows saved by an
 earlier invocation into the table, so the two halves of a long comparison can run apart (rows
-from another commit or other settings are refused).
+with other settings are refused; a row from another commit is named, and the digests tell
+whether the outputs still agree).
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ def _load_row(path: str, settings: dict, commit: str) -> dict:
     if row.get("commit") != commit:
         print(f"note: {path} ran at commit {row.get('commit')}, this run at {commit} (the digests say whether "
               "the outputs still agree)", flush=True)
+    for part in ("gen", "val"):  # JSON made the quarters' keys strings
+        if part in row:
+            row[part]["driver_at"] = {int(q): v for q, v in row[part].get("driver_at", {}).items()}
     return row
 
 
@@ -200,7 +204,7 @@ def main() -> None:
     ref = rows[0]
     for r in rows:
         g = r["gen"]
-        drv = "/".join(f"{g['driver_at'].get(q, g['driver_at'].get(str(q), 0)) / 2**20:.0f}" for q in (1, 2, 3, 4))
+        drv = "/".join(f"{g['driver_at'].get(q, 0) / 2**20:.0f}" for q in (1, 2, 3, 4))
         val = f"{r['val']['wall']:.0f}" if "val" in r else "-"
         summ = r.get("valid", "-")
         same = "identical" if r["digest"] == ref["digest"] else "DIFFERENT"

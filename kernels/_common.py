@@ -114,8 +114,6 @@ def sm_count(device) -> int:
     return _SM_COUNT[i]
 
 
-
-
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 if HAS_TRITON:

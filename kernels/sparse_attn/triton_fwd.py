@@ -373,9 +373,9 @@ def decode_split(rows: int, H: int, K: int, device, block_h=None) -> int:
 
     About one program per SM (rows x head blocks x splits, rounded down), at most 32 and at
     least 64 selections per split: every extra split writes an fp32 [H, R] partial that the
-    combine kernel reads back. H100, V3.2 shape (128 heads, 131K keys), 8 warps: B=1 is
-    fastest at 32 splits, B=32 at 2 (95 us against 161 at 4), B=64 at 1
-    (`benchmarks/dsa_attention.py`). On the CPU (interpreter) at most 4."""
+    combine kernel reads back. H100, V3.2 shape (128 heads, 131K keys): B=1 is fastest at 32
+    splits, B=32 at 2 (and 4 warps: 161 us, against 179 at 4 splits and 455 at 32), B=64 at 1
+    (`benchmarks/results/dsa_attention_v32_h100.txt`). On the CPU (interpreter) at most 4."""
     if torch.device(device).type != "cuda":
         return max(1, min(4, K // 16))
     n_hb = -(-H // (block_h or min(64, block(H))))
