@@ -9,7 +9,8 @@ whether the two runs wrote identical tasks, verifiers and tools.
                                          [--save-rows DIR] [--with ROW.json ...]
 
 The seed is the built-in trip_planning with its region cities' `min_population` lowered to
-`--min-population` (default 50,000: 2,730 distinct regions; the built-in 80,000 has 1,702),
+`--min-population` (default 50,000: 2,628 regions of distinct cities; the built-in 80,000 has
+1,643; before the partition deduplicated member sets, 2,730 and 1,702),
 written next to the runs, so that 2,000 environments exist without repeating an origin.
 
 On the 2-core machine 2,000 environments take one to two hours per executor; `--envs 100`

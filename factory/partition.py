@@ -128,7 +128,7 @@ def _regions(cat, seed, run_seed: int, n: int) -> list[Part]:
     for g in groups:
         rng.shuffle(cands[g])
     picked: list[Part] = []
-    seen: set[frozenset] = set()
+    seen: set[frozenset] = set()  # member sets already given to an environment
     used: set[str] = set()
     rounds = math.ceil(n / len(groups)) + max(len(v) for v in cands.values())
     for _ in range(rounds):
@@ -138,12 +138,15 @@ def _regions(cat, seed, run_seed: int, n: int) -> list[Part]:
             options = cands[g]
             while options:
                 center, near = options.pop()
-                key = frozenset((center, *near))
-                # distinct centers that are not members of an earlier region keep data apart
-                if center in used or key in seen:
+                members = frozenset(near)
+                # distinct centers that are not members of an earlier region keep data apart;
+                # two centers closer than min_km to each other often have the same nearest
+                # cities, and an environment's data is its members (`fingerprint.data_digest`)
+                if center in used or members in seen:
                     continue
-                seen.add(key)
-                used.update(key)
+                seen.add(members)
+                used.add(center)
+                used.update(members)
                 picked.append(Part("region", near, center, names[center], g, _group_name(part.group_by, g)))
                 break
     return picked  # fewer than n where the data has no more distinct regions
