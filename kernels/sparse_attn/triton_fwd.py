@@ -70,7 +70,11 @@ if triton is not None:
         N_GROUPS: tl.constexpr, GROUP_POW2: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
         BLOCK_K: tl.constexpr, HEADS_FASTEST: tl.constexpr, LSE_ONLY: tl.constexpr,
+        WS: tl.constexpr, IDX_AHEAD: tl.constexpr,
     ):
+        """WS: ask Triton to warp-specialise the key loop (producer / consumer partitions).
+        IDX_AHEAD: load the next block's positions one iteration early, so the indirect
+        gather does not wait on its own index load."""
         if HEADS_FASTEST:  # a token's head blocks run side by side and share its gathers in L2
             # one flat axis (grid x allows 2^31 - 1 programs; y and z only 65535 tokens)
             n_hb = tl.cdiv(H, BLOCK_H)
@@ -99,9 +103,17 @@ if triton is not None:
         k_lo = split * k_per_split
         k_hi = tl.minimum(k_lo + k_per_split, K)
         idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            pos = tl.load(idx_row + offs_k, mask=offs_k < k_hi, other=-1)
+        if IDX_AHEAD:
+            offs_k = k_lo + tl.arange(0, BLOCK_K)
+            pos_next = tl.load(idx_row + offs_k, mask=offs_k < k_hi, other=-1)
+        for k0 in tl.range(k_lo, k_hi, BLOCK_K, warp_specialize=WS):
+            if IDX_AHEAD:
+                pos = pos_next
+                offs_n = k0 + BLOCK_K + tl.arange(0, BLOCK_K)
+                pos_next = tl.load(idx_row + offs_n, mask=offs_n < k_hi, other=-1)
+            else:
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                pos = tl.load(idx_row + offs_k, mask=offs_k < k_hi, other=-1)
             valid = pos >= 0
             pos = tl.where(valid, pos, 0)
             kv_rows = _row_ptrs(b, pos, bt_ptr, s_bt, PAGED, PAGE, s_kv_b, s_kv_t)
@@ -271,7 +283,8 @@ def split_scale_fp8(R: int, n_groups: int) -> bool:
 
 
 def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out_dtype,
-            block_h, block_k, num_warps, num_stages, heads_fastest=False, lse_only=False):
+            block_h, block_k, num_warps, num_stages, heads_fastest=False, lse_only=False,
+            warp_specialize=False, idx_ahead=False):
     require_triton()
     B, S, H, R = q_lat.shape
     P = q_pe.shape[-1]
@@ -327,7 +340,7 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
             N_GROUPS=max(ng, 1), GROUP_POW2=fp8 and group & (group - 1) == 0 and BR % group == 0,
             IEEE=(q_lat.dtype == torch.float32),
             BLOCK_H=BH, BLOCK_R=BR, BLOCK_P=BP, BLOCK_K=BK, HEADS_FASTEST=heads_fastest,
-            LSE_ONLY=lse_only,
+            LSE_ONLY=lse_only, WS=warp_specialize, IDX_AHEAD=idx_ahead,
             num_warps=num_warps, num_stages=num_stages,
         )
     if n_split == 1:
@@ -345,13 +358,16 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
 
 
 def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
-                   num_stages=None, kv_scale=None, heads_fastest=False, lse_only=False):
+                   num_stages=None, kv_scale=None, heads_fastest=False, lse_only=False,
+                   warp_specialize=False, idx_ahead=False):
     """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
     idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
     kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv).
     Over an e4m3 latent in 1, 2 or 4 power-of-two groups the latent products run in fp16,
     so a bf16 q_lat must lie within fp16's range (|q| < 65504). `lse_only` (bf16/fp32
-    latent): skip P·V; out is then a placeholder (see `sparse_mla_lse`)."""
+    latent): skip P·V; out is then a placeholder (see `sparse_mla_lse`). `warp_specialize` and
+    `idx_ahead` are schedule knobs of the bf16/fp32 kernel that the benchmark sweeps (same
+    result; see the kernel's docstring)."""
     # H200: 8 warps for head blocks of 64 over a bf16 latent (V3.2 shape: 247 against 139
     # TFLOP/s with 4); 4 for smaller head blocks (16 heads: 69 against 75 ms at 128K) and
     # over an FP8 latent
@@ -359,7 +375,7 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     nw = num_warps or (8 if wide else 4)
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
-                   block_k, nw, ns, heads_fastest, lse_only)
+                   block_k, nw, ns, heads_fastest, lse_only, warp_specialize, idx_ahead)
 
 
 def sparse_mla_lse(q_lat, q_pe, kv, pe, idx, scale):

@@ -87,6 +87,17 @@ def test_prefill_forward_many_head_blocks_heads_fastest():
     assert rel(out, ref) < 1e-5 and rel(lse, ref_lse) < 1e-5
 
 
+@pytest.mark.parametrize("knob", ["idx_ahead", "warp_specialize"])
+def test_prefill_forward_schedule_knobs(knob):
+    """The benchmark's schedule knobs keep the result: K = 50 over block_k 16 ends in a
+    partial block, the next-block positions past k_hi are masked, and early rows see fewer
+    than K keys (-1 slots)."""
+    ql, qp, kv, pe, idx = inputs(1, 70, 70, 3, 24, 8, 50, torch.float32)
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.3, block_k=16, **{knob: True})
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, 0.3)
+    assert rel(out, ref) < 1e-5 and rel(lse, ref_lse) < 1e-5
+
+
 @pytest.mark.parametrize("R,groups", [(64, 4), (32, 1), (48, 3)],
                          ids=["4x16-split-scale", "per-token-split-scale", "3x16-per-element"])
 def test_prefill_forward_fp8_cache(R, groups):
