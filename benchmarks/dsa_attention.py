@@ -384,7 +384,8 @@ def time_v32(g, res):
             (64, 64, 8, 2, True, {}), (64, 64, 8, 2, False, {}), (64, 64, 8, 3, True, {}),
             (64, 64, 8, 2, True, {"idx_ahead": True}), (64, 64, 8, 3, True, {"idx_ahead": True}),
             (64, 64, 8, 2, True, {"warp_specialize": True}),
-            (64, 64, 4, 2, True, {"warp_specialize": True})]:
+            (64, 64, 4, 2, True, {"warp_specialize": True}),
+            (64, 64, 8, 2, True, {"impl": "gluon"})]:  # hand-scheduled (tiles fixed)
         cfg = f"BH={bh} BK={bk} warps={nw} stages={ns} heads_fastest={hf} {knobs or ''}"
         try:
             o2, _ = sparse_mla_fwd(ql[:, :64], qp[:, :64], kv, pe, idx[:, :64], scale, block_h=bh,

@@ -359,7 +359,7 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
 
 def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
                    num_stages=None, kv_scale=None, heads_fastest=False, lse_only=False,
-                   warp_specialize=False, idx_ahead=False):
+                   warp_specialize=False, idx_ahead=False, impl="triton"):
     """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
     idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
     kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv).
@@ -367,7 +367,16 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     so a bf16 q_lat must lie within fp16's range (|q| < 65504). `lse_only` (bf16/fp32
     latent): skip P·V; out is then a placeholder (see `sparse_mla_lse`). `warp_specialize` and
     `idx_ahead` are schedule knobs of the bf16/fp32 kernel that the benchmark sweeps (same
-    result; see the kernel's docstring)."""
+    result; see the kernel's docstring). `impl="gluon"`: the hand-scheduled Hopper kernel
+    (`gluon_fwd.py`; V3.2 layout, bf16, sm_90 only; the tile arguments do not apply)."""
+    if impl == "gluon":
+        if kv_scale is not None or lse_only:
+            raise ValueError("impl='gluon' takes a bf16 latent and computes the output")
+        from .gluon_fwd import sparse_mla_fwd_gluon
+
+        return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale)
+    if impl != "triton":
+        raise ValueError(f"impl must be 'triton' or 'gluon', not {impl!r}")
     # H200: 8 warps for head blocks of 64 over a bf16 latent (V3.2 shape: 247 against 139
     # TFLOP/s with 4); 4 for smaller head blocks (16 heads: 69 against 75 ms at 128K) and
     # over an FP8 latent

@@ -1,0 +1,107 @@
+"""The Gluon sparse MLA forward (Hopper, V3.2 layout).
+
+On any machine: the kernel compiles for sm_90 with Triton's own ptxas, fits shared memory,
+spills nothing, and issues each score k-step once (36 m64n32k16 wgmma: 512 / 16 latent +
+64 / 16 RoPE; the Triton kernel's flash-attention warp layout duplicates them in both
+warpgroups, 72). On an sm_90 GPU (`gpu` marker): the result against the gather reference
+at 128 heads, with partial blocks, empty slots and rows that see fewer than K keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton.experimental.gluon", reason="needs Triton with Gluon")
+
+from envfactory.kernels.sparse_attn import sparse_mla_fwd, sparse_mla_ref  # noqa: E402
+from envfactory.kernels.topk import topk_ref  # noqa: E402
+from tests.kernels.conftest import rel  # noqa: E402
+
+H100_SMEM = 232_448  # bytes of shared memory one block may use on sm_90
+
+
+@pytest.fixture(scope="module")
+def report():
+    # the interpreter (set for the CPU kernel tests) would replace the kernel object
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import json; from envfactory.kernels.sparse_attn.gluon_fwd import compile_report; "
+            "print(json.dumps(compile_report()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compiles_for_hopper_within_shared_memory_without_spills(report):
+    assert 200_000 < report["shared"] <= H100_SMEM  # two row buffers, query, P exchange
+    assert report["stack"] == 0
+    assert report["regs"] <= 255
+
+
+def test_each_score_step_is_issued_once_and_pv_split_by_warpgroup(report):
+    # scores: [64 heads, 64 keys] over 512 + 64 in k-steps of 16, 32 keys a warpgroup
+    assert report["wgmma"].get("m64n32k16") == (512 + 64) // 16
+    # P.V: [64, 512] over 64 keys, 256 columns a warpgroup
+    assert report["wgmma"].get("m64n256k16") == 64 // 16
+    assert set(report["wgmma"]) == {"m64n32k16", "m64n256k16"}
+    # a gather of 64 rows x (1024 + 128) bytes in 16-byte copies over 256 threads, at two
+    # sites (the first block before the loop, the next one inside it)
+    assert report["cp_async"] == 2 * (64 * (1024 + 128) // 16 // 256)
+
+
+hopper = pytest.mark.skipif(not (torch.cuda.is_available()
+                                 and torch.cuda.get_device_capability()[0] == 9),
+                            reason="the Gluon kernel runs on sm_90 only")
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("B,S,T,K", [(2, 77, 300, 100), (1, 64, 4133, 2048)])
+def test_matches_the_reference_at_128_heads(B, S, T, K, kernel_seed):
+    g = torch.Generator(device="cuda").manual_seed(kernel_seed)
+    H, R, P = 128, 512, 64
+    t = lambda *shape: (torch.randn(*shape, device="cuda", generator=g) * 0.3).to(torch.bfloat16)  # noqa: E731
+    ql, qp, kv, pe = t(B, S, H, R), t(B, S, H, P), t(B, T, R), t(B, T, P)
+    # causal rows ending at T: the first rows of the small case see fewer than K keys
+    idx = topk_ref(torch.randn(B, S, T, device="cuda", generator=g), K, T - S).int()
+    scale = (R + P) ** -0.5
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale, impl="gluon")
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, scale)
+    assert not out.isnan().any()
+    assert rel(out, ref) < 1e-2
+    assert rel(lse, ref_lse) < 1e-3
+    tri, tri_lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
+    assert rel(out, tri) < 1e-2 and rel(lse, tri_lse) < 1e-3
+
+
+@pytest.mark.gpu
+@hopper
+def test_a_row_with_no_keys_gives_zero_and_minus_infinity(kernel_seed):
+    g = torch.Generator(device="cuda").manual_seed(kernel_seed)
+    t = lambda *shape: torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16)  # noqa: E731
+    ql, qp, kv, pe = t(1, 3, 64, 512), t(1, 3, 64, 64), t(1, 50, 512), t(1, 50, 64)
+    idx = torch.randint(0, 50, (1, 3, 70), device="cuda", generator=g, dtype=torch.int32)
+    idx[0, 1] = -1
+    out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.05, impl="gluon")
+    assert torch.all(out[0, 1] == 0) and torch.all(lse[0, 1] == float("-inf"))
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, 0.05)
+    assert rel(out[0, ::2], ref[0, ::2]) < 1e-2
+
+
+def test_refuses_what_it_does_not_take():
+    bf = torch.bfloat16
+    ql, qp = torch.zeros(1, 2, 64, 512, dtype=bf), torch.zeros(1, 2, 64, 64, dtype=bf)
+    kv, pe = torch.zeros(1, 8, 512, dtype=bf), torch.zeros(1, 8, 64, dtype=bf)
+    idx = torch.zeros(1, 2, 4, dtype=torch.int32)
+    with pytest.raises(ValueError, match="sparse_mla_fwd_gluon: .*sm_90"):
+        sparse_mla_fwd(ql, qp, kv, pe, idx, 0.1, impl="gluon")  # CPU tensors
+    with pytest.raises(ValueError, match="bf16 latent"):
+        sparse_mla_fwd(ql, qp, kv, pe, idx, 0.1, impl="gluon", lse_only=True)
+    with pytest.raises(ValueError, match="impl must be"):
+        sparse_mla_fwd(ql, qp, kv, pe, idx, 0.1, impl="cuda")
