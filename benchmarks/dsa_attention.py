@@ -2,7 +2,7 @@
 
     python benchmarks/dsa_attention.py [--lengths 4096,16384,65536,131072] [--json out.json]
         [--v32-lengths 16384,65536,131072] [--v32-batches 1,32,64] [--v32-decode-length 131072]
-        [--skip v32prefill,v32decode,indexer,topk,v32,decode,prefill,warmup]
+        [--skip v32prefill,v32decode,indexer,topk,v32,v32bwd,decode,prefill,warmup]
 
 Model shape (batch 1, bf16): 16 attention heads. Dense baseline: torch SDPA, flash
 backend, 16 heads of 128, causal (what the issue measured). DSA on the same 16 heads in
@@ -409,7 +409,7 @@ def time_v32(g, res):
     o, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
     do = torch.randn_like(o)
     t_bwd = None
-    for bh, bk in ((32, 32),):  # (64, 16) needs 319 KB of shared memory; (16, 32) is slower
+    for bh, bk in (() if "v32bwd" in SKIP else ((32, 32),)):  # (64, 16) needs 319 KB of shared memory; (16, 32) is slower
         try:
             t = bench(lambda: sparse_mla_bwd(ql, qp, kv, pe, idx, o, lse, do, scale, block_h=bh,
                                              block_k=bk), rep=200)
@@ -524,6 +524,7 @@ def time_v32_prefill(L, g, res):
 
 
 ATT32_CFG: dict = {}  # sparse forward tiles at 128 heads (kernel defaults unless swept)
+SKIP: set = set()  # --skip, for the sections that look inside one another
 
 
 def decode_n_splits(B, K):
@@ -754,9 +755,11 @@ def main():
     ap.add_argument("--v32-batches", default="1,32,64")
     ap.add_argument("--v32-decode-length", type=int, default=131072)
     ap.add_argument("--skip", default="",
-                    help="comma list of: v32prefill,v32decode,indexer,topk,v32,decode,prefill,warmup")
+                    help="comma list of: v32prefill,v32decode,indexer,topk,v32,v32bwd,decode,"
+                         "prefill,warmup")
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
+    SKIP.update(skip)
     torch.backends.cuda.matmul.allow_tf32 = False
     print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__)
     t0 = time.time()
@@ -784,12 +787,12 @@ def main():
         guarded("V3.2 timing", time_v32, g, res)
     if "v32prefill" not in skip or "v32decode" not in skip:
         measure_hbm()
-    if "v32decode" not in skip:
-        for B in map(int, a.v32_batches.split(",")):
-            guarded(f"V3.2 decode B={B}", time_v32_decode, B, a.v32_decode_length, g, res)
     if "v32prefill" not in skip:
         for L in map(int, a.v32_lengths.split(",")):
             guarded(f"V3.2 prefill {L}", time_v32_prefill, L, g, res)
+    if "v32decode" not in skip:
+        for B in map(int, a.v32_batches.split(",")):
+            guarded(f"V3.2 decode B={B}", time_v32_decode, B, a.v32_decode_length, g, res)
     if "decode" not in skip:
         for L in map(int, a.decode_lengths.split(",")):
             guarded(f"decode {L}", time_decode, L, g, res)
