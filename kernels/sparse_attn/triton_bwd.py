@@ -145,8 +145,11 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
     dqp = empty(q_pe.shape, q_pe.dtype, q_pe.device)
     dkv = torch.zeros(kv.shape, dtype=torch.float32, device=kv.device)
     dpe = torch.zeros(pe.shape, dtype=torch.float32, device=pe.device)
-    BH = block_h or min(64, block(H))
-    BK = block_k or ((16 if R > 256 else 32) if q_lat.is_cuda else 16)
+    # a wide latent (V3.2: 512) takes 32 heads x 32 keys on the GPU: 64 x 16 needs 311 KB of
+    # shared memory on sm_90 (H100 limit 227 KB)
+    wide = R > 256 and q_lat.is_cuda
+    BH = block_h or min(32 if wide else 64, block(H))
+    BK = block_k or ((32 if q_lat.is_cuda else 16))
     grid = (B * S, triton.cdiv(H, BH))
     _sparse_mla_bwd_kernel[grid](
         q_lat, q_pe, kv, pe, idx, out, dout, lse, dql, dqp, dkv, dpe,
