@@ -573,8 +573,13 @@ def time_v32_decode(B, L, g, res):
     lg = torch.empty(B, 1, L, device=DEV)
     row["indexer_ms"] = bench_graph(lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg,
                                                                write_upper=False))
-    chunk = max(1024, min(4096, L // 128))
+    chunk = max(1024, min(4096, L // 128))  # dsa_select's rule
     row["topk_ms"] = bench_graph(lambda: topk_rows(lg, TOPK, L - 1, chunk=chunk))
+    row["topk_chunk_sweep"] = {}
+    for c in (2048, 4096, 8192, 16384):  # fewer programs per row: fewer histogram atomics
+        row["topk_chunk_sweep"][c] = bench_graph(lambda: topk_rows(lg, TOPK, L - 1, chunk=c))
+        print(f"  V3.2 decode B={B} L={L} top-k chunk {c}: {row['topk_chunk_sweep'][c] * 1e3:.1f} us "
+              f"(rule's {chunk}: {row['topk_ms'] * 1e3:.1f} us)")
     row["indexer_gbs"] = B * L * (D_IDX + 4) / row["indexer_ms"] / 1e6
     row["indexer_one_block_ms"] = bench_graph(lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg,
                                                                          write_upper=False, decode_blocks=1))
@@ -583,19 +588,24 @@ def time_v32_decode(B, L, g, res):
     best = None
     from envfactory.kernels.sparse_attn.triton_fwd import decode_split
     row["auto_split"] = decode_split(B, H32, TOPK, DEV)
-    for n in decode_n_splits(B, TOPK):
-        t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n))
-        print(f"  V3.2 decode B={B} L={L} n_split={n}: {t * 1e3:.1f} us "
-              f"({flops / t / 1e9:.0f} TFLOP/s)")
-        row.setdefault("split_sweep", []).append({"n_split": n, "ms": t})
-        if n is None:
-            row["attn_ms"] = t
-        if best is None or t < best[0]:
-            best = (t, n)
+    og, _ = sparse_mla_decode(ql[:2], qp[:2], kv[:2], pe[:2], idx[:2], scale, impl="gluon")
+    check(f"V3.2 decode B={B} Gluon sparse decode", rel(og, ro) < 1e-2, f"rel {rel(og, ro):.2e}")
+    for impl in ("triton", "gluon"):
+        for n in decode_n_splits(B, TOPK):
+            t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n,
+                                                      impl=impl))
+            print(f"  V3.2 decode B={B} L={L} {impl} n_split={n}: {t * 1e3:.1f} us "
+                  f"({flops / t / 1e9:.0f} TFLOP/s)")
+            row.setdefault("split_sweep", []).append({"impl": impl, "n_split": n, "ms": t})
+            if n is None:
+                row[f"attn_{impl}_ms"] = t
+            if impl == "triton" and (best is None or t < best[0]):
+                best = (t, n)
+    row["attn_ms"] = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale))  # default
     for extra in ({"num_warps": 8}, {"block_h": 32}, {"block_h": 32, "num_warps": 8}):
         try:
             t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=best[1],
-                                                      **extra))
+                                                      impl="triton", **extra))
         except Exception as e:
             print(f"  V3.2 decode {extra} failed: {type(e).__name__}")
             continue
@@ -833,7 +843,7 @@ def print_tables(res):
     if res.get("v32_decode"):
         print("decode at the V3.2 shape, one token per sequence, CUDA graphs, ms")
         print("    B       L | dense SDPA | HBM bound | DSA select (indexer GB/s + top-k) | "
-              "sparse decode (TFLOP/s) | best split | DSA step")
+              "sparse decode, default (TFLOP/s) | Triton's best split | DSA step")
         for r in res["v32_decode"]:
             dn = f"{r['dense_ms']:.3f}" if r.get("dense_ms") else "-"
             hb = f"{r['hbm_bound_ms']:.3f}" if r.get("hbm_bound_ms") else "-"

@@ -73,12 +73,15 @@ if gluon is not None:
     @gluon.jit
     def _sparse_mla_fwd_gluon_kernel(
         ql_ptr, qp_ptr, kv_ptr, pe_ptr, idx_ptr, out_ptr, lse_ptr,
-        S, H, K, scale_log2,
+        S, H, K, k_per_split, scale_log2,
         s_ql_b, s_ql_s, s_ql_h, s_qp_b, s_qp_s, s_qp_h,
         s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_idx_b, s_idx_s,
-        s_o_b, s_o_s, s_o_h, s_l_b, s_l_s,
+        s_o_b, s_o_s, s_o_sp, s_o_h, s_l_b, s_l_s, s_l_sp,
         R: gl.constexpr, P: gl.constexpr, BH: gl.constexpr, BK: gl.constexpr,
     ):
+        """Grid (heads / 64 x B x S, splits): split j takes slots [j * k_per_split, ...) of
+        the token's K and writes its (out, lse) at split j (in fp32 when out is fp32: the
+        partials a combine kernel merges)."""
         # register layouts: gathers and query loads 16 bytes a thread; the two MMA shapes
         L_KV: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [8, 1], [1, 0])
         L_PE: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [8, 1], [1, 0])
@@ -97,6 +100,7 @@ if gluon is not None:
         pid_s = pid // n_hb
         b = (pid_s // S).to(gl.int64)
         s = (pid_s % S).to(gl.int64)
+        split = gl.program_id(1)
 
         # the program's queries, once, into shared memory (A operands of the score wgmma)
         offs_hq = pid_h * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, L_KV))
@@ -114,13 +118,14 @@ if gluon is not None:
         pe_s = gl.allocate_shared_memory(gl.bfloat16, [2, BK, P], SH_P)
 
         idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
-        k_hi = K
-        n_blk = gl.cdiv(K, BK)
-        pos0 = _positions(idx_row, 0, k_hi, L_POS, BK)
+        k_lo = split * k_per_split
+        k_hi = gl.minimum(k_lo + k_per_split, K)
+        n_blk = gl.cdiv(k_hi - k_lo, BK)
+        pos0 = _positions(idx_row, k_lo, k_hi, L_POS, BK)
         _gather(kv_s.index(0), pe_s.index(0), kv_ptr, pe_ptr, b, gl.maximum(pos0, 0),
                 s_kv_b, s_kv_t, s_pe_b, s_pe_t, R, P, L_KV, L_PE)
         pos_cur = pos0
-        pos_next = _positions(idx_row, BK, k_hi, L_POS, BK)
+        pos_next = _positions(idx_row, k_lo + BK, k_hi, L_POS, BK)
 
         m_i = gl.full([BH], float("-inf"), gl.float32, gl.SliceLayout(1, QK))
         l_i = gl.zeros([BH], gl.float32, gl.SliceLayout(1, QK))
@@ -142,7 +147,7 @@ if gluon is not None:
             if i + 1 < n_blk:
                 _gather(kv_s.index(1 - buf), pe_s.index(1 - buf), kv_ptr, pe_ptr, b,
                         gl.maximum(pos_next, 0), s_kv_b, s_kv_t, s_pe_b, s_pe_t, R, P, L_KV, L_PE)
-            pos_after = _positions(idx_row, (i + 2) * BK, k_hi, L_POS, BK)
+            pos_after = _positions(idx_row, k_lo + (i + 2) * BK, k_hi, L_POS, BK)
             z = warpgroup_mma_wait(num_outstanding=0, deps=[z])
             # online softmax in base 2 over this block's 64 keys (32 per warpgroup)
             valid = gl.convert_layout(pos_cur, gl.SliceLayout(0, QK)) >= 0
@@ -161,16 +166,18 @@ if gluon is not None:
             pos_cur = pos_next
             pos_next = pos_after
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+        async_copy.wait_group(0)  # (a split with no block still gathered its first)
 
         l_safe = gl.where(l_i == 0.0, 1.0, l_i)
         lse = gl.where(l_i == 0.0, float("-inf"), (m_i + gl.log2(l_safe)) / 1.4426950408889634)
         o = acc / gl.convert_layout(l_safe, gl.SliceLayout(1, PV))[:, None]
         offs_ho = pid_h * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, PV))
         offs_ro = gl.arange(0, R, layout=gl.SliceLayout(0, PV))
-        gl.store(out_ptr + b * s_o_b + s * s_o_s + offs_ho[:, None] * s_o_h + offs_ro[None, :],
-                 o.to(gl.bfloat16), mask=(offs_ho < H)[:, None])
+        o_base = out_ptr + b * s_o_b + s * s_o_s + split * s_o_sp
+        gl.store(o_base + offs_ho[:, None] * s_o_h + offs_ro[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=(offs_ho < H)[:, None])
         offs_hl = pid_h * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, QK))
-        gl.store(lse_ptr + b * s_l_b + s * s_l_s + offs_hl, lse, mask=offs_hl < H)
+        gl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_hl, lse, mask=offs_hl < H)
 
 
 def gluon_fwd_supported(q_lat, q_pe, kv, pe) -> str | None:
@@ -188,30 +195,50 @@ def gluon_fwd_supported(q_lat, q_pe, kv, pe) -> str | None:
     return None
 
 
-def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale):
+def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1):
     """`sparse_mla_fwd` at the V3.2 layout through the Gluon kernel: (out [B,S,H,512] bf16,
-    lse [B,S,H] fp32, natural log). Raises ValueError where `gluon_fwd_supported` says no."""
+    lse [B,S,H] fp32, natural log). `n_split` > 1 splits each token's K slots over that many
+    programs (decode) and merges their fp32 partials with the Triton combine kernel. Raises
+    ValueError where `gluon_fwd_supported` says no."""
     why = gluon_fwd_supported(q_lat, q_pe, kv, pe)
     if why:
         raise ValueError(f"sparse_mla_fwd_gluon: {why}")
-    from .._common import empty
+    import triton
+
+    from .._common import block, empty
+    from .triton_fwd import _combine_kernel
 
     B, S, H, R = q_lat.shape
-    P = q_pe.shape[-1]
     K = idx.shape[-1]
     idx = (idx if idx.dtype == torch.int32 else idx.to(torch.int32)).contiguous()
-    out = empty((B, S, H, R), torch.bfloat16, q_lat.device)
-    lse = empty((B, S, H), torch.float32, q_lat.device)
-    grid = ((H // BLOCK_H) * B * S,)
+    dev = q_lat.device
+    n_split = max(1, int(n_split))
+    k_per_split = triton.cdiv(triton.cdiv(K, n_split), BLOCK_K) * BLOCK_K
+    dt = torch.bfloat16 if n_split == 1 else torch.float32
+    out = empty((B, S, n_split, H, R), dt, dev)
+    lse = empty((B, S, n_split, H), torch.float32, dev)
+    grid = ((H // BLOCK_H) * B * S, n_split)
     _sparse_mla_fwd_gluon_kernel[grid](
-        q_lat, q_pe, kv, pe, idx, out, lse, S, H, K, scale * LOG2E,
+        q_lat, q_pe, kv, pe, idx, out, lse, S, H, K, k_per_split, scale * LOG2E,
         q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
         q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
         kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), idx.stride(0), idx.stride(1),
-        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        R=R, P=P, BH=BLOCK_H, BK=BLOCK_K, num_warps=NUM_WARPS,
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        lse.stride(0), lse.stride(1), lse.stride(2),
+        R=R, P=q_pe.shape[-1], BH=BLOCK_H, BK=BLOCK_K, num_warps=NUM_WARPS,
     )
-    return out, lse
+    if n_split == 1:
+        return out[:, :, 0], lse[:, :, 0]
+    final = empty((B, S, H, R), torch.bfloat16, dev)
+    final_lse = empty((B, S, H), torch.float32, dev)
+    po, pl = out.view(B * S, n_split, H, R), lse.view(B * S, n_split, H)
+    _combine_kernel[(B * S, H)](
+        po, pl, final, final_lse, H, R, n_split,
+        po.stride(0), po.stride(1), po.stride(2), pl.stride(0), pl.stride(1),
+        final.stride(1), final.stride(2),
+        BLOCK_SP=block(n_split, 2), BLOCK_R=block(R), num_warps=4,
+    )
+    return final, final_lse
 
 
 def compile_report() -> dict:
@@ -233,6 +260,7 @@ def compile_report() -> dict:
     ptrs = {"ql_ptr": "*bf16", "qp_ptr": "*bf16", "kv_ptr": "*bf16", "pe_ptr": "*bf16",
             "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}
     const = {"R": 512, "P": 64, "BH": BLOCK_H, "BK": BLOCK_K}
+    ptrs["out_ptr"] = "*bf16"
     sig = {n: ptrs.get(n, "constexpr" if n in const else "fp32" if n == "scale_log2" else "i32")
            for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)

@@ -359,7 +359,7 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
 
 def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, num_warps=None,
                    num_stages=None, kv_scale=None, heads_fastest=False, lse_only=False,
-                   warp_specialize=False, idx_ahead=False, impl="triton"):
+                   warp_specialize=False, idx_ahead=False, impl="auto"):
     """Prefill forward. q_lat [B,S,H,R], q_pe [B,S,H,P], kv [B,T,R], pe [B,T,P],
     idx [B,S,K] (-1 = empty) -> (out [B,S,H,R] in q's dtype, lse [B,S,H] fp32, natural log).
     kv may be e4m3 with kv_scale [B,T,G] (forward only; the backward takes bf16/fp32 kv).
@@ -367,16 +367,16 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     so a bf16 q_lat must lie within fp16's range (|q| < 65504). `lse_only` (bf16/fp32
     latent): skip P·V; out is then a placeholder (see `sparse_mla_lse`). `warp_specialize` and
     `idx_ahead` are schedule knobs of the bf16/fp32 kernel that the benchmark sweeps (same
-    result; see the kernel's docstring). `impl="gluon"`: the hand-scheduled Hopper kernel
-    (`gluon_fwd.py`; V3.2 layout, bf16, sm_90 only; the tile arguments do not apply)."""
-    if impl == "gluon":
-        if kv_scale is not None or lse_only:
-            raise ValueError("impl='gluon' takes a bf16 latent and computes the output")
+    result; see the kernel's docstring). `impl`: "triton" this module's kernel; "gluon" the
+    hand-scheduled Hopper kernel (`gluon_fwd.py`: V3.2 layout, bf16, sm_90 only; H100 at
+    the V3.2 shape 327 against 248 TFLOP/s); "auto" (default) the Gluon one wherever it
+    applies and no tile or schedule argument is given, else Triton."""
+    tuned = (any(x is not None for x in (block_h, block_k, num_warps, num_stages))
+             or warp_specialize or idx_ahead)
+    if _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, kv_scale is not None or lse_only):
         from .gluon_fwd import sparse_mla_fwd_gluon
 
         return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale)
-    if impl != "triton":
-        raise ValueError(f"impl must be 'triton' or 'gluon', not {impl!r}")
     # H200: 8 warps for head blocks of 64 over a bf16 latent (V3.2 shape: 247 against 139
     # TFLOP/s with 4); 4 for smaller head blocks (16 heads: 69 against 75 ms at 128K) and
     # over an FP8 latent
@@ -385,6 +385,23 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     ns = num_stages or (2 if q_lat.is_cuda else 1)
     return _launch(q_lat, q_pe, kv, pe, idx, scale, None, kv_scale, 1, q_lat.dtype, block_h,
                    block_k, nw, ns, heads_fastest, lse_only, warp_specialize, idx_ahead)
+
+
+def _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, other_path) -> bool:
+    """Whether a forward goes to the Gluon kernel: always for impl="gluon" (which raises
+    where it cannot), for "auto" where it applies and nothing asks for this module's own."""
+    if impl not in ("auto", "triton", "gluon"):
+        raise ValueError(f"impl must be 'auto', 'triton' or 'gluon', not {impl!r}")
+    if impl == "gluon":
+        if other_path:
+            raise ValueError("impl='gluon' takes a bf16 latent in contiguous [B, T, .] rows "
+                             "and computes the output")
+        return True
+    if impl == "triton" or tuned or other_path or not q_lat.is_cuda:
+        return False
+    from .gluon_fwd import gluon_fwd_supported
+
+    return gluon_fwd_supported(q_lat, q_pe, kv, pe) is None
 
 
 def sparse_mla_lse(q_lat, q_pe, kv, pe, idx, scale):
@@ -409,18 +426,25 @@ def decode_split(rows: int, H: int, K: int, device, block_h=None) -> int:
 
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
-                      n_split=None, block_h=None, block_k=None, num_warps=None, num_stages=None):
+                      n_split=None, block_h=None, block_k=None, num_warps=None, num_stages=None,
+                      impl="auto"):
     """Decode forward for a few query tokens per sequence.
 
     q_lat [B,Sq,H,R], q_pe [B,Sq,H,P]; kv [B,T,R] / pe [B,T,P] contiguous, or paged
     [n_pages, page, R|P] with block_table [B, max_pages]; kv may be e4m3 with kv_scale
     [B,T,G] / [n_pages,page,G] fp32 (G groups of R // G channels). idx [B,Sq,K] holds logical
     positions (-1 = empty). K is split over `n_split` programs per token (flash-decoding) and
-    merged by a combine kernel. Returns (out [B,Sq,H,R], lse [B,Sq,H]).
+    merged by a combine kernel. Returns (out [B,Sq,H,R], lse [B,Sq,H]). `impl` as in
+    `sparse_mla_fwd` (the Gluon kernel takes a contiguous bf16 cache, not a paged or FP8 one).
     """
     if n_split is None:
         n_split = decode_split(q_lat.shape[0] * q_lat.shape[1], q_lat.shape[2], idx.shape[-1],
                                q_lat.device, block_h)
+    tuned = any(x is not None for x in (block_h, block_k, num_warps, num_stages))
+    if _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, block_table is not None or kv_scale is not None):
+        from .gluon_fwd import sparse_mla_fwd_gluon
+
+        return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split=n_split)
     # 8 warps for head blocks of 64 over a bf16 latent, as in the prefill (H100, B=32 at
     # 128 heads: 95 against 161 us with 4)
     wide = (q_lat.is_cuda and kv_scale is None

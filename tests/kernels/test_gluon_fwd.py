@@ -19,7 +19,8 @@ import torch
 
 pytest.importorskip("triton.experimental.gluon", reason="needs Triton with Gluon")
 
-from envfactory.kernels.sparse_attn import sparse_mla_fwd, sparse_mla_ref  # noqa: E402
+from envfactory.kernels.sparse_attn import (sparse_mla_decode, sparse_mla_fwd,  # noqa: E402
+                                            sparse_mla_ref)
 from envfactory.kernels.topk import topk_ref  # noqa: E402
 from tests.kernels.conftest import rel  # noqa: E402
 
@@ -76,8 +77,27 @@ def test_matches_the_reference_at_128_heads(B, S, T, K, kernel_seed):
     assert not out.isnan().any()
     assert rel(out, ref) < 1e-2
     assert rel(lse, ref_lse) < 1e-3
-    tri, tri_lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
+    tri, tri_lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale, impl="triton")
     assert rel(out, tri) < 1e-2 and rel(lse, tri_lse) < 1e-3
+    # the default ("auto") takes the Gluon kernel here
+    auto, auto_lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
+    assert torch.equal(auto, out) and torch.equal(auto_lse, lse)
+
+
+@pytest.mark.gpu
+@hopper
+@pytest.mark.parametrize("n_split", [1, 3, None])
+def test_split_decode_matches_the_reference(n_split, kernel_seed):
+    """Decode: 5 sequences, 2 new tokens each, K = 300 slots split over programs (3 splits:
+    128 + 128 + 44, the last one partial); the fp32 partials merged by the combine kernel."""
+    g = torch.Generator(device="cuda").manual_seed(kernel_seed)
+    B, Sq, T, H, R, P, K = 5, 2, 1000, 128, 512, 64, 300
+    t = lambda *shape: (torch.randn(*shape, device="cuda", generator=g) * 0.3).to(torch.bfloat16)  # noqa: E731
+    ql, qp, kv, pe = t(B, Sq, H, R), t(B, Sq, H, P), t(B, T, R), t(B, T, P)
+    idx = topk_ref(torch.randn(B, Sq, T, device="cuda", generator=g), K, T - Sq).int()
+    out, lse = sparse_mla_decode(ql, qp, kv, pe, idx, 0.05, n_split=n_split, impl="gluon")
+    ref, ref_lse = sparse_mla_ref(ql, qp, kv, pe, idx, 0.05)
+    assert rel(out, ref) < 1e-2 and rel(lse, ref_lse) < 1e-3
 
 
 @pytest.mark.gpu
@@ -105,3 +125,17 @@ def test_refuses_what_it_does_not_take():
         sparse_mla_fwd(ql, qp, kv, pe, idx, 0.1, impl="gluon", lse_only=True)
     with pytest.raises(ValueError, match="impl must be"):
         sparse_mla_fwd(ql, qp, kv, pe, idx, 0.1, impl="cuda")
+    with pytest.raises(ValueError, match="contiguous"):
+        sparse_mla_decode(ql, qp, kv[0], pe[0], idx, 0.1, block_table=torch.zeros(1, 1, dtype=torch.int32),
+                          impl="gluon")
+
+
+def test_auto_takes_the_triton_kernel_off_hopper():
+    """On the CPU (interpreter) the default runs this module's kernel: same numbers as
+    impl="triton"."""
+    t = lambda *shape: torch.randn(*shape) * 0.3  # noqa: E731
+    ql, qp, kv, pe = t(1, 6, 3, 16), t(1, 6, 3, 8), t(1, 6, 16), t(1, 6, 8)
+    idx = topk_ref(torch.randn(1, 6, 6), 4, 0).int()
+    a = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.3)
+    b = sparse_mla_fwd(ql, qp, kv, pe, idx, 0.3, impl="triton")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
