@@ -427,7 +427,7 @@ def decode_split(rows: int, H: int, K: int, device, block_h=None) -> int:
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
                       n_split=None, block_h=None, block_k=None, num_warps=None, num_stages=None,
-                      impl="auto"):
+                      impl="triton"):
     """Decode forward for a few query tokens per sequence.
 
     q_lat [B,Sq,H,R], q_pe [B,Sq,H,P]; kv [B,T,R] / pe [B,T,P] contiguous, or paged
@@ -435,7 +435,9 @@ def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scal
     [B,T,G] / [n_pages,page,G] fp32 (G groups of R // G channels). idx [B,Sq,K] holds logical
     positions (-1 = empty). K is split over `n_split` programs per token (flash-decoding) and
     merged by a combine kernel. Returns (out [B,Sq,H,R], lse [B,Sq,H]). `impl` as in
-    `sparse_mla_fwd` (the Gluon kernel takes a contiguous bf16 cache, not a paged or FP8 one).
+    `sparse_mla_fwd` (the Gluon kernel takes a contiguous bf16 cache, not a paged or FP8
+    one). The default stays "triton" here: the Gluon kernel's split-K path has not run on a
+    GPU yet (its tests and the benchmark's sweep of it are ready).
     """
     if n_split is None:
         n_split = decode_split(q_lat.shape[0] * q_lat.shape[1], q_lat.shape[2], idx.shape[-1],
