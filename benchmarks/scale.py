@@ -180,8 +180,11 @@ def main() -> None:
                            str(a.workers), "--out", str(run), "--executor", ex, "--force"], run, a.envs)
         row = {"executor": ex, "gen": gen}
         if not a.no_validate:
-            val = _timed(py + ["validate", str(run), "--backend", "local", "--workers", str(a.workers), "--quiet"],
-                         run, a.envs)
+            # each half validates on its own executor (the rows of 2026-12-07 both validated
+            # on the local pool: `val_executor` absent)
+            val = _timed(py + ["validate", str(run), "--backend", "local", "--workers", str(a.workers), "--quiet",
+                               "--executor", ex], run, a.envs)
+            row["val_executor"] = ex
             rep = json.loads((run / "validation.json").read_text())
             row["val"] = val
             row["valid"] = f"{'ok' if rep.get('ok') else 'FAILED'}, {rep.get('verifier_calls', 0)} verifier calls"
