@@ -35,6 +35,8 @@ and has not run on a GPU yet.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 try:  # Gluon ships with Triton >= 3.5; absent (or an older Triton): this module is unusable
@@ -185,11 +187,17 @@ if gluon is not None:
         gl.store(lse_ptr + b * s_l_b + s * s_l_s + split * s_l_sp + offs_hl, lse, mask=offs_hl < H)
 
 
+@functools.lru_cache(maxsize=None)
+def _major(index) -> int:
+    """A CUDA device's compute capability major (asked once per device: this runs per call)."""
+    return torch.cuda.get_device_capability(index)[0]
+
+
 def gluon_fwd_supported(q_lat, q_pe, kv, pe) -> str | None:
     """None when `sparse_mla_fwd_gluon` takes these tensors, else why not."""
     if gluon is None:
         return "this triton has no Gluon"
-    if not q_lat.is_cuda or torch.cuda.get_device_capability(q_lat.device)[0] != 9:
+    if not q_lat.is_cuda or _major(q_lat.device.index) != 9:
         return "Gluon kernel is for sm_90 (Hopper) only"
     if any(t.dtype != torch.bfloat16 for t in (q_lat, q_pe, kv, pe)):
         return "bf16 only"
@@ -210,8 +218,8 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1):
         raise ValueError(f"sparse_mla_fwd_gluon: {why}")
     import triton
 
-    from .._common import block, empty
-    from .triton_fwd import _combine_kernel
+    from .._common import empty
+    from .triton_fwd import merge_splits
 
     B, S, H, R = q_lat.shape
     K = idx.shape[-1]
@@ -232,18 +240,7 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1):
         lse.stride(0), lse.stride(1), lse.stride(2),
         R=R, P=q_pe.shape[-1], BH=BLOCK_H, BK=BLOCK_K, num_warps=NUM_WARPS,
     )
-    if n_split == 1:
-        return out[:, :, 0], lse[:, :, 0]
-    final = empty((B, S, H, R), torch.bfloat16, dev)
-    final_lse = empty((B, S, H), torch.float32, dev)
-    po, pl = out.view(B * S, n_split, H, R), lse.view(B * S, n_split, H)
-    _combine_kernel[(B * S, H)](
-        po, pl, final, final_lse, H, R, n_split,
-        po.stride(0), po.stride(1), po.stride(2), pl.stride(0), pl.stride(1),
-        final.stride(1), final.stride(2),
-        BLOCK_SP=block(n_split, 2), BLOCK_R=block(R), num_warps=4,
-    )
-    return final, final_lse
+    return merge_splits(out, lse, torch.bfloat16)
 
 
 def compile_report() -> dict:

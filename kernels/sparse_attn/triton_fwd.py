@@ -343,16 +343,23 @@ def _launch(q_lat, q_pe, kv, pe, idx, scale, block_table, kv_scale, n_split, out
             LSE_ONLY=lse_only, WS=warp_specialize, IDX_AHEAD=idx_ahead,
             num_warps=num_warps, num_stages=num_stages,
         )
+    return merge_splits(out, lse, out_dtype)
+
+
+def merge_splits(out, lse, out_dtype):
+    """Per-split (out [B,S,n,H,R], lse [B,S,n,H]) -> (out [B,S,H,R] in out_dtype, lse [B,S,H]):
+    one split is a view; more are merged by the LSE-weighted combine kernel (fp32 partials)."""
+    B, S, n_split, H, R = out.shape
     if n_split == 1:
         return out[:, :, 0], lse[:, :, 0]
-    final = empty((B, S, H, R), out_dtype, dev)
-    final_lse = empty((B, S, H), torch.float32, dev)
+    final = empty((B, S, H, R), out_dtype, out.device)
+    final_lse = empty((B, S, H), torch.float32, out.device)
     po, pl = out.view(B * S, n_split, H, R), lse.view(B * S, n_split, H)
     _combine_kernel[(B * S, H)](
         po, pl, final, final_lse, H, R, n_split,
         po.stride(0), po.stride(1), po.stride(2), pl.stride(0), pl.stride(1),
         final.stride(1), final.stride(2),
-        BLOCK_SP=block(n_split, 2), BLOCK_R=BR, num_warps=4,
+        BLOCK_SP=block(n_split, 2), BLOCK_R=block(R), num_warps=4,
     )
     return final, final_lse
 
