@@ -75,9 +75,10 @@ def test_strided_indices_match_the_reference(layout):
     dout = torch.randn_like(out)
     leaves = [x.detach().clone().requires_grad_() for x in (ql, qp, kv, pe)]
     sparse_mla_ref(*leaves, idx, 0.3)[0].backward(dout)
-    grads = sparse_mla_bwd(ql, qp, kv, pe, strided, out, lse, dout, 0.3)
-    for g, leaf in zip(grads, leaves):
-        assert rel(g, leaf.grad) < 1e-5
+    for method in ("fused", "two_pass"):
+        grads = sparse_mla_bwd(ql, qp, kv, pe, strided, out, lse, dout, 0.3, method=method)
+        for g, leaf in zip(grads, leaves):
+            assert rel(g, leaf.grad) < 1e-5
 
 
 def test_prefill_forward_many_head_blocks_heads_fastest():
@@ -115,17 +116,26 @@ def test_prefill_forward_fp8_cache(R, groups):
     assert rel(out, ref) < 2e-2 and rel(lse, ref_lse) < 2e-3
 
 
+@pytest.mark.parametrize("method,kw", [("fused", {}), ("two_pass", {}),
+                                       ("two_pass", {"reload": False, "scratch_bytes": 1}),
+                                       ("two_pass", {"scratch_bytes": 20 * 2 * 5 * 24 * 4,
+                                                     "dkv_block_h": 2, "dkv_block_k": 16})],
+                         ids=["fused", "two-pass", "two-pass-one-row-chunks", "two-pass-3-chunks"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (BF, 3e-2)])
-def test_backward(dtype, tol):
+def test_backward(dtype, tol, method, kw):
+    """Both backward methods against autograd through the reference, 2 x 63 tokens. Two-pass:
+    scratch chunks of one token, and of 20 (fp32) or 40 (bf16) tokens with a partial last
+    chunk; pass 2 over head blocks of 2 (5 heads: a partial last block) and a partial last
+    key block (24 over 16)."""
     S, H, R, P, K = 63, 5, 40, 12, 24
-    ql, qp, kv, pe, idx = inputs(1, S, S, H, R, P, K, dtype)
+    ql, qp, kv, pe, idx = inputs(2, S, S, H, R, P, K, dtype)
     scale = (R + P) ** -0.5
     out, lse = sparse_mla_fwd(ql, qp, kv, pe, idx, scale)
     dout = torch.randn_like(out)
     leaves = [x.detach().float().requires_grad_() for x in (ql, qp, kv, pe)]
     ref, _ = sparse_mla_ref(*leaves, idx, scale)
     ref.backward(dout.float())
-    grads = sparse_mla_bwd(ql, qp, kv, pe, idx, out, lse, dout, scale)
+    grads = sparse_mla_bwd(ql, qp, kv, pe, idx, out, lse, dout, scale, method=method, **kw)
     for g, leaf in zip(grads, leaves):
         assert g.dtype == dtype and g.shape == leaf.shape
         assert rel(g, leaf.grad) < tol
