@@ -601,6 +601,25 @@ def time_v32_decode(B, L, g, res):
         row["topk_chunk_sweep"][c] = bench_graph(lambda: topk_rows(lg, TOPK, L - 1, chunk=c))
         print(f"  V3.2 decode B={B} L={L} top-k chunk {c}: {row['topk_chunk_sweep'][c] * 1e3:.1f} us "
               f"(rule's {chunk}: {row['topk_ms'] * 1e3:.1f} us)")
+    # the "bound" top-k on decode rows: the indexer also writes group maxima, then three
+    # launches (tau from the maxima, a filter of the groups that reach it, a select)
+    G = bound_group(L)
+    mx = torch.empty(B, 1, -(-L // G), device=DEV)
+    ind_mx = lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg, write_upper=False,  # noqa: E731
+                                        maxima=mx, group=G)
+    bnd = lambda: topk_rows(lg, TOPK, L - 1, method="bound", maxima=mx, group=G)  # noqa: E731
+    ind_mx()
+    ib = bnd()
+    ok = all(torch.equal(canonical(ib[i:i + 1]), canonical(topk_rows(lg[i:i + 1], TOPK, L - 1)))
+             for i in range(min(B, 4)))
+    check(f"V3.2 decode B={B} L={L} bound top-k (rows 0-3, group {G})", ok)
+    if ok:
+        row["indexer_maxima_ms"] = bench_graph(ind_mx)
+        row["topk_bound_ms"] = bench_graph(bnd)
+        print(f"  V3.2 decode B={B} L={L} bound selection: indexer+maxima "
+              f"{row['indexer_maxima_ms'] * 1e3:.1f} us + top-k {row['topk_bound_ms'] * 1e3:.1f} us "
+              f"(split: {row['indexer_ms'] * 1e3:.1f} + {row['topk_ms'] * 1e3:.1f} us)")
+    del mx
     row["indexer_gbs"] = B * L * (D_IDX + 4) / row["indexer_ms"] / 1e6
     row["indexer_one_block_ms"] = bench_graph(lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg,
                                                                          write_upper=False, decode_blocks=1))

@@ -76,16 +76,18 @@ if triton is not None:
 
     @triton.jit
     def _indexer_decode_kernel(
-        q_ptr, k_ptr, w_ptr, qs_ptr, ks_ptr, out_ptr,
-        S, T, H, D, start_pos,
-        sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s,
+        q_ptr, k_ptr, w_ptr, qs_ptr, ks_ptr, out_ptr, m_ptr,
+        S, T, H, D, start_pos, n_groups,
+        sq_b, sq_s, sq_h, sk_b, sk_t, sw_b, sw_s, so_b, so_s, sm_b, sm_s,
         FP8: tl.constexpr, WRITE_UPPER: tl.constexpr, IEEE: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-        N_BLOCKS: tl.constexpr,
+        N_BLOCKS: tl.constexpr, G: tl.constexpr,
     ):
         """Few query rows (decode): one program per (N_BLOCKS key blocks, query row) with the
         index heads as the rows of a single tensor-core product, [H, D] x [D, BLOCK_N]; the
-        query and its weights are loaded once for all N_BLOCKS blocks."""
+        query and its weights are loaded once for all N_BLOCKS blocks. G > 0: also the max
+        of every G consecutive keys (G divides BLOCK_N), as the tiled kernel writes them."""
+        NG: tl.constexpr = BLOCK_N // G if G > 0 else 1
         pid_n = tl.program_id(0)
         s = tl.program_id(1).to(tl.int64)
         b = tl.program_id(2).to(tl.int64)
@@ -100,6 +102,10 @@ if triton is not None:
                 offs_n = n0 + j * BLOCK_N + tl.arange(0, BLOCK_N)
                 tl.store(out_ptr + b * so_b + s * so_s + offs_n, tl.full([BLOCK_N], float("-inf"), tl.float32),
                          mask=offs_n < T)
+                if G > 0:
+                    offs_g = (n0 + j * BLOCK_N) // G + tl.arange(0, NG)
+                    tl.store(m_ptr + b * sm_b + s * sm_s + offs_g,
+                             tl.full([NG], float("-inf"), tl.float32), mask=offs_g < n_groups)
         if n_vis > 0:
             h_ok = offs_h < H
             q = tl.load(q_ptr + b * sq_b + s * sq_s + offs_h[:, None] * sq_h + offs_d[None, :],
@@ -117,6 +123,10 @@ if triton is not None:
                     acc = acc * tl.load(ks_ptr + b * T + offs_n, mask=offs_n < T, other=0.0)
                 acc = tl.where(offs_n <= pos, acc, float("-inf"))
                 tl.store(out_ptr + b * so_b + s * so_s + offs_n, acc, mask=offs_n < T)
+                if G > 0:
+                    gm = tl.max(tl.reshape(tl.where(offs_n < T, acc, float("-inf")), [NG, G]), 1)
+                    offs_g = (n0 + j * BLOCK_N) // G + tl.arange(0, NG)
+                    tl.store(m_ptr + b * sm_b + s * sm_s + offs_g, gm, mask=offs_g < n_groups)
 
 
 def decode_blocks_per_program(n_blocks: int, device) -> int:
@@ -150,17 +160,18 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
                 or maxima.stride(-1) != 1 or tuple(maxima.shape[:2]) != (B, S) \
                 or maxima.shape[2] < -(-T // group):
             raise ValueError("maxima: fp32 [B, S, >= ceil(T / group)], group a power of two")
-        block_m = block_m or 64  # the tiled kernel writes them
+    m = maxima if maxima is not None else out
     if block_m is None and S <= 4 and H <= 128:  # decode: heads as the product's rows
-        BN = block_n or (128 if q.is_cuda else 32)
+        BN = max(block_n or (128 if q.is_cuda else 32), group if maxima is not None else 1)
         nb = decode_blocks or decode_blocks_per_program(B * S * triton.cdiv(T, BN), q.device)
         _indexer_decode_kernel[(triton.cdiv(T, BN * nb), S, B)](
-            q, k, w, q_s if fp8 else w, k_s if fp8 else w, out,
-            S, T, H, D, start_pos,
+            q, k, w, q_s if fp8 else w, k_s if fp8 else w, out, m,
+            S, T, H, D, start_pos, -(-T // max(group, 1)),
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-            w.stride(0), w.stride(1), out.stride(0), out.stride(1),
+            w.stride(0), w.stride(1), out.stride(0), out.stride(1), m.stride(0), m.stride(1),
             FP8=fp8, WRITE_UPPER=write_upper, IEEE=(q.dtype == torch.float32),
-            BLOCK_H=block(H), BLOCK_N=BN, BLOCK_D=BD, N_BLOCKS=nb, num_warps=4, num_stages=2,
+            BLOCK_H=block(H), BLOCK_N=BN, BLOCK_D=BD, N_BLOCKS=nb,
+            G=group if maxima is not None else 0, num_warps=4, num_stages=2,
         )
         return out
     # H200 sweep (benchmarks/dsa_attention.py): 64 x 128 tiles, 4 warps, 4 stages are the
@@ -171,7 +182,6 @@ def _launch(q, k, w, q_s, k_s, start_pos, out, write_upper, block_m, block_n, nu
         BM, BN = min(BM, block(S)), min(BN, block(T))
     if maxima is not None:
         BN = max(BN, group)
-    m = maxima if maxima is not None else out
     grid = (triton.cdiv(T, BN), triton.cdiv(S, BM), B)
     _indexer_logits_kernel[grid](
         q, k, w, q_s if fp8 else w, k_s if fp8 else w, out, m,

@@ -81,6 +81,32 @@ def test_indexer_writes_group_maxima(write_upper):
         indexer_logits(q, k, w, start_pos=T0, maxima=m, group=3)
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("write_upper", [True, False])
+def test_decode_indexer_writes_group_maxima(blocks, write_upper):
+    """The decode kernel (S <= 4 rows, heads as the product's rows) writes the same group
+    maxima as the tiled kernel: T = 203 keys end in a partial group of 3, 32-key blocks
+    hold 4 groups of 8, and with 3 blocks per program the last program has blocks above
+    every row's diagonal."""
+    B, S, H, D, G, T = 2, 3, 5, 16, 8, 203
+    T0 = T - S - 60  # the last 60 keys are above every row
+    q, k = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, T, D, device=DEVICE)
+    w = torch.randn(B, S, H, device=DEVICE)
+    out = torch.full((B, S, T), float("nan"), device=DEVICE)
+    m = torch.full((B, S, -(-T // G)), float("nan"), device=DEVICE)
+    indexer_logits(q, k, w, start_pos=T0, out=out, maxima=m, group=G, write_upper=write_upper,
+                   block_n=32, decode_blocks=blocks)
+    ref = indexer_logits_ref(q, k, w, T0)
+    ref_m = torch.nn.functional.pad(ref, (0, m.shape[-1] * G - T), value=float("-inf"))
+    ref_m = ref_m.view(B, S, -1, G).amax(-1)
+    seen = torch.arange(m.shape[-1], device=DEVICE) * G <= (T0 + torch.arange(S, device=DEVICE))[:, None]
+    if write_upper:
+        seen = torch.ones_like(seen)
+    _check(m[:, seen], ref_m[:, seen], 1e-5)
+    lower = torch.arange(T, device=DEVICE) <= (T0 + torch.arange(S, device=DEVICE))[:, None]
+    _check(out[:, lower], ref[:, lower], 1e-5)
+
+
 @pytest.mark.parametrize("blocks", [1, 3, 4])
 @pytest.mark.parametrize("write_upper", [True, False])
 def test_decode_programs_over_several_key_blocks(blocks, write_upper):
