@@ -417,11 +417,14 @@ def time_v32(g, res):
     leaves = [t.detach().float().requires_grad_() for t in (ql[:, :r], qp[:, :r], kv, pe)]
     sparse_mla_ref(*leaves, idx[:, :r], scale)[0].backward(do[:, :r].float())
     bwd_cfgs = [{"method": "fused", "block_h": 32, "block_k": 32}]
-    for bk in (64, 32):
-        for reload in (True, False):
-            for bh2 in (32, 64):
-                bwd_cfgs.append({"method": "two_pass", "block_h": 64, "block_k": bk,
-                                 "reload": reload, "dkv_block_h": bh2})
+    # two-pass: pass 1 (block_k, reload, stages), pass 2 (dkv_block_h); compiled for sm_90 on
+    # a CPU: pass 1 at 64 keys spills 264 (reload) / 432 bytes, at 32 keys with 2 stages it
+    # pipelines its gathers (cp.async) in 217 KB of shared memory and spills 952; pass 2
+    # spills nothing over 32 heads, 160 bytes over 64
+    for bk, reload, ns, bh2 in ((64, True, 1, 32), (64, True, 1, 64), (32, True, 1, 32),
+                                (64, False, 1, 32), (32, False, 1, 32), (32, False, 2, 32)):
+        bwd_cfgs.append({"method": "two_pass", "block_h": 64, "block_k": bk, "reload": reload,
+                         "num_stages": ns, "dkv_block_h": bh2})
     for cfg in (() if "v32bwd" in SKIP else bwd_cfgs):
         try:
             gr = sparse_mla_bwd(ql[:, :r], qp[:, :r], kv, pe, idx[:, :r], o[:, :r], lse[:, :r],
