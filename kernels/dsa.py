@@ -18,7 +18,7 @@ from .topk.triton_topk import BOUND_MAXG, bound_group, topk_rows
 def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
                rows_per_block: int | None = None, max_block_bytes: int = 1 << 30,
                decode_chunk: int = 4096, out=None, topk_cfg: dict | None = None,
-               indexer_cfg: dict | None = None) -> torch.Tensor:
+               indexer_cfg: dict | None = None, timings: dict | None = None) -> torch.Tensor:
     """Indexer logits + causal top-k without an L x L score matrix.
 
     q [B,S,H,D] (bf16/fp32, or e4m3 with q_s [B,S,H]), k [B,T,D] (or e4m3 with k_s [B,T]),
@@ -30,6 +30,8 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     slots, not fixed on a GPU (other methods: see `topk_rows`). Consumers must be
     order-free.
     `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel.
+    `timings` (a dict, CUDA only): adds the milliseconds of the indexer and top-k launches
+    under "indexer_ms" / "topk_ms" (CUDA events; the call then synchronises).
     Query rows go through in blocks whose [B, rows, T] fp32 logits stay under
     `max_block_bytes`; within a block only the causal part is written and read. Rows are
     selected by the "bound" top-k: the indexer also writes each row's maxima over groups of
@@ -49,6 +51,12 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
         out = empty((B, S, topk), torch.int32, q.device)
     buf = empty((B * min(rows_per_block, S) * T,), torch.float32, q.device)
     fp8 = q_s is not None
+    events = [] if timings is not None and q.is_cuda else None
+
+    def mark():
+        if events is not None:
+            events.append(torch.cuda.Event(enable_timing=True))
+            events[-1].record()
     s0 = 0
     while s0 < S:
         s1 = min(S, s0 + rows_per_block)
@@ -68,6 +76,7 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
         logits = buf[:B * n * t_end].view(B, n, t_end)  # contiguous: top-k reads it in place
         kk = k[:, :t_end]
         icfg = dict(indexer_cfg or {}, maxima=maxima, group=group)
+        mark()
         if fp8:
             indexer_logits_fp8(q[:, s0:s1], q_s[:, s0:s1], kk, k_s.reshape(B, T)[:, :t_end],
                                w[:, s0:s1], start_pos + s0, out=logits, write_upper=False,
@@ -75,13 +84,21 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
         else:
             indexer_logits(q[:, s0:s1], kk, w[:, s0:s1], start_pos + s0, out=logits,
                            write_upper=False, **icfg)
+        mark()
         if split:
             chunk = max(1024, min(decode_chunk, t_end // 128))
             out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, chunk=chunk)
         else:
             kw = dict(cfg, maxima=maxima, group=max(group, 1)) if method == "bound" else cfg
             out[:, s0:s1] = topk_rows(logits, topk, start_pos + s0, **kw)
+        mark()
         s0 = s1
+    if events:
+        torch.cuda.synchronize()
+        for i in range(0, len(events), 3):
+            a, b, c = events[i:i + 3]
+            timings["indexer_ms"] = timings.get("indexer_ms", 0.0) + a.elapsed_time(b)
+            timings["topk_ms"] = timings.get("topk_ms", 0.0) + b.elapsed_time(c)
     return out
 
 
