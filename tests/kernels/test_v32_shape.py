@@ -13,7 +13,8 @@ so their logic is exercised everywhere:
   of test_dsa_model). A small `maxg` adds the rows the selection splits (decode path) or
   bounds from the indexer's group maxima, and `topk_rows` from those maxima is exact.
 - forward / backward: `sparse_mla_fwd`, and the autograd `sparse_mla_with_lse`'s gradients
-  against autograd through `sparse_mla_ref` (bounds of test_sparse_attn).
+  (and the two-pass `sparse_mla_bwd`'s) against autograd through `sparse_mla_ref` (bounds of
+  test_sparse_attn).
 - decode: `sparse_mla_decode`, B=4 sequences of different lengths on shuffled pages, bf16
   and the FP8 latent (V3.2's format: e4m3 with one scale per 128 channels, RoPE in bf16).
 """
@@ -31,8 +32,9 @@ pytest.importorskip("triton", reason="kernels need the triton package")
 from envfactory.kernels import dsa_select, sparse_mla_with_lse  # noqa: E402
 from envfactory.kernels.indexer_logits import (indexer_logits_fp8,  # noqa: E402
                                                indexer_logits_fp8_ref)
-from envfactory.kernels.sparse_attn import (sparse_mla_decode, sparse_mla_decode_ref,  # noqa: E402
-                                            sparse_mla_fwd, sparse_mla_ref)
+from envfactory.kernels.sparse_attn import (sparse_mla_bwd, sparse_mla_decode,  # noqa: E402
+                                            sparse_mla_decode_ref, sparse_mla_fwd,
+                                            sparse_mla_ref)
 from envfactory.kernels.topk import canonical, topk_ref, topk_rows  # noqa: E402
 from tests.kernels.conftest import DEVICE, rel  # noqa: E402
 
@@ -149,6 +151,13 @@ def check_backward(sh: Shape):
     for leaf, r in zip(leaves, ref_leaves):
         assert leaf.grad.dtype == BF and leaf.grad.shape == r.shape
         assert rel(leaf.grad, r.grad) < 3e-2
+    # the two-pass method, its scratch in 3 chunks (the last one partial)
+    per_row = 2 * sh.H * sh.K * 2
+    grads = sparse_mla_bwd(ql, qp, kv, pe, idx, out.detach(), lse, dout, sh.scale,
+                           method="two_pass", scratch_bytes=per_row * (sh.S // 3 + 1))
+    for g, r in zip(grads, ref_leaves):
+        assert g.dtype == BF and g.shape == r.shape
+        assert rel(g, r.grad) < 3e-2
 
 
 def _paged(x, page, table):
