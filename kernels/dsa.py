@@ -29,7 +29,9 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     maxima and list their keys in the order the top-k's filter programs claim survivor
     slots, not fixed on a GPU (other methods: see `topk_rows`). Consumers must be
     order-free.
-    `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel.
+    `topk_cfg`/`indexer_cfg`: tuning keywords for `topk_rows` / the indexer kernel;
+    topk_cfg["decode"] = "bound" sends few rows through the bound top-k too (the decode
+    indexer writing the group maxima) instead of the split-row selection.
     `timings` (a dict, CUDA only): adds the milliseconds of the indexer and top-k launches
     under "indexer_ms" / "topk_ms" (CUDA events; the call then synchronises).
     Query rows go through in blocks whose [B, rows, T] fp32 logits stay under
@@ -44,6 +46,9 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
     T = k.shape[1]
     cfg = dict(topk_cfg or {})
     method = cfg.setdefault("method", "bound")
+    decode = cfg.pop("decode", "split")  # few rows: "split" rows, or "bound" from maxima
+    if decode not in ("split", "bound"):
+        raise ValueError(f"topk_cfg decode must be 'split' or 'bound', not {decode!r}")
     maxg = cfg.get("maxg", BOUND_MAXG)
     if rows_per_block is None:
         rows_per_block = max(1, min(S, max_block_bytes // max(1, 4 * B * T)))
@@ -62,7 +67,8 @@ def dsa_select(q, k, w, topk: int, start_pos: int = 0, q_s=None, k_s=None,
         s1 = min(S, s0 + rows_per_block)
         n = s1 - s0
         # few rows: split each row over many programs (chunks of 1K..decode_chunk keys)
-        split = B * n < 256 and start_pos + s1 > max(topk, 1024)
+        split = B * n < 256 and start_pos + s1 > max(topk, 1024) and \
+            not (decode == "bound" and method == "bound")
         group, maxima = 0, None
         if not split and method == "bound" and topk <= maxg // 2:
             g = bound_group(start_pos + s0 + 1, maxg)

@@ -45,6 +45,21 @@ def test_decode_selection_splits_rows():
     assert torch.equal(got, topk_ref(indexer_logits(q, kk, w, T - Sq), k, T - Sq))
 
 
+@pytest.mark.parametrize("decode", ["split", "bound"])
+def test_decode_selection_paths(decode):
+    """Few long rows, selected by the split-row top-k or bounded from the group maxima the
+    decode indexer writes (maxg 64 over 1500 keys: groups of 32, so the bound path runs):
+    the same set as the reference, ties to the earlier key."""
+    B, Sq, T, H, D, k = 3, 1, 1500, 3, 16, 20
+    q, kk = torch.randn(B, Sq, H, D, device=DEVICE), torch.randn(B, T, D, device=DEVICE)
+    w = torch.randn(B, Sq, H, device=DEVICE)
+    got = dsa_select(q, kk, w, k, start_pos=T - Sq, decode_chunk=256,
+                     topk_cfg={"maxg": 64, "decode": decode})
+    assert torch.equal(canonical(got), topk_ref(indexer_logits(q, kk, w, T - Sq), k, T - Sq).long())
+    with pytest.raises(ValueError, match="decode"):
+        dsa_select(q, kk, w, k, start_pos=T - Sq, topk_cfg={"decode": "radix"})
+
+
 def _pair(**kw):
     """A masked-dense model and a triton one with the same weights. The weights are drawn
     wider than the tiny preset's init (indexer 0.3, attention projections 0.15), so index
