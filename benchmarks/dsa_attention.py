@@ -629,10 +629,10 @@ def time_v32_decode(B, L, g, res):
               f"{row['indexer_maxima_ms'] * 1e3:.1f} us + top-k {row['topk_bound_ms'] * 1e3:.1f} us "
               f"(split: {row['indexer_ms'] * 1e3:.1f} + {row['topk_ms'] * 1e3:.1f} us)")
     del mx
+    lg_ref = lg.clone()  # (the bound-decode step's check)
     row["indexer_gbs"] = B * L * (D_IDX + 4) / row["indexer_ms"] / 1e6
     row["indexer_one_block_ms"] = bench_graph(lambda: indexer_logits_fp8(q8, qs, k8, ks, w, L - 1, out=lg,
                                                                          write_upper=False, decode_blocks=1))
-    del lg
     flops = 2 * B * TOPK * H32 * (R + P + R)
     best = None
     from envfactory.kernels.sparse_attn.triton_fwd import decode_split
@@ -670,10 +670,22 @@ def time_v32_decode(B, L, g, res):
         i = dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx)
         return sparse_mla_decode(ql, qp, kv, pe, i, scale)
     row["dsa_ms"] = bench_graph(step)
+    if row.get("topk_bound_ms") is not None:
+        def step_bound():
+            i = dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx,
+                           topk_cfg={"decode": "bound"})
+            return sparse_mla_decode(ql, qp, kv, pe, i, scale)
+        step_bound()
+        check(f"V3.2 decode B={B} L={L} bound-decode selection (rows 0-3)",
+              all(torch.equal(canonical(idx[i:i + 1]), canonical(
+                  topk_rows(lg_ref[i:i + 1], TOPK, L - 1))) for i in range(min(B, 4))))
+        row["dsa_bound_ms"] = bench_graph(step_bound)
+        print(f"  V3.2 decode B={B} L={L} step: split selection {row['dsa_ms'] * 1e3:.1f} us, "
+              f"bound selection {row['dsa_bound_ms'] * 1e3:.1f} us", flush=True)
     print(f"  V3.2 decode B={B} L={L}: { {k: v for k, v in row.items() if k != 'split_sweep'} }",
           flush=True)
     res.setdefault("v32_decode", []).append(row)
-    del kv, pe, ql, qp, q8, k8, w, idx
+    del kv, pe, ql, qp, q8, k8, w, idx, lg, lg_ref
     torch.cuda.empty_cache()
 
 
