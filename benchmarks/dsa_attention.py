@@ -438,8 +438,14 @@ def time_v32(g, res):
         except Exception as e:
             print(f"  V3.2 bwd {cfg} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
-        print(f"  V3.2 bwd {cfg}: {t:.2f} ms ({2.5 * flops / t / 1e9:.0f} TFLOP/s)", flush=True)
-        res.setdefault("v32_bwd_sweep", []).append({**cfg, "ms": t})
+        split = ""
+        if cfg["method"] == "two_pass":
+            tm = {}
+            sparse_mla_bwd(ql, qp, kv, pe, idx, o, lse, do, scale, timings=tm, **cfg)
+            split = f"; one call: pass 1 {tm['pass1_ms']:.2f} + pass 2 {tm['pass2_ms']:.2f} ms"
+        print(f"  V3.2 bwd {cfg}: {t:.2f} ms ({2.5 * flops / t / 1e9:.0f} TFLOP/s){split}",
+              flush=True)
+        res.setdefault("v32_bwd_sweep", []).append({**cfg, "ms": t, "split": split})
         if t_bwd is None or t < t_bwd:
             t_bwd, res["v32_bwd_cfg"] = t, cfg
     t_bwd = t_bwd or float("nan")

@@ -262,7 +262,7 @@ def _check(*ts):
 
 def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None, block_k=None,
                    num_warps=None, num_stages=None, method="fused", dkv_block_h=None,
-                   dkv_block_k=None, scratch_bytes=1 << 30, reload=True):
+                   dkv_block_k=None, scratch_bytes=1 << 30, reload=True, timings=None):
     """Gradients of `sparse_mla_fwd`: returns (dq_lat, dq_pe, dkv, dpe) in the input dtypes.
 
     method "fused": one kernel, key gradients added atomically per (token, head block).
@@ -271,7 +271,8 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
     pass 2 sums the key gradients over all heads before adding them, one atomic add per
     (token, slot, channel). block_h / block_k / num_warps / num_stages tune pass 1 (or the
     fused kernel), dkv_block_h / dkv_block_k pass 2; `reload` makes pass 1 read dS back from
-    the scratch for its dq product (see the kernel)."""
+    the scratch for its dq product (see the kernel). `timings` (a dict, CUDA, two-pass): adds
+    each pass's milliseconds under "pass1_ms" / "pass2_ms" (CUDA events; synchronises)."""
     require_triton()
     if method not in ("fused", "two_pass"):
         raise ValueError(f"method must be 'fused' or 'two_pass', not {method!r}")
@@ -300,8 +301,15 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
         BH2 = dkv_block_h or min(64, block(H))
         BK2 = dkv_block_k or (64 if cuda else 16)
         n_hb, n_kb = triton.cdiv(H, BH), triton.cdiv(K, BK2)
+        ev = [] if timings is not None and cuda else None
+
+        def mark():
+            if ev is not None:
+                ev.append(torch.cuda.Event(enable_timing=True))
+                ev[-1].record()
         for r0 in range(0, rows, chunk):
             n = min(chunk, rows - r0)
+            mark()
             _bwd_dq_kernel[(n * n_hb,)](
                 q_lat, q_pe, kv, pe, idx, out, dout, lse, dql, dqp, pds,
                 r0, S, H, R, P, K, scale, scale * LOG2E, *strides,
@@ -310,12 +318,19 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
                 IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
                 RELOAD=reload, num_warps=num_warps or (8 if cuda else 4),
                 num_stages=num_stages or 1)
+            mark()
             _bwd_dkv_kernel[(n * n_kb,)](
                 q_lat, q_pe, dout, idx, pds, dkv, dpe,
                 r0, S, H, R, P, K, *strides, idx.stride(0), idx.stride(1),
                 dkv.stride(0), dkv.stride(1), dpe.stride(0), dpe.stride(1),
                 IEEE=ieee, BLOCK_H=BH2, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK2,
                 num_warps=8 if cuda else 4, num_stages=1)
+            mark()
+        if ev:
+            torch.cuda.synchronize()
+            for i in range(0, len(ev), 3):
+                timings["pass1_ms"] = timings.get("pass1_ms", 0.0) + ev[i].elapsed_time(ev[i + 1])
+                timings["pass2_ms"] = timings.get("pass2_ms", 0.0) + ev[i + 1].elapsed_time(ev[i + 2])
         return dql, dqp, dkv.to(kv.dtype), dpe.to(pe.dtype)
     # a wide latent (V3.2: 512) takes 32 heads x 32 keys on the GPU: 64 x 16 needs 311 KB of
     # shared memory on sm_90 (H100 limit 227 KB)
