@@ -425,6 +425,11 @@ def time_v32(g, res):
                                 (64, False, 1, 32), (32, False, 1, 32), (32, False, 2, 32)):
         bwd_cfgs.append({"method": "two_pass", "block_h": 64, "block_k": bk, "reload": reload,
                          "num_stages": ns, "dkv_block_h": bh2})
+    # three-pass: its P/dS pass and dq pass compile without spills (P/dS: 64 x 32, 4 warps,
+    # 2 stages, cp.async gathers, 191 registers; dq: 64 x 64, 8 warps, 2 stages, 226)
+    for bk, nw, ns in ((32, 4, 2), (64, 8, 1), (32, 8, 2)):
+        bwd_cfgs.append({"method": "three_pass", "block_h": 64, "block_k": bk, "num_warps": nw,
+                         "num_stages": ns, "dkv_block_h": 32})
     for cfg in (() if "v32bwd" in SKIP else bwd_cfgs):
         try:
             gr = sparse_mla_bwd(ql[:, :r], qp[:, :r], kv, pe, idx[:, :r], o[:, :r], lse[:, :r],
@@ -439,10 +444,10 @@ def time_v32(g, res):
             print(f"  V3.2 bwd {cfg} failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
             continue
         split = ""
-        if cfg["method"] == "two_pass":
+        if cfg["method"] != "fused":
             tm = {}
             sparse_mla_bwd(ql, qp, kv, pe, idx, o, lse, do, scale, timings=tm, **cfg)
-            split = f"; one call: pass 1 {tm['pass1_ms']:.2f} + pass 2 {tm['pass2_ms']:.2f} ms"
+            split = "; one call: " + " + ".join(f"{k} {v:.2f}" for k, v in tm.items())
         print(f"  V3.2 bwd {cfg}: {t:.2f} ms ({2.5 * flops / t / 1e9:.0f} TFLOP/s){split}",
               flush=True)
         res.setdefault("v32_bwd_sweep", []).append({**cfg, "ms": t, "split": split})

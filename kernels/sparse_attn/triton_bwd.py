@@ -156,6 +156,106 @@ if triton is not None:
         tl.store(dqp_ptr + p_off, dqp.to(dqp_ptr.dtype.element_ty), mask=hp)
 
     @triton.jit
+    def _bwd_ds_kernel(
+        ql_ptr, qp_ptr, kv_ptr, pe_ptr, idx_ptr, o_ptr, do_ptr, lse_ptr, p_ptr,
+        r0, S, H, R, P, K, scale, scale_log2,
+        s_q_b, s_q_s, s_q_h, s_p_b, s_p_s, s_p_h,
+        s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_idx_b, s_idx_s,
+        IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Three-pass backward, pass 1: P and dS only (no accumulator across the key loop,
+        so the gathers can be pipelined); pass 3 (`_bwd_dq_gather_kernel`) forms dq."""
+        n_hb = tl.cdiv(H, BLOCK_H)
+        pid = tl.program_id(0)
+        row = pid // n_hb
+        pid_h = pid % n_hb
+        flat = r0 + row
+        b = (flat // S).to(tl.int64)
+        s = (flat % S).to(tl.int64)
+        offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+        offs_r = tl.arange(0, BLOCK_R)
+        offs_p = tl.arange(0, BLOCK_P)
+        h_ok, r_ok, p_ok = offs_h < H, offs_r < R, offs_p < P
+        hr = h_ok[:, None] & r_ok[None, :]
+        q_off = b * s_q_b + s * s_q_s + offs_h[:, None] * s_q_h + offs_r[None, :]
+        p_off = b * s_p_b + s * s_p_s + offs_h[:, None] * s_p_h + offs_p[None, :]
+        ql = tl.load(ql_ptr + q_off, mask=hr, other=0.0)
+        qp = tl.load(qp_ptr + p_off, mask=h_ok[:, None] & p_ok[None, :], other=0.0)
+        nqp = (-qp.to(tl.float32)).to(qp.dtype)  # (see _bwd_dq_kernel)
+        do = tl.load(do_ptr + q_off, mask=hr, other=0.0)
+        o = tl.load(o_ptr + q_off, mask=hr, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        lse = tl.load(lse_ptr + flat.to(tl.int64) * H + offs_h, mask=h_ok, other=0.0)
+        lse2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
+        idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
+        scr = row.to(tl.int64) * 2 * H * K + offs_h[:, None].to(tl.int64) * K
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            pos = tl.load(idx_row + offs_k, mask=k_ok, other=-1)
+            valid = pos >= 0
+            pos = tl.where(valid, pos, 0).to(tl.int64)
+            kv_t = tl.load(kv_ptr + b * s_kv_b + pos[:, None] * s_kv_t + offs_r[None, :],
+                           mask=valid[:, None] & r_ok[None, :], other=0.0)
+            pe_t = tl.load(pe_ptr + b * s_pe_b + pos[:, None] * s_pe_t + offs_p[None, :],
+                           mask=valid[:, None] & p_ok[None, :], other=0.0)
+            z = mma(ql, tl.trans(kv_t), None, IEEE) - mma(nqp, tl.trans(pe_t), None, IEEE)
+            dp = mma(do, tl.trans(kv_t), None, IEEE)
+            p = tl.exp2(z * scale_log2 - lse2[:, None])
+            p = tl.where(valid[None, :] & h_ok[:, None], p, 0.0)
+            ds = p * (dp - delta[:, None]) * scale
+            st = h_ok[:, None] & k_ok[None, :]
+            tl.store(p_ptr + scr + offs_k[None, :], p.to(p_ptr.dtype.element_ty), mask=st)
+            tl.store(p_ptr + H * K + scr + offs_k[None, :], ds.to(p_ptr.dtype.element_ty),
+                     mask=st)
+
+    @triton.jit
+    def _bwd_dq_gather_kernel(
+        kv_ptr, pe_ptr, idx_ptr, p_ptr, dql_ptr, dqp_ptr,
+        r0, S, H, R, P, K,
+        s_q_b, s_q_s, s_q_h, s_p_b, s_p_s, s_p_h,
+        s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_idx_b, s_idx_s,
+        IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """Three-pass backward, pass 3: dq_lat = dS·kv and dq_pe = dS·pe per (token,
+        BLOCK_H heads), dS read from the scratch and the rows gathered again."""
+        n_hb = tl.cdiv(H, BLOCK_H)
+        pid = tl.program_id(0)
+        row = pid // n_hb
+        pid_h = pid % n_hb
+        flat = r0 + row
+        b = (flat // S).to(tl.int64)
+        s = (flat % S).to(tl.int64)
+        offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+        offs_r = tl.arange(0, BLOCK_R)
+        offs_p = tl.arange(0, BLOCK_P)
+        h_ok, r_ok, p_ok = offs_h < H, offs_r < R, offs_p < P
+        dql = tl.zeros([BLOCK_H, BLOCK_R], tl.float32)
+        dqp = tl.zeros([BLOCK_H, BLOCK_P], tl.float32)
+        idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
+        scr = row.to(tl.int64) * 2 * H * K + H * K + offs_h[:, None].to(tl.int64) * K
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            pos = tl.load(idx_row + offs_k, mask=k_ok, other=-1)
+            valid = pos >= 0
+            pos = tl.where(valid, pos, 0).to(tl.int64)
+            ds = tl.load(p_ptr + scr + offs_k[None, :], mask=h_ok[:, None] & k_ok[None, :],
+                         other=0.0)
+            kv_t = tl.load(kv_ptr + b * s_kv_b + pos[:, None] * s_kv_t + offs_r[None, :],
+                           mask=valid[:, None] & r_ok[None, :], other=0.0)
+            pe_t = tl.load(pe_ptr + b * s_pe_b + pos[:, None] * s_pe_t + offs_p[None, :],
+                           mask=valid[:, None] & p_ok[None, :], other=0.0)
+            dql = mma(ds, kv_t, dql, IEEE)
+            dqp = mma(ds, pe_t, dqp, IEEE)
+        q_off = b * s_q_b + s * s_q_s + offs_h[:, None] * s_q_h + offs_r[None, :]
+        p_off = b * s_p_b + s * s_p_s + offs_h[:, None] * s_p_h + offs_p[None, :]
+        tl.store(dql_ptr + q_off, dql.to(dql_ptr.dtype.element_ty), mask=h_ok[:, None] & r_ok[None, :])
+        tl.store(dqp_ptr + p_off, dqp.to(dqp_ptr.dtype.element_ty), mask=h_ok[:, None] & p_ok[None, :])
+
+    @triton.jit
     def _bwd_dkv_kernel(
         ql_ptr, qp_ptr, do_ptr, idx_ptr, p_ptr, dkv_ptr, dpe_ptr,
         r0, S, H, R, P, K,
@@ -262,7 +362,8 @@ def _check(*ts):
 
 def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None, block_k=None,
                    num_warps=None, num_stages=None, method="fused", dkv_block_h=None,
-                   dkv_block_k=None, scratch_bytes=1 << 30, reload=True, timings=None):
+                   dkv_block_k=None, scratch_bytes=1 << 30, reload=True, timings=None,
+                   dq_block_k=None, dq_stages=None):
     """Gradients of `sparse_mla_fwd`: returns (dq_lat, dq_pe, dkv, dpe) in the input dtypes.
 
     method "fused": one kernel, key gradients added atomically per (token, head block).
@@ -271,11 +372,14 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
     pass 2 sums the key gradients over all heads before adding them, one atomic add per
     (token, slot, channel). block_h / block_k / num_warps / num_stages tune pass 1 (or the
     fused kernel), dkv_block_h / dkv_block_k pass 2; `reload` makes pass 1 read dS back from
-    the scratch for its dq product (see the kernel). `timings` (a dict, CUDA, two-pass): adds
+    the scratch for its dq product (see the kernel). "three_pass": pass 1 writes only P and
+    dS (nothing accumulates over its key loop, so its gathers pipeline without spilling),
+    a dq pass gathers the rows again for dS·kv (dq_block_k keys a step, dq_stages), then
+    pass 2 as above; its timings name the dq pass "pass3_ms". `timings` (a dict, CUDA, two-pass): adds
     each pass's milliseconds under "pass1_ms" / "pass2_ms" (CUDA events; synchronises)."""
     require_triton()
-    if method not in ("fused", "two_pass"):
-        raise ValueError(f"method must be 'fused' or 'two_pass', not {method!r}")
+    if method not in ("fused", "two_pass", "three_pass"):
+        raise ValueError(f"method must be 'fused', 'two_pass' or 'three_pass', not {method!r}")
     B, S, H, R = q_lat.shape
     P = q_pe.shape[-1]
     K = idx.shape[-1]
@@ -291,7 +395,7 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
     ieee = q_lat.dtype == torch.float32
     strides = (q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
                q_pe.stride(0), q_pe.stride(1), q_pe.stride(2))
-    if method == "two_pass":
+    if method in ("two_pass", "three_pass"):
         rows = B * S
         per_row = 2 * H * K * q_lat.element_size()
         chunk = max(1, min(rows, scratch_bytes // max(per_row, 1)))
@@ -310,14 +414,27 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
         for r0 in range(0, rows, chunk):
             n = min(chunk, rows - r0)
             mark()
-            _bwd_dq_kernel[(n * n_hb,)](
-                q_lat, q_pe, kv, pe, idx, out, dout, lse, dql, dqp, pds,
-                r0, S, H, R, P, K, scale, scale * LOG2E, *strides,
-                kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1),
-                idx.stride(0), idx.stride(1),
-                IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
-                RELOAD=reload, num_warps=num_warps or (8 if cuda else 4),
-                num_stages=num_stages or 1)
+            kv_args = (kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1),
+                       idx.stride(0), idx.stride(1))
+            if method == "two_pass":
+                _bwd_dq_kernel[(n * n_hb,)](
+                    q_lat, q_pe, kv, pe, idx, out, dout, lse, dql, dqp, pds,
+                    r0, S, H, R, P, K, scale, scale * LOG2E, *strides, *kv_args,
+                    IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
+                    RELOAD=reload, num_warps=num_warps or (8 if cuda else 4),
+                    num_stages=num_stages or 1)
+            else:
+                _bwd_ds_kernel[(n * n_hb,)](
+                    q_lat, q_pe, kv, pe, idx, out, dout, lse, pds,
+                    r0, S, H, R, P, K, scale, scale * LOG2E, *strides, *kv_args,
+                    IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
+                    num_warps=num_warps or 4, num_stages=num_stages or (2 if cuda else 1))
+                mark()
+                _bwd_dq_gather_kernel[(n * n_hb,)](
+                    kv, pe, idx, pds, dql, dqp, r0, S, H, R, P, K, *strides, *kv_args,
+                    IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P),
+                    BLOCK_K=dq_block_k or (64 if cuda else 16), num_warps=8 if cuda else 4,
+                    num_stages=dq_stages or (2 if cuda else 1))
             mark()
             _bwd_dkv_kernel[(n * n_kb,)](
                 q_lat, q_pe, dout, idx, pds, dkv, dpe,
@@ -328,9 +445,12 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
             mark()
         if ev:
             torch.cuda.synchronize()
-            for i in range(0, len(ev), 3):
-                timings["pass1_ms"] = timings.get("pass1_ms", 0.0) + ev[i].elapsed_time(ev[i + 1])
-                timings["pass2_ms"] = timings.get("pass2_ms", 0.0) + ev[i + 1].elapsed_time(ev[i + 2])
+            names = ("pass1_ms", "pass2_ms") if method == "two_pass" else \
+                ("pass1_ms", "pass3_ms", "pass2_ms")
+            step = len(names) + 1
+            for i in range(0, len(ev), step):
+                for j, name in enumerate(names):
+                    timings[name] = timings.get(name, 0.0) + ev[i + j].elapsed_time(ev[i + j + 1])
         return dql, dqp, dkv.to(kv.dtype), dpe.to(pe.dtype)
     # a wide latent (V3.2: 512) takes 32 heads x 32 keys on the GPU: 64 x 16 needs 311 KB of
     # shared memory on sm_90 (H100 limit 227 KB)

@@ -75,7 +75,7 @@ def test_strided_indices_match_the_reference(layout):
     dout = torch.randn_like(out)
     leaves = [x.detach().clone().requires_grad_() for x in (ql, qp, kv, pe)]
     sparse_mla_ref(*leaves, idx, 0.3)[0].backward(dout)
-    for method in ("fused", "two_pass"):
+    for method in ("fused", "two_pass", "three_pass"):
         grads = sparse_mla_bwd(ql, qp, kv, pe, strided, out, lse, dout, 0.3, method=method)
         for g, leaf in zip(grads, leaves):
             assert rel(g, leaf.grad) < 1e-5
@@ -119,14 +119,18 @@ def test_prefill_forward_fp8_cache(R, groups):
 @pytest.mark.parametrize("method,kw", [("fused", {}), ("two_pass", {}),
                                        ("two_pass", {"reload": False, "scratch_bytes": 1}),
                                        ("two_pass", {"scratch_bytes": 20 * 2 * 5 * 24 * 4,
-                                                     "dkv_block_h": 2, "dkv_block_k": 16})],
-                         ids=["fused", "two-pass", "two-pass-one-row-chunks", "two-pass-3-chunks"])
+                                                     "dkv_block_h": 2, "dkv_block_k": 16}),
+                                       ("three_pass", {}),
+                                       ("three_pass", {"scratch_bytes": 20 * 2 * 5 * 24 * 4,
+                                                       "dq_block_k": 8})],
+                         ids=["fused", "two-pass", "two-pass-one-row-chunks", "two-pass-3-chunks",
+                              "three-pass", "three-pass-chunks"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (BF, 3e-2)])
 def test_backward(dtype, tol, method, kw):
-    """Both backward methods against autograd through the reference, 2 x 63 tokens. Two-pass:
+    """The backward methods against autograd through the reference, 2 x 63 tokens. Two-pass:
     scratch chunks of one token, and of 20 (fp32) or 40 (bf16) tokens with a partial last
     chunk; pass 2 over head blocks of 2 (5 heads: a partial last block) and a partial last
-    key block (24 over 16)."""
+    key block (24 over 16). Three-pass: its dq pass over 8 keys a step (3 steps)."""
     S, H, R, P, K = 63, 5, 40, 12, 24
     ql, qp, kv, pe, idx = inputs(2, S, S, H, R, P, K, dtype)
     scale = (R + P) ** -0.5
