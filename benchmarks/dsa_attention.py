@@ -426,7 +426,7 @@ def time_v32(g, res):
         bwd_cfgs.append({"method": "two_pass", "block_h": 64, "block_k": bk, "reload": reload,
                          "num_stages": ns, "dkv_block_h": bh2})
     # three-pass: its P/dS pass and dq pass compile without spills (P/dS: 64 x 32, 4 warps,
-    # 2 stages, cp.async gathers, 191 registers; dq: 64 x 64, 8 warps, 2 stages, 226)
+    # 2 stages, cp.async gathers, 254 registers; dq: 64 x 64, 8 warps, 2 stages, 226)
     for bk, nw, ns in ((32, 4, 2), (64, 8, 1), (32, 8, 2)):
         bwd_cfgs.append({"method": "three_pass", "block_h": 64, "block_k": bk, "num_warps": nw,
                          "num_stages": ns, "dkv_block_h": 32})

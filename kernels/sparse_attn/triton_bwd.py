@@ -90,11 +90,14 @@ if triton is not None:
         s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_idx_b, s_idx_s,
         IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, RELOAD: tl.constexpr,
+        DQ: tl.constexpr,
     ):
-        """Two-pass backward, pass 1: one program per (query token, BLOCK_H heads) of the
-        chunk that starts at flat row r0. dq_lat, dq_pe as in the fused kernel; the
-        probabilities P and dS (scale folded in) go to the chunk's scratch [rows, 2, H, K] in the
-        input dtype, zero at -1 slots and masked heads, for pass 2."""
+        """Pass 1 of the two- and three-pass backward: one program per (query token, BLOCK_H
+        heads) of the chunk that starts at flat row r0. The probabilities P and dS (scale
+        folded in) go to the chunk's scratch [rows, 2, H, K] in the input dtype, zero at -1
+        slots and masked heads, for the key pass. DQ (two-pass): dq_lat, dq_pe accumulate
+        here as in the fused kernel. Without it (three-pass) nothing accumulates over the key
+        loop, so the gathers pipeline without spilling; `_bwd_dq_gather_kernel` forms dq."""
         n_hb = tl.cdiv(H, BLOCK_H)
         pid = tl.program_id(0)
         row = pid // n_hb  # the chunk's row; a token's head blocks run side by side
@@ -144,71 +147,18 @@ if triton is not None:
             st = h_ok[:, None] & k_ok[None, :]
             tl.store(p_ptr + scr + offs_k[None, :], p.to(p_ptr.dtype.element_ty), mask=st)
             tl.store(p_ptr + H * K + scr + offs_k[None, :], ds_l, mask=st)
-            if RELOAD:
+            if DQ and RELOAD:
                 # dS back from the scratch (L2) after a barrier: a score product whose result
                 # feeds another product gets all 8 warps along its 64 rows from Triton (both
                 # warpgroups then compute the whole tile); a loaded dS ends that chain
                 tl.debug_barrier()
                 ds_l = tl.load(p_ptr + H * K + scr + offs_k[None, :], mask=st, other=0.0)
-            dql = mma(ds_l, kv_t, dql, IEEE)
-            dqp = mma(ds_l, pe_t, dqp, IEEE)
-        tl.store(dql_ptr + q_off, dql.to(dql_ptr.dtype.element_ty), mask=hr)
-        tl.store(dqp_ptr + p_off, dqp.to(dqp_ptr.dtype.element_ty), mask=hp)
-
-    @triton.jit
-    def _bwd_ds_kernel(
-        ql_ptr, qp_ptr, kv_ptr, pe_ptr, idx_ptr, o_ptr, do_ptr, lse_ptr, p_ptr,
-        r0, S, H, R, P, K, scale, scale_log2,
-        s_q_b, s_q_s, s_q_h, s_p_b, s_p_s, s_p_h,
-        s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_idx_b, s_idx_s,
-        IEEE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-        BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        """Three-pass backward, pass 1: P and dS only (no accumulator across the key loop,
-        so the gathers can be pipelined); pass 3 (`_bwd_dq_gather_kernel`) forms dq."""
-        n_hb = tl.cdiv(H, BLOCK_H)
-        pid = tl.program_id(0)
-        row = pid // n_hb
-        pid_h = pid % n_hb
-        flat = r0 + row
-        b = (flat // S).to(tl.int64)
-        s = (flat % S).to(tl.int64)
-        offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-        offs_r = tl.arange(0, BLOCK_R)
-        offs_p = tl.arange(0, BLOCK_P)
-        h_ok, r_ok, p_ok = offs_h < H, offs_r < R, offs_p < P
-        hr = h_ok[:, None] & r_ok[None, :]
-        q_off = b * s_q_b + s * s_q_s + offs_h[:, None] * s_q_h + offs_r[None, :]
-        p_off = b * s_p_b + s * s_p_s + offs_h[:, None] * s_p_h + offs_p[None, :]
-        ql = tl.load(ql_ptr + q_off, mask=hr, other=0.0)
-        qp = tl.load(qp_ptr + p_off, mask=h_ok[:, None] & p_ok[None, :], other=0.0)
-        nqp = (-qp.to(tl.float32)).to(qp.dtype)  # (see _bwd_dq_kernel)
-        do = tl.load(do_ptr + q_off, mask=hr, other=0.0)
-        o = tl.load(o_ptr + q_off, mask=hr, other=0.0)
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
-        lse = tl.load(lse_ptr + flat.to(tl.int64) * H + offs_h, mask=h_ok, other=0.0)
-        lse2 = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
-        idx_row = idx_ptr + b * s_idx_b + s * s_idx_s
-        scr = row.to(tl.int64) * 2 * H * K + offs_h[:, None].to(tl.int64) * K
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            pos = tl.load(idx_row + offs_k, mask=k_ok, other=-1)
-            valid = pos >= 0
-            pos = tl.where(valid, pos, 0).to(tl.int64)
-            kv_t = tl.load(kv_ptr + b * s_kv_b + pos[:, None] * s_kv_t + offs_r[None, :],
-                           mask=valid[:, None] & r_ok[None, :], other=0.0)
-            pe_t = tl.load(pe_ptr + b * s_pe_b + pos[:, None] * s_pe_t + offs_p[None, :],
-                           mask=valid[:, None] & p_ok[None, :], other=0.0)
-            z = mma(ql, tl.trans(kv_t), None, IEEE) - mma(nqp, tl.trans(pe_t), None, IEEE)
-            dp = mma(do, tl.trans(kv_t), None, IEEE)
-            p = tl.exp2(z * scale_log2 - lse2[:, None])
-            p = tl.where(valid[None, :] & h_ok[:, None], p, 0.0)
-            ds = p * (dp - delta[:, None]) * scale
-            st = h_ok[:, None] & k_ok[None, :]
-            tl.store(p_ptr + scr + offs_k[None, :], p.to(p_ptr.dtype.element_ty), mask=st)
-            tl.store(p_ptr + H * K + scr + offs_k[None, :], ds.to(p_ptr.dtype.element_ty),
-                     mask=st)
+            if DQ:
+                dql = mma(ds_l, kv_t, dql, IEEE)
+                dqp = mma(ds_l, pe_t, dqp, IEEE)
+        if DQ:
+            tl.store(dql_ptr + q_off, dql.to(dql_ptr.dtype.element_ty), mask=hr)
+            tl.store(dqp_ptr + p_off, dqp.to(dqp_ptr.dtype.element_ty), mask=hp)
 
     @triton.jit
     def _bwd_dq_gather_kernel(
@@ -416,19 +366,14 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
             mark()
             kv_args = (kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1),
                        idx.stride(0), idx.stride(1))
-            if method == "two_pass":
-                _bwd_dq_kernel[(n * n_hb,)](
-                    q_lat, q_pe, kv, pe, idx, out, dout, lse, dql, dqp, pds,
-                    r0, S, H, R, P, K, scale, scale * LOG2E, *strides, *kv_args,
-                    IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
-                    RELOAD=reload, num_warps=num_warps or (8 if cuda else 4),
-                    num_stages=num_stages or 1)
-            else:
-                _bwd_ds_kernel[(n * n_hb,)](
-                    q_lat, q_pe, kv, pe, idx, out, dout, lse, pds,
-                    r0, S, H, R, P, K, scale, scale * LOG2E, *strides, *kv_args,
-                    IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
-                    num_warps=num_warps or 4, num_stages=num_stages or (2 if cuda else 1))
+            two = method == "two_pass"
+            _bwd_dq_kernel[(n * n_hb,)](
+                q_lat, q_pe, kv, pe, idx, out, dout, lse, dql, dqp, pds,
+                r0, S, H, R, P, K, scale, scale * LOG2E, *strides, *kv_args,
+                IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P), BLOCK_K=BK,
+                RELOAD=reload, DQ=two, num_warps=num_warps or (8 if cuda and two else 4),
+                num_stages=num_stages or (1 if two or not cuda else 2))
+            if not two:
                 mark()
                 _bwd_dq_gather_kernel[(n * n_hb,)](
                     kv, pe, idx, pds, dql, dqp, r0, S, H, R, P, K, *strides, *kv_args,

@@ -58,6 +58,16 @@ def test_upper_tiles_left_unwritten_on_request():
     assert out[0, :16, 32:].isnan().all()  # a whole tile above the diagonal: skipped
 
 
+def _group_max_ref(ref, G, n_groups, T0, write_upper):
+    """The max of every G consecutive keys of the reference logits [B, S, T], and which
+    groups a kernel writes: those holding a visible key (all of them with write_upper)."""
+    B, S, T = ref.shape
+    ref_m = torch.nn.functional.pad(ref, (0, n_groups * G - T), value=float("-inf"))
+    ref_m = ref_m.view(B, S, -1, G).amax(-1)
+    seen = torch.arange(n_groups, device=DEVICE) * G <= (T0 + torch.arange(S, device=DEVICE))[:, None]
+    return ref_m, torch.ones_like(seen) if write_upper else seen
+
+
 @pytest.mark.parametrize("write_upper", [True, False])
 def test_indexer_writes_group_maxima(write_upper):
     """The max over every G consecutive keys of each row, visible keys only (what the
@@ -71,11 +81,7 @@ def test_indexer_writes_group_maxima(write_upper):
     indexer_logits(q, k, w, start_pos=T0, out=out, maxima=m, group=G, write_upper=write_upper,
                    block_m=16, block_n=32)
     ref = indexer_logits_ref(q, k, w, T0)
-    ref_m = torch.nn.functional.pad(ref, (0, m.shape[-1] * G - T), value=float("-inf"))
-    ref_m = ref_m.view(B, S, -1, G).amax(-1)
-    seen = torch.arange(m.shape[-1], device=DEVICE) * G <= (T0 + torch.arange(S, device=DEVICE))[:, None]
-    if write_upper:
-        seen = torch.ones_like(seen)
+    ref_m, seen = _group_max_ref(ref, G, m.shape[-1], T0, write_upper)
     _check(m[:, seen], ref_m[:, seen], 1e-5)
     with pytest.raises(ValueError, match="maxima"):
         indexer_logits(q, k, w, start_pos=T0, maxima=m, group=3)
@@ -97,11 +103,7 @@ def test_decode_indexer_writes_group_maxima(blocks, write_upper):
     indexer_logits(q, k, w, start_pos=T0, out=out, maxima=m, group=G, write_upper=write_upper,
                    block_n=32, decode_blocks=blocks)
     ref = indexer_logits_ref(q, k, w, T0)
-    ref_m = torch.nn.functional.pad(ref, (0, m.shape[-1] * G - T), value=float("-inf"))
-    ref_m = ref_m.view(B, S, -1, G).amax(-1)
-    seen = torch.arange(m.shape[-1], device=DEVICE) * G <= (T0 + torch.arange(S, device=DEVICE))[:, None]
-    if write_upper:
-        seen = torch.ones_like(seen)
+    ref_m, seen = _group_max_ref(ref, G, m.shape[-1], T0, write_upper)
     _check(m[:, seen], ref_m[:, seen], 1e-5)
     lower = torch.arange(T, device=DEVICE) <= (T0 + torch.arange(S, device=DEVICE))[:, None]
     _check(out[:, lower], ref[:, lower], 1e-5)
