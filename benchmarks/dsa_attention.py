@@ -387,7 +387,10 @@ def time_v32(g, res):
             (64, 64, 8, 2, True, {"idx_ahead": True}), (64, 64, 8, 3, True, {"idx_ahead": True}),
             (64, 64, 8, 2, True, {"warp_specialize": True}),
             (64, 64, 4, 2, True, {"warp_specialize": True}),
-            (64, 64, 8, 2, True, {"impl": "gluon"})]:  # hand-scheduled (tiles fixed)
+            # hand-scheduled (tiles fixed): lockstep, lockstep with P.V in flight (serialised
+            # wgmma: the schedule of the 327 TFLOP/s run), warp-specialised
+            (64, 64, 8, 2, True, {"impl": "gluon"}), (64, 64, 8, 2, True, {"impl": "gluon_inflight"}),
+            (64, 64, 8, 2, True, {"impl": "gluon_ws"})]:
         cfg = f"BH={bh} BK={bk} warps={nw} stages={ns} heads_fastest={hf} {knobs or ''}"
         try:
             o2, _ = sparse_mla_fwd(ql[:, :64], qp[:, :64], kv, pe, idx[:, :64], scale, block_h=bh,
@@ -648,9 +651,10 @@ def time_v32_decode(B, L, g, res):
     best = None
     from envfactory.kernels.sparse_attn.triton_fwd import decode_split
     row["auto_split"] = decode_split(B, H32, TOPK, DEV)
-    og, _ = sparse_mla_decode(ql[:2], qp[:2], kv[:2], pe[:2], idx[:2], scale, impl="gluon")
-    check(f"V3.2 decode B={B} Gluon sparse decode", rel(og, ro) < 1e-2, f"rel {rel(og, ro):.2e}")
-    for impl in ("triton", "gluon"):
+    for impl in ("gluon", "gluon_ws"):
+        og, _ = sparse_mla_decode(ql[:2], qp[:2], kv[:2], pe[:2], idx[:2], scale, impl=impl)
+        check(f"V3.2 decode B={B} {impl} sparse decode", rel(og, ro) < 1e-2, f"rel {rel(og, ro):.2e}")
+    for impl in ("triton", "gluon", "gluon_ws"):
         for n in decode_n_splits(B, TOPK):
             t = bench_graph(lambda: sparse_mla_decode(ql, qp, kv, pe, idx, scale, n_split=n,
                                                       impl=impl))

@@ -85,6 +85,7 @@ if gluon is not None:
         s_kv_b, s_kv_t, s_pe_b, s_pe_t, s_idx_b, s_idx_s,
         s_o_b, s_o_s, s_o_sp, s_o_h, s_l_b, s_l_s, s_l_sp,
         R: gl.constexpr, P: gl.constexpr, BH: gl.constexpr, BK: gl.constexpr,
+        PV_INFLIGHT: gl.constexpr = False,
     ):
         """Grid (heads / 64 x B x S, splits): split j takes slots [j * k_per_split, ...) of
         the token's K and writes its (out, lse) at split j (in fp32 when out is fp32: the
@@ -168,8 +169,13 @@ if gluon is not None:
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, PV))[:, None]
             p_op = gl.convert_layout(p.to(gl.bfloat16), P_OP)
             acc = warpgroup_mma(p_op, kv_b, acc, is_async=True)
-            # (returns at once: P.V stays in flight into the next block's scores)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+            # PV_INFLIGHT: P.V stays in flight into the next block's scores. A wgmma in flight
+            # over the loop's back edge makes ptxas serialise every wgmma of the kernel (its
+            # C7514 note: a wait after each one), so the default waits here instead.
+            if PV_INFLIGHT:
+                acc = warpgroup_mma_wait(num_outstanding=1, deps=[acc])
+            else:
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
             pos_cur = pos_next
             pos_next = pos_after
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
@@ -208,14 +214,20 @@ def gluon_fwd_supported(q_lat, q_pe, kv, pe) -> str | None:
     return None
 
 
-def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1):
-    """`sparse_mla_fwd` at the V3.2 layout through the Gluon kernel: (out [B,S,H,512] bf16,
+def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
+                         kernel: str = "lockstep", pv_inflight: bool = False):
+    """`sparse_mla_fwd` at the V3.2 layout through a Gluon kernel: (out [B,S,H,512] bf16,
     lse [B,S,H] fp32, natural log). `n_split` > 1 splits each token's K slots over that many
-    programs (decode) and merges their fp32 partials with the Triton combine kernel. Raises
-    ValueError where `gluon_fwd_supported` says no."""
+    programs (decode) and merges their fp32 partials with the Triton combine kernel.
+    `kernel`: "lockstep" (this module's) or "ws" (`gluon_ws.py`: a producer warpgroup and
+    two consumers). `pv_inflight` (lockstep only): leave each P.V in flight into the next
+    block's scores, the schedule measured at 327 TFLOP/s, which ptxas compiles with every
+    wgmma serialised. Raises ValueError where `gluon_fwd_supported` says no."""
     why = gluon_fwd_supported(q_lat, q_pe, kv, pe)
     if why:
         raise ValueError(f"sparse_mla_fwd_gluon: {why}")
+    if kernel not in ("lockstep", "ws"):
+        raise ValueError(f"sparse_mla_fwd_gluon: kernel must be 'lockstep' or 'ws', not {kernel!r}")
     import triton
 
     from .._common import empty
@@ -226,58 +238,82 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1):
     idx = (idx if idx.dtype == torch.int32 else idx.to(torch.int32)).contiguous()
     dev = q_lat.device
     n_split = max(1, int(n_split))
-    k_per_split = triton.cdiv(triton.cdiv(K, n_split), BLOCK_K) * BLOCK_K
+    if kernel == "ws":
+        from . import gluon_ws
+
+        fn, align, warps = gluon_ws._sparse_mla_fwd_ws_kernel, 2 * BLOCK_K, 4
+        extra = dict(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
+                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS)
+    else:
+        fn, align, warps = _sparse_mla_fwd_gluon_kernel, BLOCK_K, NUM_WARPS
+        extra = dict(PV_INFLIGHT=bool(pv_inflight))
+    k_per_split = triton.cdiv(triton.cdiv(K, n_split), align) * align
     dt = torch.bfloat16 if n_split == 1 else torch.float32
     out = empty((B, S, n_split, H, R), dt, dev)
     lse = empty((B, S, n_split, H), torch.float32, dev)
     grid = ((H // BLOCK_H) * B * S, n_split)
-    _sparse_mla_fwd_gluon_kernel[grid](
+    fn[grid](
         q_lat, q_pe, kv, pe, idx, out, lse, S, H, K, k_per_split, scale * LOG2E,
         q_lat.stride(0), q_lat.stride(1), q_lat.stride(2),
         q_pe.stride(0), q_pe.stride(1), q_pe.stride(2),
         kv.stride(0), kv.stride(1), pe.stride(0), pe.stride(1), idx.stride(0), idx.stride(1),
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         lse.stride(0), lse.stride(1), lse.stride(2),
-        R=R, P=q_pe.shape[-1], BH=BLOCK_H, BK=BLOCK_K, num_warps=NUM_WARPS,
+        R=R, P=q_pe.shape[-1], BH=BLOCK_H, BK=BLOCK_K, num_warps=warps, **extra,
     )
     return merge_splits(out, lse, torch.bfloat16)
 
 
-def compile_report() -> dict:
-    """Compile the kernel for sm_90 here, without a GPU (Triton's own ptxas), at the V3.2
-    shape with the divisibility a real launch specialises on, and report what the schedule
-    rests on: shared memory, registers and spill stack per thread, and the wgmma and cp.async
-    instructions of one program. Needs TRITON_INTERPRET unset (the interpreter replaces the
-    kernel object)."""
+def compile_report(kernel: str = "lockstep", pv_inflight: bool = False) -> dict:
+    """Compile a kernel ("lockstep" or "ws") for sm_90 here, without a GPU (Triton's own
+    ptxas), at the V3.2 shape with the divisibility a real launch specialises on, and report
+    what the schedule rests on: shared memory, registers and spill stack per thread, the
+    wgmma and cp.async instructions of one program, and whether ptxas serialised the wgmma
+    (its C7514/C7515 notes, from running the bundled ptxas on the PTX with -v: a wait after
+    every wgmma). Needs TRITON_INTERPRET unset (the interpreter replaces the kernel object)."""
     import collections
     import re
     import subprocess
+    import tempfile
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    fn = _sparse_mla_fwd_gluon_kernel
+    const = {"R": 512, "P": 64, "BH": BLOCK_H, "BK": BLOCK_K}
+    if kernel == "ws":
+        from . import gluon_ws
+
+        fn, warps = gluon_ws._sparse_mla_fwd_ws_kernel, 4
+        const.update(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
+                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS)
+    else:
+        fn, warps = _sparse_mla_fwd_gluon_kernel, NUM_WARPS
+        const["PV_INFLIGHT"] = bool(pv_inflight)
     names = list(fn.arg_names)
     ptrs = {"ql_ptr": "*bf16", "qp_ptr": "*bf16", "kv_ptr": "*bf16", "pe_ptr": "*bf16",
             "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}
-    const = {"R": 512, "P": 64, "BH": BLOCK_H, "BK": BLOCK_K}
-    ptrs["out_ptr"] = "*bf16"
     sig = {n: ptrs.get(n, "constexpr" if n in const else "fp32" if n == "scale_log2" else "i32")
            for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if sig[n] not in ("constexpr", "fp32")}
     src = GluonASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in const.items()},
                          attrs=attrs)
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS})
-    tool = f"{triton.__path__[0]}/backends/nvidia/bin/cuobjdump"
-    with __import__("tempfile").NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
-                               text=True, check=True).stdout
-    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    tools = f"{triton.__path__[0]}/backends/nvidia/bin"
     ptx = k.asm["ptx"]
+    with tempfile.TemporaryDirectory() as d:
+        with open(f"{d}/k.cubin", "wb") as f:
+            f.write(k.asm["cubin"])
+        usage = subprocess.run([f"{tools}/cuobjdump", "--dump-resource-usage", f"{d}/k.cubin"],
+                               capture_output=True, text=True, check=True).stdout
+        with open(f"{d}/k.ptx", "w") as f:
+            f.write(ptx)
+        notes = subprocess.run([f"{tools}/ptxas", "-arch=sm_90a", "-v", f"{d}/k.ptx", "-o",
+                                f"{d}/v.cubin"], capture_output=True, text=True, check=True)
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     return {"shared": k.metadata.shared, "regs": int(m.group(1)), "stack": int(m.group(2)),
             "wgmma": dict(collections.Counter(re.findall(r"wgmma\.mma_async\.sync\.aligned\.(\w+)\.", ptx))),
-            "cp_async": len(re.findall(r"cp\.async\.cg\.shared\.global", ptx))}
+            "cp_async": len(re.findall(r"cp\.async\.cg\.shared\.global", ptx)),
+            "serialized": bool(re.search(r"C751[0-9]", notes.stdout + notes.stderr)),
+            "setmaxnreg": sorted({int(x) for x in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)})}

@@ -311,12 +311,14 @@ def _check(*ts):
 
 
 def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None, block_k=None,
-                   num_warps=None, num_stages=None, method="fused", dkv_block_h=None,
+                   num_warps=None, num_stages=None, method="auto", dkv_block_h=None,
                    dkv_block_k=None, scratch_bytes=1 << 30, reload=True, timings=None,
                    dq_block_k=None, dq_stages=None):
     """Gradients of `sparse_mla_fwd`: returns (dq_lat, dq_pe, dkv, dpe) in the input dtypes.
 
-    method "fused": one kernel, key gradients added atomically per (token, head block).
+    method "auto" (default): "two_pass" on a GPU at 64 heads or more, else "fused" (H100,
+    V3.2 shape: 38.0 against 104 ms; `benchmarks/results/dsa_attention_v32_h100.txt`).
+    "fused": one kernel, key gradients added atomically per (token, head block).
     "two_pass": pass 1 computes dq and writes P and dS to a scratch of at most
     `scratch_bytes` (2 x rows x H x K in the input dtype; the tokens go in chunks that fit),
     pass 2 sums the key gradients over all heads before adding them, one atomic add per
@@ -328,9 +330,11 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
     pass 2 as above; its timings name the dq pass "pass3_ms". `timings` (a dict, CUDA, two-pass): adds
     each pass's milliseconds under "pass1_ms" / "pass2_ms" (CUDA events; synchronises)."""
     require_triton()
-    if method not in ("fused", "two_pass", "three_pass"):
-        raise ValueError(f"method must be 'fused', 'two_pass' or 'three_pass', not {method!r}")
+    if method not in ("auto", "fused", "two_pass", "three_pass"):
+        raise ValueError(f"method must be 'auto', 'fused', 'two_pass' or 'three_pass', not {method!r}")
     B, S, H, R = q_lat.shape
+    if method == "auto":  # H100, V3.2 shape: two-pass 38.0 ms (154 TFLOP/s) against fused 104
+        method = "two_pass" if q_lat.is_cuda and H >= 64 else "fused"
     P = q_pe.shape[-1]
     K = idx.shape[-1]
     q_lat, q_pe, out, dout = (t.contiguous() for t in (q_lat, q_pe, out, dout))
@@ -352,7 +356,11 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
         pds = empty((chunk, 2, H, K), q_lat.dtype, q_lat.device)  # [P, dS] per token
         BH = block_h or min(64, block(H))
         BK = block_k or (64 if cuda else 16)
-        BH2 = dkv_block_h or min(64, block(H))
+        BH2 = dkv_block_h or min(32 if cuda else 64, block(H))  # H100: 32 is 4% faster
+        DQK = dq_block_k or (64 if cuda else 16)
+        if cuda and min(2 * BH2, DQK) < 16:  # (the interpreter takes any tile)
+            raise ValueError("sparse_mla_bwd: on a GPU dkv_block_h must be at least 8 and "
+                             "dq_block_k at least 16 (a tensor-core product needs k >= 16)")
         BK2 = dkv_block_k or (64 if cuda else 16)
         n_hb, n_kb = triton.cdiv(H, BH), triton.cdiv(K, BK2)
         ev = [] if timings is not None and cuda else None
@@ -378,7 +386,7 @@ def sparse_mla_bwd(q_lat, q_pe, kv, pe, idx, out, lse, dout, scale, block_h=None
                 _bwd_dq_gather_kernel[(n * n_hb,)](
                     kv, pe, idx, pds, dql, dqp, r0, S, H, R, P, K, *strides, *kv_args,
                     IEEE=ieee, BLOCK_H=BH, BLOCK_R=block(R), BLOCK_P=block(P),
-                    BLOCK_K=dq_block_k or (64 if cuda else 16), num_warps=8 if cuda else 4,
+                    BLOCK_K=DQK, num_warps=8 if cuda else 4,
                     num_stages=dq_stages or (2 if cuda else 1))
             mark()
             _bwd_dkv_kernel[(n * n_kb,)](

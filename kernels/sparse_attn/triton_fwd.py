@@ -383,7 +383,8 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     if _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, kv_scale is not None or lse_only):
         from .gluon_fwd import sparse_mla_fwd_gluon
 
-        return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale)
+        return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale,
+                                    **_gluon_kernel(impl, prefill=True))
     # H200: 8 warps for head blocks of 64 over a bf16 latent (V3.2 shape: 247 against 139
     # TFLOP/s with 4); 4 for smaller head blocks (16 heads: 69 against 75 ms at 128K) and
     # over an FP8 latent
@@ -394,14 +395,29 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
                    block_k, nw, ns, heads_fastest, lse_only, warp_specialize, idx_ahead)
 
 
+IMPLS = ("auto", "triton", "gluon", "gluon_ws", "gluon_inflight")
+
+
+def _gluon_kernel(impl, prefill=False) -> dict:
+    """`sparse_mla_fwd_gluon`'s kernel arguments for an impl: "gluon_ws" the warp-specialised
+    kernel, "gluon_inflight" the lockstep one with P.V left in flight (the schedule measured
+    before ptxas's serialisation was found), "gluon" the lockstep one; "auto" the fastest
+    measured (H100, V3.2 shape): warp-specialised for prefill (416 against 360 TFLOP/s),
+    lockstep for decode (B=32: 67 against 73 us)."""
+    if impl == "auto":
+        impl = "gluon_ws" if prefill else "gluon"
+    return {"gluon_ws": {"kernel": "ws"},
+            "gluon_inflight": {"pv_inflight": True}}.get(impl, {})
+
+
 def _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, other_path) -> bool:
-    """Whether a forward goes to the Gluon kernel: always for impl="gluon" (which raises
+    """Whether a forward goes to a Gluon kernel: always for impl="gluon*" (which raises
     where it cannot), for "auto" where it applies and nothing asks for this module's own."""
-    if impl not in ("auto", "triton", "gluon"):
-        raise ValueError(f"impl must be 'auto', 'triton' or 'gluon', not {impl!r}")
-    if impl == "gluon":
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, not {impl!r}")
+    if impl.startswith("gluon"):
         if other_path:
-            raise ValueError("impl='gluon' takes a bf16 latent in contiguous [B, T, .] rows "
+            raise ValueError(f"impl={impl!r} takes a bf16 latent in contiguous [B, T, .] rows "
                              "and computes the output")
         return True
     if impl == "triton" or tuned or other_path or not q_lat.is_cuda:
@@ -434,7 +450,7 @@ def decode_split(rows: int, H: int, K: int, device, block_h=None) -> int:
 
 def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scale=None,
                       n_split=None, block_h=None, block_k=None, num_warps=None, num_stages=None,
-                      impl="triton"):
+                      impl="auto"):
     """Decode forward for a few query tokens per sequence.
 
     q_lat [B,Sq,H,R], q_pe [B,Sq,H,P]; kv [B,T,R] / pe [B,T,P] contiguous, or paged
@@ -442,9 +458,9 @@ def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scal
     [B,T,G] / [n_pages,page,G] fp32 (G groups of R // G channels). idx [B,Sq,K] holds logical
     positions (-1 = empty). K is split over `n_split` programs per token (flash-decoding) and
     merged by a combine kernel. Returns (out [B,Sq,H,R], lse [B,Sq,H]). `impl` as in
-    `sparse_mla_fwd` (the Gluon kernel takes a contiguous bf16 cache, not a paged or FP8
-    one). The default stays "triton" here: the Gluon kernel's split-K path has not run on a
-    GPU yet (its tests and the benchmark's sweep of it are ready).
+    `sparse_mla_fwd` (the Gluon kernels take a contiguous bf16 cache, not a paged or FP8
+    one); "auto" takes the lockstep Gluon kernel where it applies (H100, V3.2 shape at 128K:
+    B=1 13.0 against 14.5 us, B=32 67 against 95, B=64 114 against 173).
     """
     if n_split is None:
         n_split = decode_split(q_lat.shape[0] * q_lat.shape[1], q_lat.shape[2], idx.shape[-1],
@@ -453,7 +469,8 @@ def sparse_mla_decode(q_lat, q_pe, kv, pe, idx, scale, block_table=None, kv_scal
     if _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, block_table is not None or kv_scale is not None):
         from .gluon_fwd import sparse_mla_fwd_gluon
 
-        return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split=n_split)
+        return sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split=n_split,
+                                    **_gluon_kernel(impl))
     # 8 warps for head blocks of 64 over a bf16 latent, as in the prefill (H100, B=32 at
     # 128 heads: 95 against 161 us with 4)
     wide = (q_lat.is_cuda and kv_scale is None
