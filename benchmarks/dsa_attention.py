@@ -390,7 +390,8 @@ def time_v32(g, res):
             # hand-scheduled (tiles fixed): lockstep, lockstep with P.V in flight (serialised
             # wgmma: the schedule of the 327 TFLOP/s run), warp-specialised
             (64, 64, 8, 2, True, {"impl": "gluon"}), (64, 64, 8, 2, True, {"impl": "gluon_inflight"}),
-            (64, 64, 8, 2, True, {"impl": "gluon_ws"})]:
+            (64, 64, 8, 2, True, {"impl": "gluon_ws"}), (64, 64, 8, 2, True, {"impl": "gluon_ws_early"}),
+            (64, 64, 8, 2, True, {"impl": "gluon_ws_stagger"})]:
         cfg = f"BH={bh} BK={bk} warps={nw} stages={ns} heads_fastest={hf} {knobs or ''}"
         try:
             o2, _ = sparse_mla_fwd(ql[:, :64], qp[:, :64], kv, pe, idx[:, :64], scale, block_h=bh,

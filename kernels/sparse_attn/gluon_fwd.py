@@ -215,14 +215,19 @@ def gluon_fwd_supported(q_lat, q_pe, kv, pe) -> str | None:
 
 
 def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
-                         kernel: str = "lockstep", pv_inflight: bool = False):
+                         kernel: str = "lockstep", pv_inflight: bool = False,
+                         early_free: bool = False, stagger: bool = False):
     """`sparse_mla_fwd` at the V3.2 layout through a Gluon kernel: (out [B,S,H,512] bf16,
     lse [B,S,H] fp32, natural log). `n_split` > 1 splits each token's K slots over that many
     programs (decode) and merges their fp32 partials with the Triton combine kernel.
     `kernel`: "lockstep" (this module's) or "ws" (`gluon_ws.py`: a producer warpgroup and
     two consumers). `pv_inflight` (lockstep only): leave each P.V in flight into the next
     block's scores, the schedule measured at 327 TFLOP/s, which ptxas compiles with every
-    wgmma serialised. Raises ValueError where `gluon_fwd_supported` says no."""
+    wgmma serialised. `early_free` (ws only): each consumer hands its own half buffer back
+    after its local P.V rather than after both; `stagger` (ws only): consumer 0 leads with its
+    own maximum and rescales once the joint one comes, so the other's softmax runs under its
+    P.V (neither measured yet). Raises ValueError where
+    `gluon_fwd_supported` says no."""
     why = gluon_fwd_supported(q_lat, q_pe, kv, pe)
     if why:
         raise ValueError(f"sparse_mla_fwd_gluon: {why}")
@@ -243,7 +248,8 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
 
         fn, align, warps = gluon_ws._sparse_mla_fwd_ws_kernel, 2 * BLOCK_K, 4
         extra = dict(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
-                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS)
+                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS, EARLY_FREE=bool(early_free),
+                     STAGGER=bool(stagger))
     else:
         fn, align, warps = _sparse_mla_fwd_gluon_kernel, BLOCK_K, NUM_WARPS
         extra = dict(PV_INFLIGHT=bool(pv_inflight))
@@ -264,7 +270,8 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
     return merge_splits(out, lse, torch.bfloat16)
 
 
-def compile_report(kernel: str = "lockstep", pv_inflight: bool = False) -> dict:
+def compile_report(kernel: str = "lockstep", pv_inflight: bool = False,
+                   early_free: bool = False, stagger: bool = False) -> dict:
     """Compile a kernel ("lockstep" or "ws") for sm_90 here, without a GPU (Triton's own
     ptxas), at the V3.2 shape with the divisibility a real launch specialises on, and report
     what the schedule rests on: shared memory, registers and spill stack per thread, the
@@ -286,7 +293,8 @@ def compile_report(kernel: str = "lockstep", pv_inflight: bool = False) -> dict:
 
         fn, warps = gluon_ws._sparse_mla_fwd_ws_kernel, 4
         const.update(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
-                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS)
+                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS, EARLY_FREE=bool(early_free),
+                     STAGGER=bool(stagger))
     else:
         fn, warps = _sparse_mla_fwd_gluon_kernel, NUM_WARPS
         const["PV_INFLIGHT"] = bool(pv_inflight)

@@ -27,6 +27,13 @@ Buffer b's RoPE rows travel with the half that the other consumer reads (half 1 
 that consumer reads P from them last. Shared memory: query 72 KB, two buffers 144 KB,
 barriers and maxima: about 217 KB.
 
+Two unmeasured knobs (`EARLY_FREE`, `STAGGER`; impl="gluon_ws_early" / "gluon_ws_stagger"):
+each consumer hands its own half buffer back after its local P.V instead of after both;
+consumer 0 leads with its own maximum, issues its local P.V, and only then takes the joint
+maximum from consumer 1 and rescales (its accumulator, sum and shared P by
+exp2(m_own - m_joint)), so consumer 1's softmax runs under consumer 0's P.V instead of both
+stopping for the exchange at once (the order FlashMLA's kernel uses).
+
 The compile for sm_90 (`gluon_fwd.compile_report("ws")`): no spill, no serialised wgmma,
 36 m64n64k16 score steps and 8 m64n256k16 P.V steps per consumer. Not yet run on a GPU:
 selected only by impl="gluon_ws" (launched by `gluon_fwd.sparse_mla_fwd_gluon`).
@@ -110,7 +117,8 @@ if gluon is not None:
     @gluon.jit
     def _ws_consumer(C: gl.constexpr, ql_s, qp_s, kv_s, pe_s, ready, free, bar_m, bar_p, bar_l,
                      s_max, s_l, idx_row, k_lo, k_hi, n_pair, scale_log2, o_row, s_o_h, lse_row,
-                     h0, H, BH: gl.constexpr, BK: gl.constexpr, HALF: gl.constexpr):
+                     h0, H, BH: gl.constexpr, BK: gl.constexpr, HALF: gl.constexpr,
+                     EARLY_FREE: gl.constexpr, STAGGER: gl.constexpr):
         """Consumer C: scores of blocks 2j + C, output columns [C * HALF, (C + 1) * HALF)."""
         OTH: gl.constexpr = 1 - C
         QK: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -150,29 +158,70 @@ if gluon is not None:
             mbarrier.arrive(free.index(2 * C + OTH))
 
             z = gl.where((pos >= 0)[None, :], z * scale_log2, float("-inf"))
-            s_max.index(C).store(gl.max(z, 1))
-            mbarrier.arrive(bar_m.index(C))
-            mbarrier.wait(bar_m.index(OTH), ph)
-            m_new = gl.maximum(m_i, gl.maximum(gl.max(z, 1), s_max.index(OTH).load(ROW)))
-            m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = gl.exp2(m_i - m_safe)
-            p = gl.exp2(z - m_safe[:, None])
-            l_i = l_i * alpha + gl.sum(p, 1)
-            m_i = m_new
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, PV))[:, None]
-            pb = p.to(gl.bfloat16)
-            # P into my RoPE rows (my scores no longer read them) for the other consumer
-            pe_s.index(C).store(pb)
-            fence_async_shared()
-            mbarrier.arrive(bar_p.index(C))
-            acc = warpgroup_mma(gl.convert_layout(pb, P_OP), own_a, acc, is_async=True)
+            if STAGGER and C == 0:
+                # the leader goes on with its own maximum (its running one included), issues
+                # its local P.V, and only then takes the joint maximum from the follower and
+                # rescales: the follower's softmax runs under the leader's P.V
+                m_lead = gl.maximum(m_i, gl.max(z, 1))
+                s_max.index(C).store(m_lead)
+                mbarrier.arrive(bar_m.index(C))
+                m_safe = gl.where(m_lead == float("-inf"), 0.0, m_lead)
+                alpha = gl.exp2(m_i - m_safe)
+                p = gl.exp2(z - m_safe[:, None])
+                l_i = l_i * alpha + gl.sum(p, 1)
+                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, PV))[:, None]
+                acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), P_OP), own_a, acc,
+                                    is_async=True)
+                mbarrier.wait(bar_m.index(OTH), ph)
+                m_new = s_max.index(OTH).load(ROW)
+                # (a row with no key yet has p = acc = l = 0: any finite factor will do)
+                beta = gl.where(m_lead == float("-inf"), 1.0, gl.exp2(m_lead - m_new))
+                pe_s.index(C).store((p * beta[:, None]).to(gl.bfloat16))
+                fence_async_shared()
+                mbarrier.arrive(bar_p.index(C))
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+                if EARLY_FREE:
+                    mbarrier.arrive(free.index(2 * C + C))
+                acc = acc * gl.convert_layout(beta, gl.SliceLayout(1, PV))[:, None]
+                l_i = l_i * beta
+                m_i = m_new
+            else:
+                if STAGGER:  # the follower: the leader's maximum and mine make the joint one
+                    mbarrier.wait(bar_m.index(OTH), ph)
+                    m_new = gl.maximum(s_max.index(OTH).load(ROW), gl.max(z, 1))
+                    s_max.index(C).store(m_new)
+                    mbarrier.arrive(bar_m.index(C))
+                else:
+                    s_max.index(C).store(gl.max(z, 1))
+                    mbarrier.arrive(bar_m.index(C))
+                    mbarrier.wait(bar_m.index(OTH), ph)
+                    m_new = gl.maximum(m_i, gl.maximum(gl.max(z, 1), s_max.index(OTH).load(ROW)))
+                m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = gl.exp2(m_i - m_safe)
+                p = gl.exp2(z - m_safe[:, None])
+                l_i = l_i * alpha + gl.sum(p, 1)
+                m_i = m_new
+                acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, PV))[:, None]
+                pb = p.to(gl.bfloat16)
+                # P into my RoPE rows (my scores no longer read them) for the other consumer
+                pe_s.index(C).store(pb)
+                fence_async_shared()
+                mbarrier.arrive(bar_p.index(C))
+                acc = warpgroup_mma(gl.convert_layout(pb, P_OP), own_a, acc, is_async=True)
+                if EARLY_FREE:
+                    # my half of my buffer back to the producer before the remote P.V: the
+                    # next pair's first gather starts that much earlier (the two P.V share
+                    # the accumulator, so they ran one after the other anyway)
+                    acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
+                    mbarrier.arrive(free.index(2 * C + C))
             mbarrier.wait(bar_p.index(OTH), ph)
             acc = warpgroup_mma(pe_s.index(OTH + o), oth_v, acc, is_async=True)
             # Both P.V done before the loop turns: a wgmma left in flight over the back edge
             # makes ptxas serialise every wgmma of the kernel (its C7514/C7515 notes); the
             # other consumer keeps the tensor cores busy meanwhile.
             acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
-            mbarrier.arrive(free.index(2 * C + C))  # my half of my buffer
+            if not EARLY_FREE:
+                mbarrier.arrive(free.index(2 * C + C))  # my half of my buffer
             mbarrier.arrive(free.index(2 * OTH + C))  # my half of the other's
         acc = warpgroup_mma_wait(num_outstanding=0, deps=[acc])
 
@@ -201,6 +250,7 @@ if gluon is not None:
         s_o_b, s_o_s, s_o_sp, s_o_h, s_l_b, s_l_s, s_l_sp,
         R: gl.constexpr, P: gl.constexpr, BH: gl.constexpr, BK: gl.constexpr,
         HALF: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+        EARLY_FREE: gl.constexpr = False, STAGGER: gl.constexpr = False,
     ):
         """Grid and arguments as `gluon_fwd._sparse_mla_fwd_gluon_kernel`; 4 warps here, plus
         a 4-warp consumer and a 4-warp producer."""
@@ -267,10 +317,10 @@ if gluon is not None:
         gl.warp_specialize([
             (_ws_consumer, (0, ql_s, qp_s, kv_s, pe_s, ready, free, bar_m, bar_p, bar_l, s_max,
                             s_l, idx_row, k_lo, k_hi, n_pair, scale_log2, o_row, s_o_h, lse_row,
-                            h0, H, BH, BK, HALF)),
+                            h0, H, BH, BK, HALF, EARLY_FREE, STAGGER)),
             (_ws_consumer, (1, ql_s, qp_s, kv_s, pe_s, ready, free, bar_m, bar_p, bar_l, s_max,
                             s_l, idx_row, k_lo, k_hi, n_pair, scale_log2, o_row, s_o_h, lse_row,
-                            h0, H, BH, BK, HALF)),
+                            h0, H, BH, BK, HALF, EARLY_FREE, STAGGER)),
             (_ws_producer, (kv_s, pe_s, ready, free, pos_s, kv_row, pe_row, idx_row, k_lo, k_hi, n_pair,
                             s_kv_t, s_pe_t, HALF, P, BK)),
         ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])

@@ -395,18 +395,22 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
                    block_k, nw, ns, heads_fastest, lse_only, warp_specialize, idx_ahead)
 
 
-IMPLS = ("auto", "triton", "gluon", "gluon_ws", "gluon_inflight")
+IMPLS = ("auto", "triton", "gluon", "gluon_ws", "gluon_ws_early", "gluon_ws_stagger",
+         "gluon_inflight")
 
 
 def _gluon_kernel(impl, prefill=False) -> dict:
     """`sparse_mla_fwd_gluon`'s kernel arguments for an impl: "gluon_ws" the warp-specialised
-    kernel, "gluon_inflight" the lockstep one with P.V left in flight (the schedule measured
+    kernel ("gluon_ws_early": handing half buffers back earlier; "gluon_ws_stagger": that and
+    the consumers' softmax staggered; both unmeasured), "gluon_inflight" the lockstep one with P.V left in flight (the schedule measured
     before ptxas's serialisation was found), "gluon" the lockstep one; "auto" the fastest
     measured (H100, V3.2 shape): warp-specialised for prefill (416 against 360 TFLOP/s),
     lockstep for decode (B=32: 67 against 73 us)."""
     if impl == "auto":
         impl = "gluon_ws" if prefill else "gluon"
     return {"gluon_ws": {"kernel": "ws"},
+            "gluon_ws_early": {"kernel": "ws", "early_free": True},
+            "gluon_ws_stagger": {"kernel": "ws", "early_free": True, "stagger": True},
             "gluon_inflight": {"pv_inflight": True}}.get(impl, {})
 
 

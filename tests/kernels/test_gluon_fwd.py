@@ -30,11 +30,12 @@ from tests.kernels.conftest import rel  # noqa: E402
 H100_SMEM = 232_448  # bytes of shared memory one block may use on sm_90
 
 
-def _compile_report(kernel, pv_inflight=False):
+def _compile_report(kernel, pv_inflight=False, early_free=False, stagger=False):
     # the interpreter (set for the CPU kernel tests) would replace the kernel object
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import json; from envfactory.kernels.sparse_attn.gluon_fwd import compile_report; "
-            f"print(json.dumps(compile_report({kernel!r}, {pv_inflight!r})))")
+            f"print(json.dumps(compile_report({kernel!r}, {pv_inflight!r}, {early_free!r}, "
+            f"{stagger!r})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -76,6 +77,12 @@ def test_ptxas_keeps_the_wgmma_asynchronous(report):
     assert _compile_report("lockstep", True)["serialized"] is True
 
 
+@pytest.mark.parametrize("stagger", [False, True])
+def test_unmeasured_variants_compile_without_spills_or_serialisation(stagger):
+    r = _compile_report("ws", False, True, stagger)
+    assert r["stack"] == 0 and r["serialized"] is False and r["wgmma"]["m64n64k16"] == 72
+
+
 def test_warp_specialised_kernel_compiles_without_spills_or_serialisation(ws_report):
     assert 200_000 < ws_report["shared"] <= H100_SMEM  # query, two buffers, barriers
     assert ws_report["stack"] == 0
@@ -99,7 +106,8 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available()
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("impl", ["gluon", "gluon_ws", "gluon_inflight"])
+@pytest.mark.parametrize("impl", ["gluon", "gluon_ws", "gluon_ws_early", "gluon_ws_stagger",
+                                  "gluon_inflight"])
 @pytest.mark.parametrize("B,S,T,K", [(2, 77, 300, 100), (1, 64, 4133, 2048)])
 def test_matches_the_reference_at_128_heads(B, S, T, K, impl, kernel_seed):
     g = torch.Generator(device="cuda").manual_seed(kernel_seed)
@@ -123,7 +131,7 @@ def test_matches_the_reference_at_128_heads(B, S, T, K, impl, kernel_seed):
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("impl", ["gluon", "gluon_ws"])
+@pytest.mark.parametrize("impl", ["gluon", "gluon_ws", "gluon_ws_early", "gluon_ws_stagger"])
 @pytest.mark.parametrize("n_split", [1, 3, None])
 def test_split_decode_matches_the_reference(n_split, impl, kernel_seed):
     """Decode: 5 sequences, 2 new tokens each, K = 300 slots split over programs (3 splits:
@@ -140,7 +148,7 @@ def test_split_decode_matches_the_reference(n_split, impl, kernel_seed):
 
 @pytest.mark.gpu
 @hopper
-@pytest.mark.parametrize("impl", ["gluon", "gluon_ws"])
+@pytest.mark.parametrize("impl", ["gluon", "gluon_ws", "gluon_ws_stagger"])
 def test_a_row_with_no_keys_gives_zero_and_minus_infinity(impl, kernel_seed):
     g = torch.Generator(device="cuda").manual_seed(kernel_seed)
     t = lambda *shape: torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16)  # noqa: E731
