@@ -19,18 +19,23 @@ def _check(out, ref, tol):
 @pytest.mark.parametrize("B,S,T0,H,D", [(1, 63, 0, 5, 24), (2, 130, 7, 3, 40), (3, 2, 61, 5, 24)],
                          ids=["prefill63", "prefill130", "decode2of63"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_indexer_logits_matches_reference(B, S, T0, H, D, dtype):
+@pytest.mark.parametrize("key_tiles", [1, 2])
+def test_indexer_logits_matches_reference(B, S, T0, H, D, dtype, key_tiles):
+    """Tiled logits against the reference; key_tiles=2 puts two key tiles in a program (on
+    the CPU tiles of up to 64 keys: at 137 keys a program's second tile is partial, at 63
+    it lies wholly past the keys)."""
     T = T0 + S  # T0 cached keys before the S new queries (start_pos = T0)
     q = torch.randn(B, S, H, D, device=DEVICE).to(dtype)
     k = torch.randn(B, T, D, device=DEVICE).to(dtype)
     w = torch.randn(B, S, H, device=DEVICE)
     out = torch.full((B, S, T), float("nan"), device=DEVICE)
-    indexer_logits(q, k, w, start_pos=T0, out=out)
+    indexer_logits(q, k, w, start_pos=T0, out=out, key_tiles=key_tiles,
+                   block_m=None if S <= 4 else 16)
     _check(out, indexer_logits_ref(q, k, w, T0), 1e-5 if dtype == torch.float32 else 1e-3)
 
 
-@pytest.mark.parametrize("S", [63, 1])
-def test_indexer_logits_fp8_matches_reference(S):
+@pytest.mark.parametrize("S,key_tiles", [(63, 1), (1, 1), (63, 2)])
+def test_indexer_logits_fp8_matches_reference(S, key_tiles):
     B, H, D = 1, 5, 32
     q8 = torch.randn(B, S, H, D, device=DEVICE).to(torch.float8_e4m3fn)
     k8 = (3 * torch.randn(B, S, D, device=DEVICE)).to(torch.float8_e4m3fn)
@@ -38,24 +43,30 @@ def test_indexer_logits_fp8_matches_reference(S):
     k_s = torch.rand(B, S, device=DEVICE) + 0.1
     w = torch.randn(B, S, H, device=DEVICE)
     out = torch.full((B, S, S), float("nan"), device=DEVICE)
-    indexer_logits_fp8(q8, q_s, k8, k_s, w, out=out)
+    indexer_logits_fp8(q8, q_s, k8, k_s, w, out=out, key_tiles=key_tiles)
     # The interpreter sums the e4m3 products in fp32. Hopper's FP8 tensor-core dot keeps
     # fewer accumulator bits (the reason the reference fp8_gemm "promotes" partial sums,
     # dsa.md §1.4): on the H200 this test read 4.3e-5 and 4.7e-5 against a 1e-5 bound.
     _check(out, indexer_logits_fp8_ref(q8, q_s, k8, k_s, w), 3e-4 if q8.is_cuda else 1e-5)
 
 
-def test_upper_tiles_left_unwritten_on_request():
+@pytest.mark.parametrize("key_tiles", [1, 2])
+def test_upper_tiles_left_unwritten_on_request(key_tiles):
     B, S, H, D = 1, 130, 2, 16
     q, k = torch.randn(B, S, H, D, device=DEVICE), torch.randn(B, S, D, device=DEVICE)
     w = torch.randn(B, S, H, device=DEVICE)
     out = torch.full((B, S, S), float("nan"), device=DEVICE)
-    indexer_logits(q, k, w, out=out, write_upper=False, block_m=16, block_n=16)
+    indexer_logits(q, k, w, out=out, write_upper=False, block_m=16, block_n=16,
+                   key_tiles=key_tiles)
     ref = indexer_logits_ref(q, k, w)
     lower = torch.ones(S, S, dtype=torch.bool, device=DEVICE).tril()
     assert not out[0][lower].isnan().any()
     assert rel(out[0][lower], ref[0][lower]) < 1e-5
     assert out[0, :16, 32:].isnan().all()  # a whole tile above the diagonal: skipped
+    if key_tiles == 2:  # keys 16-31 share a program with keys 0-15: written (-inf)
+        assert (out[0, :16, 16:32] == float("-inf")).all()
+    with pytest.raises(ValueError, match="key_tiles"):
+        indexer_logits(q, k, w, key_tiles=3, block_m=16)
 
 
 def _group_max_ref(ref, G, n_groups, T0, write_upper):
@@ -69,7 +80,8 @@ def _group_max_ref(ref, G, n_groups, T0, write_upper):
 
 
 @pytest.mark.parametrize("write_upper", [True, False])
-def test_indexer_writes_group_maxima(write_upper):
+@pytest.mark.parametrize("key_tiles", [1, 2])
+def test_indexer_writes_group_maxima(write_upper, key_tiles):
     """The max over every G consecutive keys of each row, visible keys only (what the
     "bound" top-k starts from), next to the logits themselves."""
     B, S, T0, H, D, G = 2, 70, 9, 3, 16, 8
@@ -79,7 +91,7 @@ def test_indexer_writes_group_maxima(write_upper):
     out = torch.full((B, S, T), float("nan"), device=DEVICE)
     m = torch.full((B, S, -(-T // G)), float("nan"), device=DEVICE)
     indexer_logits(q, k, w, start_pos=T0, out=out, maxima=m, group=G, write_upper=write_upper,
-                   block_m=16, block_n=32)
+                   block_m=16, block_n=32, key_tiles=key_tiles)
     ref = indexer_logits_ref(q, k, w, T0)
     ref_m, seen = _group_max_ref(ref, G, m.shape[-1], T0, write_upper)
     _check(m[:, seen], ref_m[:, seen], 1e-5)
