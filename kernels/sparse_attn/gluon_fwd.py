@@ -27,10 +27,12 @@ plus the compiler's scratch for the P exchange (about 224 KB of the 227).
 Only the V3.2 layout: bf16, R = 512, P = 64, heads a multiple of 64, contiguous
 [B, T, .] kv and pe. `sparse_mla_fwd_gluon` checks and refuses anything else.
 
-Measured on an H100 at S 4096 over 32K keys, k 2048, 128 heads: 7.15 ms = 327 TFLOP/s;
-the best Triton configuration takes 9.44 ms = 248 TFLOP/s
-(`benchmarks/results/dsa_attention_v32_h100.txt`). Split-K for decode came after that run
-and has not run on a GPU yet.
+Measured on an H100 at S 4096 over 32K keys, k 2048, 128 heads: 6.49 ms = 360 TFLOP/s
+(7.13 ms = 328 with P.V left in flight over the loop's back edge, which makes ptxas
+serialise every wgmma: `PV_INFLIGHT`, impl="gluon_inflight"); the best Triton configuration
+takes 9.44 ms = 248 TFLOP/s (`benchmarks/results/dsa_attention_v32_h100.txt`). Prefill now
+defaults to the warp-specialised kernel (`gluon_ws.py`, 416); decode to this one (split-K:
+B = 32 at 128K in 67 us = 273 TFLOP/s, against 95 for Triton).
 """
 
 from __future__ import annotations

@@ -18,14 +18,16 @@ of 64 at a time:
 - each writes its P (bf16) into the RoPE part of its own buffer, dead once its scores are
   done, and computes columns [256c, 256c + 256) of the output over both blocks: its own P
   from registers, the other's from shared memory;
-- the producer (4 warps, 40 registers) gathers rows with cp.async into two buffers, each
-  in two halves of 256 latent columns; a half is refilled as soon as the two warpgroups
-  that read it let go of it (mbarriers with expected counts), in the order they do: the
-  next pair's first halves load while this pair's remote P.V still runs.
+- the producer (4 warps, 40 registers; the consumers get 232) gathers rows with cp.async
+  into two buffers, each in two halves of 256 latent columns; a half is refilled as soon
+  as the two warpgroups that read it let go of it (mbarriers with expected counts), in the
+  order they do. By default a consumer lets go of both its halves once both its P.V are
+  done: a wgmma left in flight over the loop's back edge would make ptxas serialise them
+  all.
 
 Buffer b's RoPE rows travel with the half that the other consumer reads (half 1 - b), since
 that consumer reads P from them last. Shared memory: query 72 KB, two buffers 144 KB,
-barriers and maxima: about 217 KB.
+barriers, maxima and positions: 218 KB.
 
 Two unmeasured knobs (`EARLY_FREE`, `STAGGER`; impl="gluon_ws_early" / "gluon_ws_stagger"):
 each consumer hands its own half buffer back after its local P.V instead of after both;
@@ -35,8 +37,10 @@ exp2(m_own - m_joint)), so consumer 1's softmax runs under consumer 0's P.V inst
 stopping for the exchange at once (the order FlashMLA's kernel uses).
 
 The compile for sm_90 (`gluon_fwd.compile_report("ws")`): no spill, no serialised wgmma,
-36 m64n64k16 score steps and 8 m64n256k16 P.V steps per consumer. Not yet run on a GPU:
-selected only by impl="gluon_ws" (launched by `gluon_fwd.sparse_mla_fwd_gluon`).
+36 m64n64k16 score steps and 8 m64n256k16 P.V steps per consumer. On an H100 at the V3.2
+shape (S 4096 over 32K keys, k 2048, 128 heads): 5.62 ms = 416 TFLOP/s, against 6.49 for the
+lockstep kernel and 9.44 for the best Triton one; prefill default ("auto") on sm_90,
+launched by `gluon_fwd.sparse_mla_fwd_gluon(kernel="ws")`.
 """
 
 from __future__ import annotations

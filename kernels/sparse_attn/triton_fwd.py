@@ -402,10 +402,11 @@ IMPLS = ("auto", "triton", "gluon", "gluon_ws", "gluon_ws_early", "gluon_ws_stag
 def _gluon_kernel(impl, prefill=False) -> dict:
     """`sparse_mla_fwd_gluon`'s kernel arguments for an impl: "gluon_ws" the warp-specialised
     kernel ("gluon_ws_early": handing half buffers back earlier; "gluon_ws_stagger": that and
-    the consumers' softmax staggered; both unmeasured), "gluon_inflight" the lockstep one with P.V left in flight (the schedule measured
-    before ptxas's serialisation was found), "gluon" the lockstep one; "auto" the fastest
-    measured (H100, V3.2 shape): warp-specialised for prefill (416 against 360 TFLOP/s),
-    lockstep for decode (B=32: 67 against 73 us)."""
+    the consumers' softmax staggered; both unmeasured), "gluon" the lockstep one,
+    "gluon_inflight" the lockstep one with P.V left in flight (the schedule measured before
+    ptxas's serialisation was found); "auto" the fastest measured (H100, V3.2 shape):
+    warp-specialised for prefill (416 against 360 TFLOP/s), lockstep for decode (B=32: 67
+    against 73 us)."""
     if impl == "auto":
         impl = "gluon_ws" if prefill else "gluon"
     return {"gluon_ws": {"kernel": "ws"},
