@@ -694,22 +694,23 @@ def time_v32_decode(B, L, g, res):
     row["attn_best_ms"], row["attn_best_split"] = best
     row["attn_tflops"] = flops / row["attn_ms"] / 1e9
 
-    def step():
-        i = dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx)
+    def step(mode="auto"):  # the default selection ("auto"), or forced "split" / "bound"
+        i = dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx,
+                       topk_cfg={"decode": mode})
         return sparse_mla_decode(ql, qp, kv, pe, i, scale)
     row["dsa_ms"] = bench_graph(step)
+    row["dsa_split_ms"] = bench_graph(lambda: step("split"))
     if row.get("topk_bound_ms") is not None:
         def step_bound():
-            i = dsa_select(q8, k8, w, TOPK, L - 1, q_s=qs, k_s=ks, out=idx,
-                           topk_cfg={"decode": "bound"})
-            return sparse_mla_decode(ql, qp, kv, pe, i, scale)
+            return step("bound")
         step_bound()
         check(f"V3.2 decode B={B} L={L} bound-decode selection (rows 0-3)",
               all(torch.equal(canonical(idx[i:i + 1]), canonical(
                   topk_rows(lg_ref[i:i + 1], TOPK, L - 1))) for i in range(min(B, 4))))
         row["dsa_bound_ms"] = bench_graph(step_bound)
-        print(f"  V3.2 decode B={B} L={L} step: split selection {row['dsa_ms'] * 1e3:.1f} us, "
-              f"bound selection {row['dsa_bound_ms'] * 1e3:.1f} us", flush=True)
+        print(f"  V3.2 decode B={B} L={L} step: default {row['dsa_ms'] * 1e3:.1f} us, split "
+              f"selection {row['dsa_split_ms'] * 1e3:.1f} us, bound selection "
+              f"{row['dsa_bound_ms'] * 1e3:.1f} us", flush=True)
     print(f"  V3.2 decode B={B} L={L}: { {k: v for k, v in row.items() if k != 'split_sweep'} }",
           flush=True)
     res.setdefault("v32_decode", []).append(row)
