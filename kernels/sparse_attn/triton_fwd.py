@@ -375,9 +375,11 @@ def sparse_mla_fwd(q_lat, q_pe, kv, pe, idx, scale, block_h=None, block_k=None, 
     latent): skip P·V; out is then a placeholder (see `sparse_mla_lse`). `warp_specialize` and
     `idx_ahead` are schedule knobs of the bf16/fp32 kernel that the benchmark sweeps (same
     result; see the kernel's docstring). `impl`: "triton" this module's kernel; "gluon" the
-    hand-scheduled Hopper kernel (`gluon_fwd.py`: V3.2 layout, bf16, sm_90 only; H100 at
-    the V3.2 shape 327 against 248 TFLOP/s); "auto" (default) the Gluon one wherever it
-    applies and no tile or schedule argument is given, else Triton."""
+    lockstep hand-scheduled Hopper kernel (`gluon_fwd.py`: V3.2 layout, bf16, sm_90 only;
+    H100 at the V3.2 shape 360 against 248 TFLOP/s); "gluon_ws" the warp-specialised one
+    (`gluon_ws.py`, 416); other "gluon_*" variants in `_gluon_kernel`; "auto" (default) the
+    warp-specialised one wherever it applies and no tile or schedule argument is given, else
+    Triton."""
     tuned = (any(x is not None for x in (block_h, block_k, num_warps, num_stages))
              or warp_specialize or idx_ahead)
     if _use_gluon(impl, tuned, q_lat, q_pe, kv, pe, kv_scale is not None or lse_only):
