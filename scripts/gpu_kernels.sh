@@ -6,7 +6,7 @@ set -u
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 unset TRITON_INTERPRET
-K=${1:-"gluon or backward or strided or maxima or v32_shape or decode_selection"}
+K=${1:-"gluon or backward or strided or maxima or v32_shape or decode_selection or indexer_logits"}
 nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 # the device copy has no duckdb: confine conftest discovery to the kernel tests
 timeout 170 python -m pytest -q --confcutdir=tests/kernels -p no:cacheprovider \
