@@ -216,6 +216,21 @@ def gluon_fwd_supported(q_lat, q_pe, kv, pe) -> str | None:
     return None
 
 
+def _kernel_choice(kernel, pv_inflight, early_free, stagger):
+    """(kernel function, K-slot alignment of a split, warps, schedule constexprs) for a
+    kernel name: what the launcher and `compile_report` both specialise."""
+    if kernel == "ws":
+        from . import gluon_ws
+
+        return (gluon_ws._sparse_mla_fwd_ws_kernel, 2 * BLOCK_K, 4,
+                dict(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
+                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS, EARLY_FREE=bool(early_free),
+                     STAGGER=bool(stagger)))
+    if kernel == "lockstep":
+        return _sparse_mla_fwd_gluon_kernel, BLOCK_K, NUM_WARPS, dict(PV_INFLIGHT=bool(pv_inflight))
+    raise ValueError(f"sparse_mla_fwd_gluon: kernel must be 'lockstep' or 'ws', not {kernel!r}")
+
+
 def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
                          kernel: str = "lockstep", pv_inflight: bool = False,
                          early_free: bool = False, stagger: bool = False):
@@ -233,8 +248,6 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
     why = gluon_fwd_supported(q_lat, q_pe, kv, pe)
     if why:
         raise ValueError(f"sparse_mla_fwd_gluon: {why}")
-    if kernel not in ("lockstep", "ws"):
-        raise ValueError(f"sparse_mla_fwd_gluon: kernel must be 'lockstep' or 'ws', not {kernel!r}")
     import triton
 
     from .._common import empty
@@ -245,16 +258,7 @@ def sparse_mla_fwd_gluon(q_lat, q_pe, kv, pe, idx, scale, n_split: int = 1,
     idx = (idx if idx.dtype == torch.int32 else idx.to(torch.int32)).contiguous()
     dev = q_lat.device
     n_split = max(1, int(n_split))
-    if kernel == "ws":
-        from . import gluon_ws
-
-        fn, align, warps = gluon_ws._sparse_mla_fwd_ws_kernel, 2 * BLOCK_K, 4
-        extra = dict(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
-                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS, EARLY_FREE=bool(early_free),
-                     STAGGER=bool(stagger))
-    else:
-        fn, align, warps = _sparse_mla_fwd_gluon_kernel, BLOCK_K, NUM_WARPS
-        extra = dict(PV_INFLIGHT=bool(pv_inflight))
+    fn, align, warps, extra = _kernel_choice(kernel, pv_inflight, early_free, stagger)
     k_per_split = triton.cdiv(triton.cdiv(K, n_split), align) * align
     dt = torch.bfloat16 if n_split == 1 else torch.float32
     out = empty((B, S, n_split, H, R), dt, dev)
@@ -289,17 +293,8 @@ def compile_report(kernel: str = "lockstep", pv_inflight: bool = False,
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    const = {"R": 512, "P": 64, "BH": BLOCK_H, "BK": BLOCK_K}
-    if kernel == "ws":
-        from . import gluon_ws
-
-        fn, warps = gluon_ws._sparse_mla_fwd_ws_kernel, 4
-        const.update(HALF=gluon_ws.HALF, CONSUMER_REGS=gluon_ws.CONSUMER_REGS,
-                     PRODUCER_REGS=gluon_ws.PRODUCER_REGS, EARLY_FREE=bool(early_free),
-                     STAGGER=bool(stagger))
-    else:
-        fn, warps = _sparse_mla_fwd_gluon_kernel, NUM_WARPS
-        const["PV_INFLIGHT"] = bool(pv_inflight)
+    fn, _, warps, extra = _kernel_choice(kernel, pv_inflight, early_free, stagger)
+    const = {"R": 512, "P": 64, "BH": BLOCK_H, "BK": BLOCK_K, **extra}
     names = list(fn.arg_names)
     ptrs = {"ql_ptr": "*bf16", "qp_ptr": "*bf16", "kv_ptr": "*bf16", "pe_ptr": "*bf16",
             "idx_ptr": "*i32", "out_ptr": "*bf16", "lse_ptr": "*fp32"}

@@ -48,6 +48,9 @@ from __future__ import annotations
 from .gluon_fwd import gluon
 
 if gluon is not None:
+    from .gluon_fwd import _positions
+
+if gluon is not None:
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier,
@@ -59,12 +62,6 @@ CONSUMER_REGS = 232
 PRODUCER_REGS = 40
 
 if gluon is not None:
-
-    @gluon.jit
-    def _ws_positions(idx_row, blk, k_lo, k_hi, LAYOUT: gl.constexpr, BK: gl.constexpr):
-        """Positions of block `blk` of this split (int32 [BK]; -1 past its end)."""
-        offs = k_lo + blk * BK + gl.arange(0, BK, layout=LAYOUT)
-        return gl.load(idx_row + offs, mask=offs < k_hi, other=-1)
 
     @gluon.jit
     def _ws_fill(dst, pe_dst, bar, kv_row, pe_row, pos_s, col0, s_kv_t, s_pe_t,
@@ -147,7 +144,7 @@ if gluon is not None:
             own_a = kv_s.index(2 * C + C + o)  # my half of my buffer: read first, freed first
             own_b = kv_s.index(2 * C + OTH + o)
             oth_v = kv_s.index(2 * OTH + C + o)  # my half of the other's buffer (remote P.V)
-            pos = _ws_positions(idx_row, 2 * j + C, k_lo, k_hi, gl.SliceLayout(0, QK), BK)
+            pos = _positions(idx_row, k_lo + (2 * j + C) * BK, k_hi, gl.SliceLayout(0, QK), BK)
             mbarrier.wait(ready.index(2 * C + C), ph)
             fence_async_shared()
             z = warpgroup_mma(ql_s.index(C + o), own_a.permute((1, 0)), z, use_acc=False,
